@@ -1,0 +1,3 @@
+from stablelab.cli import main
+
+raise SystemExit(main())

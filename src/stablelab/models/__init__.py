@@ -1,0 +1,3 @@
+from stablelab.models.transformer import Transformer, TransformerConfig
+
+__all__ = ["Transformer", "TransformerConfig"]

@@ -1,0 +1,195 @@
+"""One training run of the reference model: config -> model + data + optimizer -> run store.
+
+A diverged run is a result (`diverged: true` in result.json), never an exception."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from stablelab.data.corpus import BUILTIN, load_corpus, sample_batch
+from stablelab.models.transformer import Transformer, TransformerConfig
+from stablelab.models.variants import get_variant
+from stablelab.optim import create as create_optimizer
+from stablelab.run.schedule import parameter_groups, warmup_cosine
+from stablelab.signals.gradients import rms, update_rms
+from stablelab.signals.logits import output_log_z, output_log_z_stats, z_loss
+from stablelab.store.run_store import RunWriter
+
+
+@dataclass(frozen=True)
+class ProxyRunConfig:
+    """Everything that defines one run. Defaults: the paper's recipe scaled down to CPU size."""
+
+    variant: str = "baseline"
+    width: int = 128
+    depth: int = 2
+    lr: float = 1e-2
+    seed: int = 0
+    steps: int = 200
+    batch_size: int = 16
+    seq_len: int = 64
+    d_head: int = 32
+    warmup_fraction: float = 0.1       # linear warm-up, then cosine decay to min_lr
+    min_lr: float = 1e-5
+    weight_decay: float = 1e-4         # independent (not multiplied by the LR), paper default
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0             # global norm; 0 disables clipping
+    mup_simple: bool = False
+    base_width: int = 64
+    optimizer: str = "adamw"
+    corpus: str = BUILTIN
+    log_every: int = 10
+    eval_batches: int = 8
+    device: str = "cpu"
+    threads: int = 1
+    extra: dict = field(default_factory=dict)  # provenance (corpus hash, python version)
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.variant}_w{self.width}_d{self.depth}_lr{self.lr:g}_s{self.seed}"
+
+    def model_config(self) -> TransformerConfig:
+        variant = get_variant(self.variant)
+        return TransformerConfig(
+            seq_len=self.seq_len, d_model=self.width, n_layers=self.depth,
+            d_head=min(self.d_head, self.width), qk_norm=variant.qk_norm,
+            norm_placement=variant.norm_placement,
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _finite(x: float) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+@torch.no_grad()
+def evaluate(model: Transformer, batches: list[tuple[torch.Tensor, torch.Tensor]]
+             ) -> tuple[float, float, float]:
+    """(validation cross-entropy, mean log Z, max |log Z|) over fixed batches."""
+    was_training = model.training
+    model.eval()
+    losses, log_z_means, log_z_maxes = [], [], []
+    for x, y in batches:
+        logits = model(x)
+        losses.append(F.cross_entropy(logits.flatten(0, 1).float(), y.flatten()))
+        log_z = output_log_z(logits)
+        log_z_means.append(log_z.mean())
+        log_z_maxes.append(log_z.abs().amax())
+    model.train(was_training)
+    return (torch.stack(losses).mean().item(), torch.stack(log_z_means).mean().item(),
+            torch.stack(log_z_maxes).amax().item())
+
+
+def train(config: ProxyRunConfig, run_dir: str | Path,
+          keep_going: Callable[[], bool] = lambda: True) -> dict:
+    """Train one model; write its folder in the run store; return result.json's content."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    started = time.time()
+    device = torch.device(config.device)
+    corpus = load_corpus(config.corpus)
+    config = replace(config, extra={**config.extra, "corpus": corpus.describe()})
+    variant = get_variant(config.variant)
+
+    torch.manual_seed(config.seed)
+    model = Transformer(config.model_config()).to(device)
+    groups = parameter_groups(model, config.lr, config.weight_decay, config.mup_simple, config.base_width)
+    optimizer = create_optimizer(config.optimizer, groups, lr=config.lr,
+                                 betas=(config.beta1, config.beta2), eps=config.eps)
+    params = [p for p in model.parameters() if p.requires_grad]
+    data_rng = torch.Generator().manual_seed(10_000 + config.seed)
+    eval_rng = torch.Generator().manual_seed(1234)  # same validation windows for every run
+    eval_batches = [
+        tuple(t.to(device) for t in sample_batch(corpus.validation, 32, config.seq_len, eval_rng))
+        for _ in range(config.eval_batches)
+    ]
+    warmup = max(1, int(config.warmup_fraction * config.steps))
+
+    with RunWriter(run_dir, {**config.to_dict(), "run_id": config.run_id,
+                             "n_params": sum(p.numel() for p in params)}) as writer:
+        init_loss, init_log_z, _ = evaluate(model, eval_batches)
+        nonfinite_step = None
+        max_attn_logit = 0.0
+        step = 0
+        for step in range(config.steps):
+            lr = warmup_cosine(step, config.lr, warmup, config.steps, config.min_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+            log_now = step % config.log_every == 0 or step == config.steps - 1
+            model.record_attention_logits(log_now)
+
+            x, y = (t.to(device) for t in sample_batch(corpus.train, config.batch_size, config.seq_len, data_rng))
+            logits = model(x)
+            ce = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+            loss = ce + z_loss(logits, variant.z_loss) if variant.z_loss else ce
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            else:
+                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            if log_now:
+                grad_rms_mlp0 = rms(model.first_mlp_weight().grad)
+                before = [p.detach().clone() for p in params]
+            optimizer.step()
+            if not log_now:
+                continue
+
+            log_z_mean, log_z_max = output_log_z_stats(logits)
+            attn = [a.last_max_logit for a in model.attention_modules()]
+            row = {
+                "step": step, "lr": lr, "loss": ce.item(), "loss_total": loss.item(),
+                "grad_norm": grad_norm.item(), "grad_rms_mlp0": grad_rms_mlp0.item(),
+                "update_rms": update_rms(before, params).item(),
+                "log_z_mean": log_z_mean.item(), "log_z_max": log_z_max.item(),
+                "time": time.time() - started,
+            }
+            for i, value in enumerate(attn):
+                row[f"attn_logit_max_l{i}"] = value.item()
+            finite_attn = [v for k, v in row.items() if k.startswith("attn_logit_max_l") and _finite(v)]
+            row["attn_logit_max"] = max(finite_attn) if finite_attn else float("nan")
+            if finite_attn:
+                max_attn_logit = max(max_attn_logit, row["attn_logit_max"])
+            writer.log(row)
+            writer.check_owner()
+            if not keep_going():
+                raise RuntimeError("the sweep that started this run is gone")
+            if not _finite(row["loss"]):
+                nonfinite_step = step
+                break
+        model.record_attention_logits(False)
+
+        if nonfinite_step is None:
+            final_loss, final_log_z, final_log_z_max = evaluate(model, eval_batches)
+        else:
+            final_loss = final_log_z = final_log_z_max = float("nan")
+        if nonfinite_step is not None or not _finite(final_loss):
+            reason = f"non-finite loss at step {nonfinite_step}" if nonfinite_step is not None else "non-finite validation loss"
+        elif final_loss > init_loss:
+            reason = f"final loss {final_loss:.3f} above the loss at initialisation {init_loss:.3f}"
+        else:
+            reason = None
+        result = {
+            "run_id": config.run_id, "variant": config.variant, "width": config.width,
+            "depth": config.depth, "lr": config.lr, "seed": config.seed,
+            "optimizer": config.optimizer, "final_loss": final_loss, "init_loss": init_loss,
+            "diverged": reason is not None, "diverged_reason": reason,
+            "max_attn_logit": max_attn_logit, "final_log_z": final_log_z,
+            "final_log_z_max": final_log_z_max, "init_log_z": init_log_z,
+            "steps_done": step + 1, "wall_s": time.time() - started,
+            "n_params": sum(p.numel() for p in params), "pid": os.getpid(),
+        }
+        writer.finish(result)
+    return result

@@ -1,0 +1,10 @@
+"""Pure metric functions over tensors. Hooks and schedules only decide when to call them."""
+
+from stablelab.signals.attention import attention_logit_max, attention_logits
+from stablelab.signals.gradients import global_norm, rms, update_rms
+from stablelab.signals.logits import output_log_z, output_log_z_stats, z_loss
+
+__all__ = [
+    "attention_logit_max", "attention_logits", "global_norm", "rms", "update_rms",
+    "output_log_z", "output_log_z_stats", "z_loss",
+]

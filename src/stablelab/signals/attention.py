@@ -1,0 +1,29 @@
+"""Attention-logit signals (Wortsman et al. 2023, arXiv 2309.14322, section 3.1)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def attention_logits(q: torch.Tensor, k: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """z_ij = <q_i, k_j> * scale for q, k of shape (..., T, d_head); scale defaults to 1/sqrt(d_head)."""
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    return (q @ k.transpose(-2, -1)) * scale
+
+
+@torch.no_grad()
+def attention_logit_max(
+    q: torch.Tensor, k: torch.Tensor, causal: bool = True, scale: float | None = None
+) -> torch.Tensor:
+    """max |z_ij| over batch, heads and the positions attention can see (a 0-d tensor, on device).
+
+    Source: Wortsman et al. 2023, attention logit growth: z_ij = <q_i, k_j> / sqrt(d_head)."""
+    z = attention_logits(q.float(), k.float(), scale).abs()
+    if causal:
+        t_q, t_k = z.shape[-2], z.shape[-1]
+        visible = torch.ones(t_q, t_k, dtype=torch.bool, device=z.device).tril(t_k - t_q)
+        z = z.masked_fill(~visible, 0.0)
+    return z.amax()

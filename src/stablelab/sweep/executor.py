@@ -1,0 +1,74 @@
+"""Dispatch independent runs through Dask distributed.
+
+Default: an embedded `LocalCluster` (one single-threaded worker process per core, no dashboard).
+With `address="tcp://HOST:PORT"`, the same tasks go to a running Dask scheduler. A worker that dies
+has its task rescheduled by Dask (up to `retries` times); one dead worker does not break the rest."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+@contextmanager
+def dask_client(address: str | None = None, workers: int | None = None) -> Iterator[Any]:
+    """A `distributed.Client`: on `address` if given, else on a fresh LocalCluster."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    # Quiet, local-disk spill space and no dashboard: this is a batch tool, not a service.
+    with dask.config.set({"logging.distributed": "error"}):
+        if address:
+            try:
+                client = Client(address, timeout="10s")
+            except OSError as error:
+                from stablelab.errors import UsageError
+
+                raise UsageError(f"cannot reach the Dask scheduler at {address}: {error}") from None
+            try:
+                yield client
+            finally:
+                client.close()
+            return
+        cluster = LocalCluster(
+            n_workers=workers or default_workers(), threads_per_worker=1, processes=True,
+            dashboard_address=None, silence_logs=40,
+        )
+        client = Client(cluster)
+        try:
+            yield client
+        finally:
+            client.close()
+            cluster.close()
+
+
+def run_tasks(
+    fn: Callable[..., dict], tasks: Iterable[tuple[str, tuple]], client: Any, retries: int = 3,
+    on_result: Callable[[str, dict | None, BaseException | None], None] | None = None,
+) -> dict[str, dict | None]:
+    """Submit `fn(*args)` for each (key, args); call `on_result(key, result, error)` as each ends.
+
+    Results come back in completion order. A task that raises is reported with its error and the
+    sweep goes on (its run folder has no `done` marker, so the next resume retries it)."""
+    from distributed import as_completed
+
+    futures = {}
+    for key, args in tasks:
+        future = client.submit(fn, *args, key=f"stablelab-{key}", retries=retries, pure=False)
+        futures[future] = key
+    results: dict[str, dict | None] = {}
+    for future in as_completed(futures):
+        key = futures[future]
+        try:
+            result, error = future.result(), None
+        except Exception as exc:  # noqa: BLE001 - reported per run, sweep continues
+            result, error = None, exc
+        results[key] = result
+        if on_result is not None:
+            on_result(key, result, error)
+    return results
