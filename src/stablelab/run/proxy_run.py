@@ -56,7 +56,8 @@ class ProxyRunConfig:
 
     @property
     def run_id(self) -> str:
-        return f"{self.variant}_w{self.width}_d{self.depth}_lr{self.lr:g}_s{self.seed}"
+        prefix = "" if self.optimizer == "adamw" else f"{self.optimizer}_"
+        return f"{prefix}{self.variant}_w{self.width}_d{self.depth}_lr{self.lr:g}_s{self.seed}"
 
     def model_config(self) -> TransformerConfig:
         variant = get_variant(self.variant)

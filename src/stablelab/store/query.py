@@ -10,6 +10,12 @@ import pyarrow as pa
 from stablelab.store.run_store import DONE, METRICS, PARQUET, read_jsonl, rows_to_table
 
 
+def _arrow(result) -> pa.Table:
+    # DuckDB >= 2 names it to_arrow_table; 1.x fetch_arrow_table.
+    fetch = getattr(result, "to_arrow_table", None) or result.fetch_arrow_table
+    return fetch()
+
+
 def metrics_table(runs_root: str | Path) -> pa.Table:
     """All logged rows of every run under `runs_root`, with a `run` column (the folder name).
 
@@ -21,13 +27,13 @@ def metrics_table(runs_root: str | Path) -> pa.Table:
     if finished:
         files = [str(p) for p in finished]
         con = duckdb.connect()
-        parts.append(
-            con.execute(
+        parts.append(_arrow(
+            con.sql(
                 "SELECT regexp_extract(filename, '([^/\\\\]+)[/\\\\][^/\\\\]+$', 1) AS run, * "
                 "EXCLUDE (filename) FROM read_parquet(?, filename=true, union_by_name=true)",
-                [files],
-            ).fetch_arrow_table()
-        )
+                params=[files],
+            )
+        ))
     for live in sorted(root.glob(f"*/{METRICS}")):
         if (live.parent / DONE).exists():
             continue
@@ -45,4 +51,4 @@ def query(runs_root: str | Path, sql: str) -> pa.Table:
     metrics = metrics_table(runs_root)  # noqa: F841  (DuckDB reads the local variable by name)
     con = duckdb.connect()
     con.register("metrics", metrics)
-    return con.execute(sql).fetch_arrow_table()
+    return _arrow(con.sql(sql))

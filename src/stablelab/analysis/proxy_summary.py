@@ -1,0 +1,168 @@
+"""Turn a proxy study's run results into its summary (pure: dicts in, dict out)."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from statistics import mean
+from typing import Iterable
+
+from stablelab.analysis.proxy import (ATTN_LOGIT_DANGER, best_lr, first_divergent_lr,
+                                      fit_attention_logit_growth, largest_stable_lr, lr_sensitivity)
+
+
+def _nanmean(values: Iterable[float | None]) -> float:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return mean(finite) if finite else float("nan")
+
+
+def _scale_key(width: int, depth: int, depths: list[int]) -> str:
+    # The interface keys LR sensitivity by str(width); with a depth sweep, "WxD" keeps them apart.
+    return str(width) if len(depths) == 1 else f"{width}x{depth}"
+
+
+def summarize(results: list[dict], early_logits: dict[str, float], lrs: list[float],
+              depths: list[int], prediction: dict) -> dict:
+    """results: result.json of every run; early_logits: run_id -> layer-0 max attention logit at the
+    prediction step; prediction: {"width", "n_params", "step", "sizes": {width: n_params}}."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in results:
+        groups[(r.get("optimizer", "adamw"), r["variant"], r["width"], r["depth"], r["lr"])].append(r)
+
+    points = []  # one per (optimizer, variant, width, depth, lr), averaged over seeds
+    for (opt, variant, width, depth, lr), runs in sorted(groups.items()):
+        points.append({
+            "optimizer": opt, "variant": variant, "width": width, "depth": depth, "lr": lr,
+            "seeds": len(runs),
+            "final_loss": _nanmean(r["final_loss"] for r in runs)
+            if all(r["final_loss"] is not None and math.isfinite(r["final_loss"]) for r in runs) else float("nan"),
+            "init_loss": _nanmean(r["init_loss"] for r in runs),
+            "diverged": any(r["diverged"] for r in runs),
+            "diverged_fraction": sum(r["diverged"] for r in runs) / len(runs),
+            "max_attn_logit": _nanmean(r["max_attn_logit"] for r in runs),
+            "final_log_z": _nanmean(r["final_log_z"] for r in runs),
+            "early_attn_logit_l0": _nanmean(early_logits.get(r["run_id"]) for r in runs),
+            "n_params": runs[0]["n_params"],
+        })
+
+    optimizers = sorted({p["optimizer"] for p in points})
+    scales: dict[str, dict] = {}
+    sensitivity: dict = {}
+    for opt in optimizers:
+        for variant in dict.fromkeys(p["variant"] for p in points):
+            for width, depth in sorted({(p["width"], p["depth"]) for p in points}):
+                curve = sorted((p for p in points if (p["optimizer"], p["variant"], p["width"], p["depth"])
+                                == (opt, variant, width, depth)), key=lambda p: p["lr"])
+                if not curve:
+                    continue
+                c_lrs = [p["lr"] for p in curve]
+                losses = [p["final_loss"] for p in curve]
+                diverged = [p["diverged"] for p in curve]
+                key = _scale_key(width, depth, depths)
+                entry = {
+                    "optimizer": opt, "variant": variant, "width": width, "depth": depth,
+                    "lr_sensitivity": lr_sensitivity(losses, [p["init_loss"] for p in curve]),
+                    "best_lr": best_lr(c_lrs, losses),
+                    "best_loss": min((v for v in losses if math.isfinite(v)), default=float("nan")),
+                    "largest_stable_lr": largest_stable_lr(c_lrs, diverged),
+                    "diverges_from_lr": first_divergent_lr(c_lrs, diverged),
+                }
+                scales[f"{opt}|{variant}|{key}"] = entry
+                target = sensitivity if len(optimizers) == 1 else sensitivity.setdefault(opt, {})
+                target.setdefault(variant, {})[key] = entry["lr_sensitivity"]
+
+    predictions = []
+    for opt in optimizers:
+        for variant in dict.fromkeys(p["variant"] for p in points):
+            for depth in sorted({p["depth"] for p in points}):
+                for lr in lrs:
+                    curve = sorted((p for p in points if (p["optimizer"], p["variant"], p["depth"], p["lr"])
+                                    == (opt, variant, depth, lr)), key=lambda p: p["n_params"])
+                    fit = fit_attention_logit_growth([p["n_params"] for p in curve],
+                                                     [p["early_attn_logit_l0"] for p in curve], lr)
+                    predicted = fit.predict(prediction["n_params"]) if fit else None
+                    predictions.append({
+                        "optimizer": opt, "variant": variant, "depth": depth, "lr": lr,
+                        "observed": {str(p["width"]): p["early_attn_logit_l0"] for p in curve},
+                        "observed_n_params": {str(p["width"]): p["n_params"] for p in curve},
+                        "fit_degree": fit.degree if fit else None,
+                        "fit_coefficients": list(fit.coefficients) if fit else None,
+                        "predicted": predicted,
+                        "predicted_unstable": bool(predicted is not None and predicted > ATTN_LOGIT_DANGER),
+                    })
+
+    runs = [{k: r.get(k) for k in ("run_id", "optimizer", "variant", "width", "depth", "lr", "seed",
+                                    "final_loss", "init_loss", "diverged", "diverged_reason",
+                                    "max_attn_logit", "final_log_z", "final_log_z_max", "n_params",
+                                    "steps_done", "wall_s")} for r in results]
+    return {"runs": runs, "points": points, "lr_sensitivity": sensitivity, "scales": scales,
+            "prediction": {**prediction, "threshold": ATTN_LOGIT_DANGER, "per_lr": predictions}}
+
+
+def findings(summary: dict) -> list[str]:
+    """Plain-language findings, each backed by numbers in the summary."""
+    lines = []
+    scales = list(summary["scales"].values())
+    points = summary["points"]
+    multi_opt = len({s["optimizer"] for s in scales}) > 1
+    tag = (lambda s: f"[{s['optimizer']}] ") if multi_opt else (lambda s: "")
+    variants = list(dict.fromkeys(s["variant"] for s in scales))
+
+    for s in scales:
+        if s["diverges_from_lr"] is not None:
+            lines.append(f"{tag(s)}{s['variant']}: width {s['width']} (depth {s['depth']}) diverges from "
+                         f"lr {s['diverges_from_lr']:g}; largest stable lr "
+                         f"{'none' if s['largest_stable_lr'] is None else format(s['largest_stable_lr'], 'g')}.")
+    if not any(s["diverges_from_lr"] is not None for s in scales):
+        lines.append("No run diverged by the paper's criterion (non-finite loss, or final loss above the "
+                     "loss at initialisation); instability shows as worse final loss at high LR instead.")
+
+    def sens(variant):
+        return {(s["optimizer"], s["width"], s["depth"]): s["lr_sensitivity"] for s in scales if s["variant"] == variant}
+
+    if "baseline" in variants:
+        base = sens("baseline")
+        for other in [v for v in variants if v != "baseline"]:
+            o = sens(other)
+            common = sorted(set(base) & set(o))
+            if not common:
+                continue
+            lower = sum(o[k] < base[k] for k in common)
+            pairs = ", ".join(f"w{k[1]}: {base[k]:.3f} -> {o[k]:.3f}" for k in common)
+            verb = "lowers" if lower == len(common) else ("raises" if lower == 0 else "changes")
+            lines.append(f"{other} {verb} LR sensitivity relative to baseline at {lower}/{len(common)} "
+                         f"scales ({pairs}).")
+
+    top_lr = max(p["lr"] for p in points)
+    for variant in variants:
+        at_top = [p for p in points if p["variant"] == variant and p["lr"] == top_lr]
+        if at_top:
+            worst = max(at_top, key=lambda p: p["max_attn_logit"] if math.isfinite(p["max_attn_logit"]) else -1)
+            lines.append(f"{variant}: at lr {top_lr:g} the max attention logit reaches "
+                         f"{worst['max_attn_logit']:.3g} (width {worst['width']}); final loss "
+                         + ", ".join(f"w{p['width']} {p['final_loss']:.3f}" for p in sorted(at_top, key=lambda p: p['width']))
+                         + ".")
+
+    with_z = [p for p in points if "z_loss" in p["variant"]]
+    without_z = [p for p in points if "z_loss" not in p["variant"]]
+    if with_z and without_z:
+        lz_without = max((abs(p["final_log_z"]) for p in without_z if math.isfinite(p["final_log_z"])), default=float("nan"))
+        lz_with = max((abs(p["final_log_z"]) for p in with_z if math.isfinite(p["final_log_z"])), default=float("nan"))
+        diverging = lz_without > 20
+        lines.append(
+            f"Output logits: max |log Z| at the end is {lz_without:.2f} without z-loss and {lz_with:.2f} with it; "
+            + ("output-logit divergence appeared without z-loss." if diverging else
+               "no output-logit divergence at this scale and weight decay (it needs weight decay 0 and "
+               "long training: see the logit-divergence preset).")
+        )
+
+    pred = summary["prediction"]
+    flagged = [p for p in pred["per_lr"] if p["predicted_unstable"]]
+    if flagged:
+        lines.append(f"Prediction for width {pred['width']} ({pred['n_params'] / 1e6:.1f}M params): layer-0 "
+                     f"attention logit at step {pred['step']} predicted above {pred['threshold']:g} for "
+                     + "; ".join(f"{p['variant']} lr {p['lr']:g} ({p['predicted']:.2g})" for p in flagged) + ".")
+    else:
+        lines.append(f"Prediction for width {pred['width']}: no LR is predicted to cross "
+                     f"{pred['threshold']:g} in layer 0 at step {pred['step']}.")
+    return lines
