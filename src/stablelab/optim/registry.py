@@ -1,4 +1,10 @@
-"""The optimizer registry: one name per optimizer, used by the CLI (`--optimizer`) and the report."""
+"""The optimizer registry: one name per optimizer, used by the CLI (`--optimizer`) and the report.
+
+Names follow one weight-decay convention so the proxy study compares like with like: `weight_decay`
+is AdamW's (decoupled, multiplied by the LR). The classes keep each method's own default; the
+registry only switches DiffGrad (coupled L2 by default) and LaProp (decay not multiplied by the LR
+by default) to that convention. Every other setting is the class default, i.e. the official code's.
+"""
 
 from __future__ import annotations
 
@@ -38,4 +44,25 @@ def _adamw(params, **kwargs) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, **kwargs)
 
 
+def _with(cls_path: str, **fixed) -> Callable[..., torch.optim.Optimizer]:
+    """A factory for stablelab.optim.<module>.<Class>; `fixed` are defaults the caller may override."""
+    module_name, class_name = cls_path.rsplit(".", 1)
+
+    def factory(params, **kwargs):
+        import importlib
+
+        cls = getattr(importlib.import_module(f"stablelab.optim.{module_name}"), class_name)
+        return cls(params, **{**fixed, **kwargs})
+
+    factory.__name__ = class_name
+    return factory
+
+
 register("adamw", _adamw)
+register("spam", _with("spam.SPAM"))
+register("stable_spam", _with("spam.StableSPAM"))
+register("adabelief", _with("adabelief.AdaBelief"))
+register("diffgrad", _with("diffgrad.DiffGrad", weight_decouple=True))
+register("adamp", _with("adamp.AdamP"))
+register("laprop", _with("laprop.LaProp", fixed_decay=False))
+register("ademamix", _with("ademamix.AdEMAMix"))
