@@ -1,0 +1,142 @@
+"""End to end: the `stablelab proxy` command on a tiny grid, its outputs, resume and bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from stablelab.analysis.proxy import lr_sensitivity
+from stablelab.cli import main
+
+TINY = ["--widths", "32,64", "--lrs", "1e-3,1e-1", "--variants", "baseline,qk_norm", "--steps", "30",
+        "--batch-size", "8", "--seq-len", "32", "--prediction-step", "10", "--predict-width", "256",
+        "--workers", "2", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("proxy") / "out"
+    assert main(["proxy", *TINY, "--out", str(out)]) == 0
+    return out
+
+
+def test_summary_has_the_interface_fields(tiny_study):
+    summary = json.loads((tiny_study / "summary.json").read_text())
+    assert len(summary["runs"]) == 8
+    for run in summary["runs"]:
+        for key in ("variant", "width", "depth", "lr", "seed", "final_loss", "diverged",
+                    "max_attn_logit", "final_log_z"):
+            assert key in run
+        assert run["depth"] == 2 and run["seed"] == 0
+    assert set(summary["lr_sensitivity"]) == {"baseline", "qk_norm"}
+    assert set(summary["lr_sensitivity"]["baseline"]) == {"32", "64"}
+
+
+def test_lr_sensitivity_matches_the_runs(tiny_study):
+    summary = json.loads((tiny_study / "summary.json").read_text())
+    for variant in ("baseline", "qk_norm"):
+        for width in (32, 64):
+            runs = sorted((r for r in summary["runs"] if r["variant"] == variant and r["width"] == width),
+                          key=lambda r: r["lr"])
+            finals = [r["final_loss"] if r["final_loss"] is not None else float("nan") for r in runs]
+            expected = lr_sensitivity(finals, [r["init_loss"] for r in runs])
+            assert summary["lr_sensitivity"][variant][str(width)] == pytest.approx(expected)
+
+
+def test_report_is_self_contained(tiny_study):
+    page = (tiny_study / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 6
+    assert "http://" not in page and "https://" not in page  # opens offline
+    assert "LR sensitivity" in page and "Prediction" in page
+    assert (tiny_study / "summary.md").read_text().startswith("# Proxy study summary")
+    assert (tiny_study / "figures" / "lr_vs_loss.png").stat().st_size > 10_000
+
+
+def test_run_store_holds_metrics_and_parquet(tiny_study):
+    import pyarrow.parquet as pq
+
+    run = tiny_study / "runs" / "baseline_w32_d2_lr0.1_s0"
+    rows = pq.read_table(run / "metrics.parquet").to_pylist()
+    assert [r["step"] for r in rows] == [0, 10, 20, 29]
+    for key in ("loss", "attn_logit_max_l0", "attn_logit_max_l1", "log_z_mean", "log_z_max",
+                "grad_norm", "grad_rms_mlp0", "update_rms"):
+        assert rows[-1][key] is not None
+    config = json.loads((run / "config.json").read_text())
+    assert config["corpus"] == "stdlib"
+
+
+def test_rerun_does_not_redo_finished_runs(tiny_study):
+    before = {p.parent.name: p.stat().st_mtime_ns for p in tiny_study.glob("runs/*/done")}
+    assert main(["proxy", *TINY, "--out", str(tiny_study)]) == 0
+    after = {p.parent.name: p.stat().st_mtime_ns for p in tiny_study.glob("runs/*/done")}
+    assert before == after and len(after) == 8
+
+
+@pytest.mark.parametrize("change, message", [
+    (["--variants", "baseline,nope"], "unknown variant 'nope'"),
+    (["--lrs", "1e-3,-1e-1"], "learning rates must be positive"),
+    (["--corpus", "/no/such/corpus"], "corpus not found"),
+    (["--widths", "abc"], "--widths"),
+])
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys, change, message):
+    args = list(TINY)
+    flag = change[0]
+    if flag in args:
+        i = args.index(flag)
+        args[i:i + 2] = change
+    else:
+        args += change
+    assert main(["proxy", *args, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+    assert not (tmp_path / "o").exists()  # nothing written for bad input
+
+
+def test_different_grid_in_out_is_refused(tiny_study, capsys):
+    args = list(TINY)
+    args[args.index("--steps") + 1] = "40"
+    assert main(["proxy", *args, "--out", str(tiny_study)]) == 2
+    assert "holds a different grid" in capsys.readouterr().err
+
+
+def _done_results(out: Path) -> dict:
+    return {p.parent.name: (p.parent / "result.json").read_text() for p in out.glob("runs/*/done")}
+
+
+def test_sigkill_mid_sweep_then_resume(tmp_path):
+    """Kill the driver with SIGKILL after some runs finished; rerunning finishes the grid, keeps
+    every finished run as it was and runs none of them again."""
+    out = tmp_path / "out"
+    args = ["--widths", "32", "--lrs", "1e-3,3e-3,1e-2,3e-2,1e-1,3e-1", "--variants", "baseline",
+            "--steps", "60", "--batch-size", "8", "--seq-len", "32", "--workers", "1",
+            "--prediction-step", "10", "--no-progress", "--out", str(out)]
+    cmd = [sys.executable, "-m", "stablelab", "proxy", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while len(list(out.glob("runs/*/done"))) < 2:
+            assert proc.poll() is None, "the sweep ended before it could be killed"
+            assert time.time() < deadline
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)  # the driver only, as `kill -9 PID` does
+        proc.wait()
+        finished = _done_results(out)
+        assert 2 <= len(finished) < 6
+        rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert rerun.returncode == 0, rerun.stderr
+        final = _done_results(out)
+        assert len(final) == 6
+        for run_id, result in finished.items():  # kept, byte for byte: not run twice
+            assert final[run_id] == result
+        summary = json.loads((out / "summary.json").read_text())
+        assert sorted(r["run_id"] for r in summary["runs"]) == sorted(final)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # orphaned Dask workers of the killed driver
+        except ProcessLookupError:
+            pass
