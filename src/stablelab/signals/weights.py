@@ -1,0 +1,43 @@
+"""Weight-relative signals: update-to-weight ratio, cos(grad, weights) and gradient RMS against
+AdamW's eps. Pure functions over lists of tensors, reduced on the device (no host sync)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+def _norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(torch._foreach_norm([t.detach() for t in tensors], 2)).float()
+
+
+@torch.no_grad()
+def update_to_weight_ratio(before: Sequence[torch.Tensor], after: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per tensor RMS(after - before) / RMS(after) = ||delta|| / ||w|| (1-d tensor).
+
+    The usual health check of an optimizer step (around 1e-3 is typical for Adam, Karpathy's
+    "update:data ratio"); a learning rate raised 100x shows at once as a 100x larger ratio."""
+    deltas = torch._foreach_sub([a.detach() for a in after], [b.detach() for b in before])
+    return _norms(deltas) / _norms(after).clamp_min(1e-30)
+
+
+@torch.no_grad()
+def gradient_weight_cosine(grads: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per tensor cos(grad, w) = <g, w> / (||g|| ||w||) (1-d tensor).
+
+    The naive-loss-minimisation (NLM) direction of Prieto et al. 2025 (arXiv 2501.04697): a gradient
+    aligned with the weights only scales the logits; cos rises towards ~0.9 in output layers."""
+    dots = torch.stack([(g.detach().float() * w.detach().float()).sum() for g, w in zip(grads, weights)])
+    return dots / (_norms(grads) * _norms(weights)).clamp_min(1e-30)
+
+
+def gradient_rms(grad_norms: torch.Tensor, numels: torch.Tensor) -> torch.Tensor:
+    """Per tensor RMS(g) = ||g|| / sqrt(numel), from norms already computed (1-d tensor)."""
+    return grad_norms / numels.sqrt()
+
+
+def eps_ratio(grad_rms: torch.Tensor, eps: torch.Tensor | float) -> torch.Tensor:
+    """RMS(g) / eps: AdamW's update m / (sqrt(v) + eps) shrinks once sqrt(v) ~ RMS(g) nears eps
+    (Wortsman et al. 2023, arXiv 2309.14322, section 3.4). Below ~10 the update is visibly damped."""
+    return grad_rms / eps
