@@ -97,6 +97,14 @@ def test_top_eigenvalues_on_quadratic_with_known_spectrum():
     assert torch.all(((values - expected).abs() / expected) < 1e-3)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_residual_rule_guarantees_an_eigenvalue_within_tol(seed):
+    # Bauer-Fike: the default rule stops only when some eigenvalue lies within tol * |theta|.
+    spectrum = torch.cat([torch.tensor([10.0, 9.9, 9.5, 5.0]), torch.linspace(-3.0, 2.0, 196)])
+    theta = float(top_eigenvalues(Quadratic(spectrum), quadratic_loss, None, k=1, seed=seed)[0])
+    assert float((spectrum - theta).abs().min()) <= 1e-3 * abs(theta)
+
+
 def test_top_eigenvalues_of_mlp_match_torch_func_hessian():
     model, batch = tiny_mlp(), tiny_batch()
     expected = torch.linalg.eigvalsh(exact_hessian(model, mse_loss, batch)).flip(0)[:2]
