@@ -250,3 +250,21 @@ def test_sharpness_check_gd_and_adam_thresholds():
     assert out["adam_threshold"] == pytest.approx(38 / 1e-3)
     assert out["adam_ratio"] == pytest.approx(expected_pre / 38e3, rel=1e-3)
     assert adam_preconditioner(torch.optim.Adam(model.parameters()), list(model.parameters())) is None
+
+
+def test_warm_start_saves_products_and_stays_accurate():
+    model, batch = tiny_mlp(), tiny_batch()
+    cold = top_eigenvalues(model, mse_loss, batch, return_result=True)
+    with torch.no_grad():  # a small training-like drift of the weights
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    expected = float(torch.linalg.eigvalsh(exact_hessian(model, mse_loss, batch))[-1])
+    fresh = top_eigenvalues(model, mse_loss, batch, return_result=True)
+    warm = top_eigenvalues(model, mse_loss, batch, return_result=True, start=cold.vector)
+    assert abs(float(warm.eigenvalues[0]) - expected) / expected < 1e-3
+    assert warm.products < fresh.products
+    state: dict = {}
+    first = sharpness_check(model, mse_loss, batch, lr=0.1, trace_products=0, warm_start=state)
+    second = sharpness_check(model, mse_loss, batch, lr=0.1, trace_products=0, warm_start=state)
+    assert "vector" in state and second["products"] < first["products"]
+    assert second["lambda_max"] == pytest.approx(expected, rel=1e-3)

@@ -143,6 +143,7 @@ class LanczosResult:
     products: int               # Hessian-vector products used
     converged: bool
     history: list[float]        # top Ritz value after each product
+    vector: torch.Tensor | None = None  # top Ritz vector (flat, unit norm): a warm start for the next call
 
 
 def lanczos(operator: Callable[[torch.Tensor], torch.Tensor], n: int, k: int = 1, tol: float = 1e-3,
@@ -183,6 +184,9 @@ def lanczos(operator: Callable[[torch.Tensor], torch.Tensor], n: int, k: int = 1
         for _ in range(2):  # twice is enough (Kahan-Parlett "twice is enough")
             w = w - q.T @ (q @ w)
         beta = float(torch.linalg.vector_norm(w))
+        if not (math.isfinite(alpha) and math.isfinite(beta)):  # a diverged model: report NaN, not raise
+            nan = torch.full((min(k, j + 1),), float("nan"), dtype=torch.float64)
+            return LanczosResult(nan, nan.clone(), j + 1, False, history + [float("nan")], None)
         alphas.append(alpha)
         t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
         if betas:
@@ -207,32 +211,43 @@ def lanczos(operator: Callable[[torch.Tensor], torch.Tensor], n: int, k: int = 1
             break
         betas.append(beta)
         basis[j + 1] = w / beta
-    return LanczosResult(theta, resid, len(alphas), converged, history)
+    m = len(alphas)
+    top_vector = basis[:m].T @ vectors[:, -1].to(dtype)
+    return LanczosResult(theta, resid, m, converged, history, top_vector / torch.linalg.vector_norm(top_vector))
 
 
 def top_eigenvalues(model: nn.Module, loss_fn: LossFn, batch, k: int = 1, tol: float = 1e-3,
                     max_iter: int = 100, params: Sequence[torch.Tensor] | None = None,
                     preconditioner: Sequence[torch.Tensor] | None = None, seed: int = 0,
-                    return_result: bool = False, rule: str = "residual"):
+                    return_result: bool = False, rule: str = "residual", start: torch.Tensor | None = None):
     """The k largest Hessian eigenvalues of `loss_fn(model, batch)`, largest first (float64 tensor).
 
     Lanczos with a residual-based stopping rule (relative error <= tol; see `lanczos` for the
     "gap" default and the guaranteed "residual" rule), over every parameter with
     requires_grad (or `params`, which gives a diagonal block of the Hessian). `preconditioner` P
     (one positive tensor per parameter) gives the eigenvalues of P^{-1} H instead; see
-    `adam_preconditioner`. With return_result=True, returns the `LanczosResult` (products used)."""
+    `adam_preconditioner`. `start`: warm start (a previous `LanczosResult.vector`). With
+    return_result=True, returns the `LanczosResult` (products used, top Ritz vector)."""
     if k < 1:
         raise ValueError("k must be at least 1")
     op = HessianOperator(model, loss_fn, batch, params, preconditioner)
-    result = operator_top_eigenvalues(op, k=k, tol=tol, max_iter=max_iter, seed=seed, rule=rule)
+    result = operator_top_eigenvalues(op, k=k, tol=tol, max_iter=max_iter, seed=seed, rule=rule, start=start)
     return result if return_result else result.eigenvalues
 
 
 def operator_top_eigenvalues(op: HessianOperator, k: int = 1, tol: float = 1e-3, max_iter: int = 100,
-                             seed: int = 0, rule: str = "residual") -> LanczosResult:
-    """Lanczos on an already-built `HessianOperator` (see `top_eigenvalues`)."""
+                             seed: int = 0, rule: str = "residual",
+                             start: torch.Tensor | None = None) -> LanczosResult:
+    """Lanczos on an already-built `HessianOperator` (see `top_eigenvalues`). `start`: a flat start
+    vector, e.g. the previous check's `LanczosResult.vector` (the Hessian drifts slowly in training,
+    so a warm start needs fewer products); a little noise is mixed in so that no direction is missed."""
     generator = torch.Generator().manual_seed(seed)
-    return lanczos(op, op.numel, k=k, tol=tol, max_iter=max_iter, start=op.random_vector(generator), rule=rule)
+    noise = op.random_vector(generator)
+    if start is None or start.numel() != op.numel:
+        return lanczos(op, op.numel, k=k, tol=tol, max_iter=max_iter, start=noise, rule=rule)
+    start = start.to(device=op.device, dtype=op.dtype)
+    start = start / torch.linalg.vector_norm(start) + 0.1 * noise / torch.linalg.vector_norm(noise)
+    return lanczos(op, op.numel, k=k, tol=tol, max_iter=max_iter, start=start, rule=rule)
 
 
 def power_iteration(model: nn.Module, loss_fn: LossFn, batch, max_iter: int = 100, tol: float = 1e-3,
@@ -363,7 +378,7 @@ def layer_top_eigenvalues(model: nn.Module, loss_fn: LossFn, batch, tol: float =
 def sharpness_check(model: nn.Module, loss_fn: LossFn, batch, lr: float | None = None,
                     optimizer: torch.optim.Optimizer | None = None, tol: float = 1e-3,
                     trace_products: int = 30, max_iter: int = 100, edge_margin: float = 0.1,
-                    seed: int = 0) -> dict:
+                    seed: int = 0, warm_start: dict | None = None) -> dict:
     """One scheduled curvature reading for the monitor (call it every N steps).
 
     Returns a flat dict:
@@ -377,14 +392,17 @@ def sharpness_check(model: nn.Module, loss_fn: LossFn, batch, lr: float | None =
     - loss (at the checked batch);
     - products (Hessian-vector products used) and seconds (wall time).
     `lr` defaults to the optimizer's first param group's lr. The model's mode, `.grad` and the global
-    RNG are left unchanged."""
+    RNG are left unchanged. Pass the same dict as `warm_start` to every scheduled call: it keeps the
+    last top eigenvectors and starts Lanczos from them (fewer products when the Hessian drifts slowly)."""
     if lr is None:
         if optimizer is None:
             raise ValueError("sharpness_check needs lr or an optimizer")
         lr = float(optimizer.param_groups[0]["lr"])
     start = time.perf_counter()
     op = HessianOperator(model, loss_fn, batch)  # built once, shared by eigenvalue and trace
-    eig = operator_top_eigenvalues(op, k=1, tol=tol, max_iter=max_iter, seed=seed)
+    warm = warm_start if warm_start is not None else {}
+    eig = operator_top_eigenvalues(op, k=1, tol=tol, max_iter=max_iter, seed=seed, start=warm.get("vector"))
+    warm["vector"] = eig.vector
     lambda_max = float(eig.eigenvalues[0])
     trace = operator_trace(op, trace_products, seed=seed) if trace_products > 0 else None
     threshold = gd_threshold(lr)
@@ -398,7 +416,9 @@ def sharpness_check(model: nn.Module, loss_fn: LossFn, batch, lr: float | None =
     if precond is not None:
         # Under Adam the raw sharpness may exceed 2/lr freely; the preconditioned one is what hovers.
         op.set_preconditioner(precond)
-        pre = operator_top_eigenvalues(op, k=1, tol=tol, max_iter=max_iter, seed=seed)
+        pre = operator_top_eigenvalues(op, k=1, tol=tol, max_iter=max_iter, seed=seed,
+                                       start=warm.get("preconditioned_vector"))
+        warm["preconditioned_vector"] = pre.vector
         beta1 = float(optimizer.param_groups[0]["betas"][0])
         a_threshold = adam_threshold(lr, beta1)
         pre_max = float(pre.eigenvalues[0])

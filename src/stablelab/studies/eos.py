@@ -108,17 +108,22 @@ def run_gradient_descent(loss_name: str, lr: float, steps: int, config: EosConfi
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     record = {"loss": loss_name, "lr": lr, "steps": [], "sharpness": [], "train_loss": [], "products": 0,
               "diverged": False}
-    start = time.perf_counter()
+    start, warm = time.perf_counter(), None
     for step in range(steps + 1):
         if step % config.check_every == 0 or step == steps:
-            result = top_eigenvalues(model, loss_fn, batch, tol=config.tol, seed=config.seed, return_result=True)
-            record["products"] += result.products
             with torch.no_grad():
                 loss = float(loss_fn(model, batch))
+            sharpness = float("nan")
+            if math.isfinite(loss):
+                # Warm start from the last top eigenvector: the Hessian drifts slowly between checks.
+                result = top_eigenvalues(model, loss_fn, batch, tol=config.tol, seed=config.seed,
+                                         return_result=True, start=warm)
+                record["products"] += result.products
+                sharpness, warm = float(result.eigenvalues[0]), result.vector
             record["steps"].append(step)
-            record["sharpness"].append(float(result.eigenvalues[0]))
+            record["sharpness"].append(sharpness)
             record["train_loss"].append(loss)
-            if not math.isfinite(loss):
+            if not math.isfinite(loss) or not math.isfinite(sharpness):
                 record["diverged"] = True
                 break
         if step == steps:
@@ -134,6 +139,7 @@ def run_gradient_descent(loss_name: str, lr: float, steps: int, config: EosConfi
     record["seconds"] = time.perf_counter() - start
     record["gd_threshold"] = gd_threshold(lr)
     record.update(hover_statistics(record["steps"], record["sharpness"], lr, config.band))
+    record["hovers"] = record["hovers"] and not record["diverged"]
     return record
 
 
