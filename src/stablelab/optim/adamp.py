@@ -9,9 +9,22 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from stablelab.optim.base import StabilityOptimizer, bias_correction
+
+
+def _cosines(param: torch.Tensor, grad: torch.Tensor, eps: float):
+    """|cos(grad, p)| per row (channel view) and for the whole tensor (layer view), in one pass.
+
+    Cosine as torch.nn.functional.cosine_similarity (the official code's): x.y / (max(|x|, eps)
+    max(|y|, eps)); the three row reductions serve both views."""
+    rows_p, rows_g = param.reshape(param.size(0), -1), grad.reshape(param.size(0), -1)
+    dots = torch.linalg.vecdot(rows_g, rows_p)
+    p_sq, g_sq = rows_p.square().sum(dim=1), rows_g.square().sum(dim=1)
+    p_norms = p_sq.sqrt()
+    channel = dots.abs() / (g_sq.sqrt().clamp_min(eps) * p_norms.clamp_min(eps))
+    layer = dots.sum().abs() / (g_sq.sum().sqrt().clamp_min(eps) * p_sq.sum().sqrt().clamp_min(eps))
+    return channel, layer, p_norms, p_sq.sum().sqrt()
 
 
 def radial_projection(param: torch.Tensor, grad: torch.Tensor, update: torch.Tensor, delta: float,
@@ -21,29 +34,31 @@ def radial_projection(param: torch.Tensor, grad: torch.Tensor, update: torch.Ten
     For the per-channel view, then the whole-tensor view: if max |cos(grad, p)| over the rows is
     below delta / sqrt(row length), the weights are taken as scale-invariant and the update loses
     its component along p (row-wise): u <- u - p_hat <p_hat, u>; decay is multiplied by wd_ratio."""
-    expand = [-1] + [1] * (param.dim() - 1)
-    for view in (lambda x: x.reshape(x.size(0), -1), lambda x: x.reshape(1, -1)):
-        cosine = F.cosine_similarity(view(grad), view(param), dim=1, eps=eps).abs_()
-        if cosine.max() < delta / math.sqrt(view(param).size(1)):
-            unit = param / view(param).norm(dim=1).view(expand).add_(eps)
-            return update - unit * view(unit * update).sum(dim=1).view(expand), wd_ratio
+    channel, layer, row_norms, norm = _cosines(param, grad, eps)
+    rows = param.size(0)
+    if channel.max() < delta / math.sqrt(param.numel() // rows):
+        unit = param.reshape(rows, -1) / (row_norms + eps).unsqueeze(1)
+        rows_u = update.reshape(rows, -1)
+        return (rows_u - unit * torch.linalg.vecdot(unit, rows_u).unsqueeze(1)).view_as(update), wd_ratio
+    if layer < delta / math.sqrt(param.numel()):
+        unit = param / (norm + eps)
+        return update - unit * torch.linalg.vecdot(unit.flatten(), update.flatten()), wd_ratio
     return update, 1.0
 
 
 def radial_projection_no_sync(param: torch.Tensor, grad: torch.Tensor, update: torch.Tensor, delta: float,
                               wd_ratio: float, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """`radial_projection` without a host sync: both views computed, selected with torch.where."""
-    expand = [-1] + [1] * (param.dim() - 1)
-    rows, flat = param.reshape(param.size(0), -1), param.reshape(1, -1)
-    channel = F.cosine_similarity(grad.reshape(rows.shape), rows, dim=1, eps=eps).abs_().amax() < (
-        delta / math.sqrt(rows.size(1)))
-    layer = F.cosine_similarity(grad.reshape(1, -1), flat, dim=1, eps=eps).abs_().amax() < (
-        delta / math.sqrt(flat.size(1)))
-    norm = torch.where(channel, rows.norm(dim=1).view(expand), flat.norm().reshape([1] * param.dim()))
-    unit = param / norm.add_(eps)
-    radial = torch.where(channel, (unit * update).reshape(rows.shape).sum(dim=1).view(expand), (unit * update).sum())
+    channel, layer, row_norms, norm = _cosines(param, grad, eps)
+    rows = param.size(0)
+    channel = channel.amax() < delta / math.sqrt(param.numel() // rows)
+    layer = layer < delta / math.sqrt(param.numel())
+    norms = torch.where(channel, row_norms, norm.expand_as(row_norms)).add_(eps).unsqueeze(1)
+    unit = param.reshape(rows, -1) / norms
+    rows_u = update.reshape(rows, -1)
+    radial = torch.where(channel, torch.linalg.vecdot(unit, rows_u), torch.linalg.vecdot(unit.flatten(), update.flatten()))
     invariant = channel | layer
-    projected = torch.where(invariant, update - unit * radial, update)
+    projected = torch.where(invariant, rows_u - unit * radial.unsqueeze(1), rows_u).view_as(update)
     ratio = torch.where(invariant, torch.tensor(wd_ratio, dtype=update.dtype, device=update.device),
                         torch.ones((), dtype=update.dtype, device=update.device))
     return projected, ratio

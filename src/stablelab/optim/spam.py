@@ -15,7 +15,7 @@ import torch
 from stablelab.optim.base import StabilityOptimizer, bias_correction
 from stablelab.optim.transforms import (
     adaptive_max_clip,
-    norm_normalise,
+    norm_normalise_scale,
     reset_warmup_scale,
     spike_clip,
     spike_clip_active,
@@ -157,20 +157,23 @@ class StableSPAM(StabilityOptimizer):
             state["exp_avg"].zero_()
             state["exp_avg_sq"].zero_()
 
-        max_abs = grad.abs().amax()
+        max_abs = torch.linalg.vector_norm(grad, ord=float("inf"))
         state["max_abs_ema"].lerp_(max_abs, 1.0 - gamma3)
-        grad = adaptive_max_clip(grad, max_abs, state["max_abs_ema"] / bias_correction(gamma3, step))
+        bound = state["max_abs_ema"] / bias_correction(gamma3, step)
+        if max_abs > bound:  # otherwise no entry exceeds the bound and the clip is the identity
+            grad = adaptive_max_clip(grad, max_abs, bound)
         grad_norm = torch.linalg.vector_norm(grad)
         if grad_norm == 0:
             return
         state["norm_ema"].lerp_(grad_norm, 1.0 - gamma1)
         state["norm_sq_ema"].lerp_(grad_norm.square(), 1.0 - gamma2)
-        grad = norm_normalise(grad, grad_norm, state["norm_ema"] / bias_correction(gamma1, step),
-                              state["norm_sq_ema"] / bias_correction(gamma2, step), group["eps"])
+        # norm_normalise(g) = scale * g; the scale is folded into the moment updates (one pass less)
+        scale = norm_normalise_scale(grad_norm, state["norm_ema"] / bias_correction(gamma1, step),
+                                     state["norm_sq_ema"] / bias_correction(gamma2, step), group["eps"]).item()
 
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        exp_avg.lerp_(grad, 1.0 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        exp_avg.mul_(beta1).add_(grad, alpha=(1.0 - beta1) * scale)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=(1.0 - beta2) * scale * scale)
         denom = exp_avg_sq.sqrt().div_(math.sqrt(bias_correction(beta2, adam_step))).add_(group["eps"])
         param.addcdiv_(exp_avg, denom, value=-group["lr"] / bias_correction(beta1, adam_step))
 
@@ -199,8 +202,8 @@ class StableSPAM(StabilityOptimizer):
             s["max_abs_ema"].copy_(m_max)
             s["norm_ema"].copy_(m_norm)
             s["norm_sq_ema"].copy_(v_norm)
-        scales = (norm_ema / bias_correction(gamma1, step)) / (
-            (norm_sq_ema / bias_correction(gamma2, step)).sqrt() + group["eps"]) / grad_norms
+        scales = norm_normalise_scale(grad_norms, norm_ema / bias_correction(gamma1, step),
+                                      norm_sq_ema / bias_correction(gamma2, step), group["eps"])
         if not bool(active.all()):  # one host sync: drop the skipped tensors
             keep = active.tolist()
             params, grads, states = ([x for x, k in zip(xs, keep) if k] for xs in (params, grads, states))

@@ -55,9 +55,15 @@ def adaptive_max_clip(grad: torch.Tensor, max_abs: torch.Tensor, max_abs_ema_hat
     return torch.where(grad.abs() > max_abs_ema_hat, grad * (max_abs_ema_hat / max_abs), grad)
 
 
-def norm_normalise(grad: torch.Tensor, grad_norm: torch.Tensor, norm_ema_hat: torch.Tensor,
-                   norm_sq_ema_hat: torch.Tensor, eps: float) -> torch.Tensor:
-    """Stable-SPAM adaptive gradient norm: g <- g / ||g|| * m_norm / (sqrt(v_norm) + eps).
+def norm_normalise_scale(grad_norm: torch.Tensor, norm_ema_hat: torch.Tensor, norm_sq_ema_hat: torch.Tensor,
+                         eps: float) -> torch.Tensor:
+    """The factor of Stable-SPAM's adaptive gradient norm: m_norm / (sqrt(v_norm) + eps) / ||g||.
 
     m_norm, v_norm: bias-corrected EMAs of ||g|| and ||g||^2 (arXiv 2502.17055, Algorithm 1)."""
-    return grad * (norm_ema_hat / (norm_sq_ema_hat.sqrt() + eps) / grad_norm)
+    return norm_ema_hat / (norm_sq_ema_hat.sqrt() + eps) / grad_norm
+
+
+def norm_normalise(grad: torch.Tensor, grad_norm: torch.Tensor, norm_ema_hat: torch.Tensor,
+                   norm_sq_ema_hat: torch.Tensor, eps: float) -> torch.Tensor:
+    """Stable-SPAM adaptive gradient norm: g <- g / ||g|| * m_norm / (sqrt(v_norm) + eps)."""
+    return grad * norm_normalise_scale(grad_norm, norm_ema_hat, norm_sq_ema_hat, eps)
