@@ -113,8 +113,9 @@ class Monitor:
     sinks: names ("console", "tensorboard", "wandb", "mlflow") or Sink objects.
     logits_module: name of the module whose output is the logits (default: the last nn.Linear).
     attention: hook attention modules for the max attention logit per layer.
-    update_ratio_every: measure the update-to-weight ratio every N steps (0: never; costs one copy
-        of the weight matrices).
+    update_ratio_every: measure the update-to-weight ratio every N steps (0: never).
+    update_sample: elements per weight matrix the update ratio is estimated from (every k-th row;
+        0 or a large number: every element).
     sharpness_every, sharpness_loss_fn, sharpness_batch: the scheduled edge-of-stability slot
         (stablelab.signals.curvature.sharpness_check; skipped with a log line when absent).
     config: extra fields recorded in the run's config.json."""
@@ -123,7 +124,7 @@ class Monitor:
                  log_dir: str | Path | None = None, policy: Policy | dict | None = None, *,
                  sync_every: int = 10, detectors: dict[str, Any] | None = None,
                  sinks: Sequence[str | Sink] = ("console",), logits_module: str | None = None,
-                 attention: bool = True, update_ratio_every: int = 1,
+                 attention: bool = True, update_ratio_every: int = 1, update_sample: int = 4096,
                  sharpness_every: int = 0, sharpness_loss_fn: Callable | None = None,
                  sharpness_batch: Any = None, config: dict[str, Any] | None = None):
         if sync_every < 1:
@@ -135,6 +136,7 @@ class Monitor:
         self.policy = policy if isinstance(policy, Policy) else Policy(policy) if policy else Policy()
         self.sync_every = sync_every
         self.update_ratio_every = update_ratio_every
+        self.update_sample = update_sample
         self.sharpness_every = sharpness_every
         self.sharpness_loss_fn, self.sharpness_batch = sharpness_loss_fn, sharpness_batch
         self.detectors: list[Detector] = build_detectors(detectors)
@@ -156,6 +158,7 @@ class Monitor:
         self._groups = [group_of[id(p)] for p in params]
         self._g2_ema = torch.zeros(len(params), device=self.device)
         self._ema_count = 0
+        self._v_mean: torch.Tensor | None = None
 
         self._immediate = {d.kind for d in self.detectors
                            if d.every_step and self.policy.acts_before_step(d.kind)}
@@ -166,6 +169,8 @@ class Monitor:
         self._logit_stats: list[torch.Tensor] | None = None
         self._update_entry: dict[str, Any] | None = None
         self._prev_weights: list[torch.Tensor] | None = None
+        self._views: list[torch.Tensor] | None = None
+        self._view_pointers: list[int] = []
         self._norm_history: list[float] = []
         self._clean_since_snapshot = True
         self._closed = False
@@ -233,6 +238,7 @@ class Monitor:
             self._decide_now(entry)
         if t % self.sync_every == 0:
             self._measure_sampled(entry)
+            self._refresh_second_moments()
             if self.snapshot is not None:
                 self._maybe_snapshot(entry)
         if self.sharpness_every and t > 0 and t % self.sharpness_every == 0:
@@ -270,28 +276,13 @@ class Monitor:
                 "done": set(), "sampled": {}, "host": {}}
 
     def _spike_ratio(self, g2: torch.Tensor) -> torch.Tensor:
-        """Per-tensor mean(g^2) / mean(v), v = bias-corrected second moment (SPAM's spike test
-        g^2 > theta v, taken per tensor), or a running EMA of mean(g^2) without one."""
-        vs, index, steps, betas = [], [], [], []
-        for i, p in enumerate(self.params):
-            state = self.optimizer.state.get(p)
-            v = state.get("exp_avg_sq") if state else None
-            group_betas = self._groups[i].get("betas")
-            if v is None or group_betas is None or "step" not in state:
-                continue
-            vs.append(v)
-            index.append(i)
-            steps.append(state["step"])
-            betas.append(float(group_betas[1]))
-        if vs:
-            v_sum = torch.stack(torch._foreach_norm(vs, 1)).float().to(self.device)  # v >= 0
-            step_t = torch.stack([torch.as_tensor(s, dtype=torch.float32).to(self.device) for s in steps])
-            beta_t = torch.tensor(betas, device=self.device)
-            correction = 1 - beta_t.pow(step_t)  # Adam's bias correction 1 - beta2^t
-            v_mean = torch.zeros(len(self.params), device=self.device)
-            v_mean[index] = v_sum / self.numels[index] / correction.clamp_min(1e-12)
-            return tensor_spike_ratio(g2, self.numels, v_mean)
-        # No optimizer second moment: compare against our own EMA of mean(g^2).
+        """Per-tensor mean(g^2) / mean(v) (SPAM's spike test g^2 > theta v, taken per tensor).
+
+        v: the optimizer's bias-corrected second moment, its per-tensor mean refreshed on sampled
+        steps (v moves slowly: by at most a factor beta2^sync_every between refreshes, nothing
+        against a threshold of 1000); without one, a running EMA of mean(g^2) kept here."""
+        if self._v_mean is not None:
+            return tensor_spike_ratio(g2, self.numels, self._v_mean)
         mean_g2 = g2 / self.numels
         if self._ema_count:
             estimate = self._g2_ema / (1 - _EMA_BETA ** self._ema_count)
@@ -302,6 +293,29 @@ class Monitor:
                                    _EMA_BETA * self._g2_ema + (1 - _EMA_BETA) * mean_g2, self._g2_ema)
         self._ema_count += 1
         return ratio
+
+    @torch.no_grad()
+    def _refresh_second_moments(self) -> None:
+        """mean(v) / (1 - beta2^t) per tensor from the optimizer state (None: no second moment)."""
+        vs, index, steps, betas = [], [], [], []
+        for i, p in enumerate(self.params):
+            state = self.optimizer.state.get(p)
+            v = state.get("exp_avg_sq") if state else None
+            group_betas = self._groups[i].get("betas")
+            if v is None or group_betas is None or "step" not in state:
+                continue
+            vs.append(v)
+            index.append(i)
+            steps.append(float(state["step"]))
+            betas.append(float(group_betas[1]))
+        if not vs:
+            self._v_mean = None
+            return
+        v_sum = torch.stack([v.float().sum() for v in vs]).to(self.device)
+        correction = torch.tensor([1 - b ** t for b, t in zip(betas, steps)], device=self.device)
+        v_mean = torch.zeros(len(self.params), device=self.device)
+        v_mean[index] = v_sum / self.numels[index] / correction.clamp_min(1e-12)  # Adam bias correction
+        self._v_mean = v_mean
 
     @torch.no_grad()
     def _measure_sampled(self, entry: dict[str, Any]) -> None:
@@ -358,15 +372,31 @@ class Monitor:
         finally:
             for p, g in zip(self.params, saved):
                 p.grad = g
-        entry["host"].update({f"sharpness_{k}": float(result[k])
-                              for k in ("lambda_max", "trace", "threshold") if k in result})
+        entry["host"].update({f"sharpness_{k}": float(v) for k, v in result.items()
+                              if isinstance(v, (int, float)) and v is not None})
 
     # -- update-to-weight ratio, through the optimizer's own step hooks ---------------------------
+    def _update_views(self) -> list[torch.Tensor]:
+        """Each weight matrix as a view on every k-th row, about `update_sample` elements: the RMS
+        ratio of a fixed row sample estimates the whole matrix's at a fraction of the copy cost."""
+        pointers = [self.params[i].data_ptr() for i in self.matrices]
+        if self._views is not None and pointers == self._view_pointers:
+            return self._views
+        views = []
+        for i in self.matrices:
+            w = self.params[i].detach()
+            rows = w.reshape(w.shape[0], -1)
+            sample = self.update_sample if self.update_sample > 0 else w.numel()
+            stride = max(1, (w.numel() + sample - 1) // sample)
+            views.append(rows[::stride] if stride < rows.shape[0] else rows[:1])
+        self._views, self._view_pointers = views, pointers  # rebuilt if a parameter moves
+        return views
+
     def _before_update(self, _optimizer, _args, _kwargs) -> None:
         if self._update_entry is None:
             return
         try:
-            weights = [self.params[i].detach() for i in self.matrices]
+            weights = self._update_views()
             if self._prev_weights is None:
                 self._prev_weights = [w.clone() for w in weights]
             else:
@@ -380,8 +410,7 @@ class Monitor:
         if entry is None:
             return
         try:
-            entry["update"] = update_to_weight_ratio(self._prev_weights,
-                                                     [self.params[i] for i in self.matrices])
+            entry["update"] = update_to_weight_ratio(self._prev_weights, self._update_views())
         except Exception as error:  # noqa: BLE001
             self._internal_error(error)
 
@@ -526,6 +555,7 @@ class Monitor:
                                                       "skipped; weights and optimizer state unchanged"))
             elif action == "reset_moments":
                 n = guard_module.reset_moments(self.optimizer)
+                self._v_mean = None  # no history to compare against until the next refresh
                 applied.append(intervention_event("reset_moments", cause,
                                                   f"zeroed {n} moment tensors (step counts kept)"))
             elif action == "clip":
@@ -558,6 +588,7 @@ class Monitor:
         restored = self.snapshot.restore(self.model, self.optimizer)
         self._g2_ema.zero_()
         self._ema_count = 0
+        self._refresh_second_moments()
         return intervention_event("rollback", cause, f"model and optimizer restored to the snapshot of "
                                   f"step {restored}; this step skipped, batches since then dropped",
                                   snapshot_step=restored)

@@ -319,21 +319,30 @@ class EpsFloor(Detector):
 
 @dataclass
 class EdgeOfStability(Detector):
-    """Scheduled sharpness check: lambda_max(H) at or above `factor` x the stability threshold the
-    curvature signal reports (2/lr for gradient descent; 38/lr preconditioned, Adam beta1 0.9)."""
+    """Scheduled sharpness check (stablelab.signals.curvature.sharpness_check): fires when the
+    sharpness reaches `factor` x its stability threshold: lambda_max against 2/lr for gradient
+    descent (Cohen et al. 2021), the preconditioned lambda_max against (2 + 2 beta1) / ((1 - beta1) lr)
+    = 38/lr under Adam (Cohen et al. 2022). Default 0.9, the curvature signal's own edge margin."""
 
     kind: ClassVar[str] = "edge_of_stability"
-    factor: float = 1.0
+    factor: float = 0.9
 
     def detect(self, step, row):
-        lam, threshold = row.get("sharpness_lambda_max"), row.get("sharpness_threshold")
-        if not (_finite(lam) and _finite(threshold)) or lam < self.factor * threshold:
+        if _finite(row.get("sharpness_adam_ratio")):
+            ratio, what = row["sharpness_adam_ratio"], "preconditioned sharpness / (38/lr at beta1 0.9)"
+            lam, threshold = row.get("sharpness_preconditioned_lambda_max"), row.get("sharpness_adam_threshold")
+        else:
+            lam, threshold = row.get("sharpness_lambda_max"), row.get("sharpness_gd_threshold")
+            if not (_finite(lam) and _finite(threshold)) or threshold <= 0:
+                return []
+            ratio, what = lam / threshold, "lambda_max / (2/lr)"
+        if ratio < self.factor:
             return []
         return [self.event(step, "warning",
-                           f"sharpness {lam:.4g} >= {self.factor:g} x threshold {threshold:.4g} (2/lr): "
-                           "training is at the edge of stability. Likely fix: lower the learning rate "
-                           "if the loss oscillates; otherwise expected (Cohen et al.).",
-                           lambda_max=lam, threshold=threshold, trace=row.get("sharpness_trace"))]
+                           f"{what} = {ratio:.3g} >= {self.factor:g} (lambda {lam:.4g}, threshold "
+                           f"{threshold:.4g}): training is at the edge of stability. Likely fix: lower the "
+                           "learning rate if the loss oscillates; otherwise expected (Cohen et al.).",
+                           ratio=ratio, lambda_max=lam, threshold=threshold, trace=row.get("sharpness_trace"))]
 
 
 DETECTORS: dict[str, type[Detector]] = {
