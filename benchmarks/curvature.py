@@ -111,6 +111,14 @@ def main() -> int:
     check_eig_s = timed(lambda: sharpness_check(model32, mse_loss, batch32, lr=0.1, trace_products=0), 5)
     check_full_s = timed(lambda: sharpness_check(model32, mse_loss, batch32, lr=0.1, trace_products=30), 5)
     check = sharpness_check(model32, mse_loss, batch32, lr=0.1, trace_products=30)
+    # A scheduled check warm-started from the previous one, 10 training steps later.
+    warm: dict = {}
+    cold = sharpness_check(model32, mse_loss, batch32, lr=0.1, trace_products=0, warm_start=warm)
+    for _ in range(10):
+        train_step()
+    start = time.perf_counter()
+    warmed = sharpness_check(model32, mse_loss, batch32, lr=0.1, trace_products=0, warm_start=warm)
+    warm_s = time.perf_counter() - start
 
     def ratio(key_ours, key_power):
         pairs = [(r[key_ours], r[key_power]) for r in rows if r[key_ours] and r[key_power]]
@@ -129,6 +137,9 @@ def main() -> int:
         "sharpness_check_with_trace30_s": check_full_s,
         "check_over_step_eig_only": check_eig_s / step_s, "check_over_step_with_trace30": check_full_s / step_s,
         "check_products_eig_only": check["products"] - 30, "check_products_with_trace30": check["products"],
+        "cold_check_products": cold["products"], "warm_check_products_10_steps_later": warmed["products"],
+        "warm_check_s": warm_s, "warm_check_over_step": warm_s / step_s,
+        "hvp_cost_in_steps": (check_eig_s / step_s) / max(check["products"] - 30, 1),
     }
     print(json.dumps({k: v for k, v in summary.items() if k != "rows"}, indent=2))
     if args.out:

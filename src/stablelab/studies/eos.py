@@ -248,10 +248,11 @@ def run_study(config: EosConfig, out_dir: Path) -> dict:
         warn.append(not r["hovers"])
     for s in sgd:
         lines.append(f"SGD lr {s['lr']:g} batch {s['batch_size']}: trace(H) = {s['sgd']['trace']:.3g} = "
-                     f"{s['sgd']['trace_ratio']:.2f} x 2/lr (Wu & Su bound: <= 1); full-batch GD: trace "
+                     f"{s['sgd']['trace_ratio']:.2f} x 2/lr (Wu & Su: <= 1 at a linearly stable minimum); "
+                     f"lambda_max {s['sgd']['sharpness_ratio']:.2f} x 2/lr; full-batch GD: trace "
                      f"{s['gd']['trace']:.3g}, lambda_max {s['gd']['lambda_max']:.3g} = "
                      f"{s['gd']['sharpness_ratio']:.2f} x 2/lr")
-        warn.append(s["sgd"]["trace_ratio"] > 1)
+        warn.append(False)  # not a verdict: the bound holds at minima, see the note below
     page.findings(lines, warn)
     png = page.figure(_figure(runs), "sharpness against 2/lr over training")
     atomic_write_bytes(out_dir / "sharpness.png", png)
@@ -269,7 +270,10 @@ def run_study(config: EosConfig, out_dir: Path) -> dict:
                  s["sgd"]["lambda_max"], s["gd"]["trace"], s["gd"]["sharpness_ratio"], s["sgd"]["train_loss"],
                  s["gd"]["train_loss"]] for s in sgd])
     page.paragraph(f"Trace by Hutch++ with {config.trace_products} Hessian-vector products on the full training "
-                   "set. Cross-entropy runs: as the loss goes to 0 the sharpness falls (Cohen et al. 2021 "
+                   "set. Wu & Su's trace(H) <= 2/lr is a statement about linearly stable global minima (an "
+                   "interpolating model, batch 1 in its simplest form); this small MLP does not interpolate "
+                   "the MSE targets, so compare SGD's trace with GD's at the same LR rather than read the "
+                   "ratio as pass/fail. Cross-entropy runs: as the loss goes to 0 the sharpness falls (Cohen et al. 2021 "
                    "note this late-training decline for cross-entropy), so hovering is expected only for MSE.",
                    "meta")
     page.write(out_dir / "report.html")
