@@ -3,8 +3,15 @@
 from stablelab.signals.attention import attention_logit_max, attention_logits
 from stablelab.signals.gradients import global_norm, rms, update_rms
 from stablelab.signals.logits import output_log_z, output_log_z_stats, z_loss
+from stablelab.signals.collapse import (
+    cosine_similarity, nlm_alignment, softmax_collapse_fraction, softmax_collapse_mask, zero_loss_fraction,
+)
 
 __all__ = [
     "attention_logit_max", "attention_logits", "global_norm", "rms", "update_rms",
     "output_log_z", "output_log_z_stats", "z_loss",
+]
+__all__ += [
+    "cosine_similarity", "nlm_alignment", "softmax_collapse_fraction", "softmax_collapse_mask",
+    "zero_loss_fraction",
 ]

@@ -1,0 +1,84 @@
+"""Softmax collapse and naive loss minimisation (Prieto et al. 2025, arXiv 2501.04697, sections 3-5).
+
+- Softmax collapse (SC): in floating point, sum_j exp(x_j - max x) rounds to exactly 1 when every
+  other term is below half an ulp of 1; the loss and the correct-class gradient are then exactly 0.
+- Naive loss minimisation (NLM): once the training set is fitted, the loss keeps falling by scaling
+  the logits up, i.e. by moving the weights along themselves; the gradient then aligns with the
+  weights (for a ReLU MLP without biases, scaling the weights scales the logits).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import torch
+from torch import nn
+
+
+def softmax_collapse_mask(logits: torch.Tensor, dtype: torch.dtype = torch.float32, dim: int = -1) -> torch.Tensor:
+    """Boolean per sample: sum_j exp(x_j - max x) == 1 exactly in `dtype` (official logger's test)."""
+    x = logits.detach().to(dtype)
+    shifted = x - x.amax(dim=dim, keepdim=True)
+    return torch.exp(shifted).sum(dim=dim) == 1
+
+
+def softmax_collapse_fraction(logits: torch.Tensor, dtype: torch.dtype = torch.float32, dim: int = -1) -> float:
+    """Fraction of samples in softmax collapse, in [0, 1] (Prieto et al. 2025, SC; classes on `dim`)."""
+    mask = softmax_collapse_mask(logits, dtype=dtype, dim=dim)
+    if mask.numel() == 0:
+        return 0.0
+    return float(mask.float().mean())
+
+
+def zero_loss_fraction(
+    logits: torch.Tensor, target: torch.Tensor, dtype: torch.dtype = torch.float32, loss_fn=None
+) -> float:
+    """Fraction of samples whose loss is exactly 0 in `dtype` (they give no gradient at all).
+
+    loss_fn(logits, target, reduction="none") defaults to softmax cross-entropy; pass
+    `stable_max_cross_entropy` to measure a StableMax model.
+    """
+    x = logits.detach().to(dtype)
+    if loss_fn is None:
+        losses = torch.nn.functional.cross_entropy(x, target, reduction="none")
+    else:
+        losses = loss_fn(x, target, reduction="none")
+    if losses.numel() == 0:
+        return 0.0
+    return float((losses == 0).float().mean())
+
+
+def cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> float:
+    """cos(a, b) = <a, b> / (|a| |b|) over all elements, in float64; NaN if either is zero."""
+    a64, b64 = a.detach().double().flatten(), b.detach().double().flatten()
+    denominator = torch.linalg.vector_norm(a64) * torch.linalg.vector_norm(b64)
+    if denominator == 0:
+        return float("nan")
+    return float(a64 @ b64 / denominator)
+
+
+def nlm_alignment(
+    parameters: nn.Module | Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]],
+    gradients: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, float]:
+    """cos(grad, weights) per parameter tensor (Prieto et al. 2025, NLM direction).
+
+    `parameters`: a module, a name -> tensor mapping, or (name, tensor) pairs; gradients are read
+    from `.grad` unless `gradients` (name -> tensor) is given. Tensors without a gradient are skipped.
+    Sign: a gradient parallel to the weights gives +1. Under NLM gradient *descent* scales the
+    weights up, so the gradient points against them and the value tends towards -1; the paper's
+    "alignment with the NLM direction" is cos(-grad, w) = -nlm_alignment.
+    """
+    if isinstance(parameters, nn.Module):
+        named = list(parameters.named_parameters())
+    elif isinstance(parameters, Mapping):
+        named = list(parameters.items())
+    else:
+        named = list(parameters)
+    out: dict[str, float] = {}
+    for name, weight in named:
+        grad = gradients.get(name) if gradients is not None else weight.grad
+        if grad is None:
+            continue
+        out[name] = cosine_similarity(grad, weight)
+    return out

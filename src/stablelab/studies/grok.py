@@ -1,0 +1,434 @@
+"""`stablelab grok`: softmax collapse and grokking on algorithmic tasks (Prieto et al. 2025,
+"Grokking at the edge of numerical stability", arXiv 2501.04697).
+
+Four variants train the same MLP from the same initialisation, full batch, side by side:
+
+    softmax_adamw             softmax cross-entropy, AdamW, no weight decay (the failing baseline)
+    softmax_adamw_wd          the same with weight decay (the classic way to grok)
+    stablemax_adamw           StableMax cross-entropy, AdamW, no weight decay
+    softmax_orthogonal_adamw  softmax cross-entropy, AdamW wrapped in the orthogonal gradient
+
+Each logs train/test accuracy, the softmax collapse fraction of the training logits, the fraction of
+training samples with exactly zero loss and the NLM alignment cos(grad, w) per layer; the report
+shows the curves and the step at which each variant first reaches 95% test accuracy.
+Runs are stored one folder each (stablelab.store); a finished run is not repeated on a rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from stablelab.data.modular import OPERATIONS, ClassificationTask, modular_arithmetic, sparse_parity
+from stablelab.errors import UsageError
+from stablelab.models.mlp import MLP
+from stablelab.nn import stable_max_cross_entropy
+from stablelab.optim.orthogonal import OrthogonalGradient
+from stablelab.signals.collapse import nlm_alignment, softmax_collapse_fraction, zero_loss_fraction
+from stablelab.store.files import atomic_write_json
+from stablelab.store.run_store import RunWriter, is_done, load_config, load_metrics, load_result
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "softmax_adamw": {"loss": "softmax", "weight_decay": False, "orthogonal": False},
+    "softmax_adamw_wd": {"loss": "softmax", "weight_decay": True, "orthogonal": False},
+    "stablemax_adamw": {"loss": "stablemax", "weight_decay": False, "orthogonal": False},
+    "softmax_orthogonal_adamw": {"loss": "softmax", "weight_decay": False, "orthogonal": True},
+}
+LABELS = {
+    "softmax_adamw": "softmax + AdamW",
+    "softmax_adamw_wd": "softmax + AdamW + weight decay",
+    "stablemax_adamw": "StableMax + AdamW",
+    "softmax_orthogonal_adamw": "softmax + orthogonal-gradient AdamW",
+}
+TARGET_TEST_ACC = 0.95
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+LOSS_DTYPES = {**DTYPES, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class GrokConfig:
+    """Everything a grok study depends on (stored with each run; a changed config reruns it)."""
+
+    task: str = "add"  # add | sub | mul | parity
+    p: int = 113
+    train_fraction: float = 0.4
+    steps: int = 300
+    lr: float = 1e-2
+    weight_decay: float = 1.0  # AdamW decoupled decay of the *_wd variant (the others use 0)
+    beta2: float = 0.999
+    adam_eps: float = 1e-8
+    hidden: tuple[int, ...] = (200, 200)
+    dtype: str = "float32"  # model and data precision
+    softmax_dtype: str = ""  # precision of the loss (softmax or StableMax); "" = the model's dtype
+    logit_scale: float = 1.0  # multiplies the logits before the loss (Prieto et al.'s alpha)
+    init_scale: float = 1.0  # multiplies the initial weights
+    seed: int = 0
+    eval_every: int = 10
+    parity_bits: int = 4
+    parity_noise: int = 36
+    parity_samples: int = 2000
+
+
+# name -> (config overrides, one-line description). A preset only sets defaults; flags override.
+PRESETS: dict[str, tuple[dict[str, Any], str]] = {
+    "default": ({}, "a + b mod 113, 40% train, MLP 2x200, lr 1e-2, 300 full-batch steps (float32)"),
+    "collapse": (
+        {"steps": 600, "lr": 1e-2, "logit_scale": 1.0, "init_scale": 1.0},
+        "longer run of the default task so that plain softmax reaches softmax collapse",
+    ),
+}
+
+
+# -- one run ------------------------------------------------------------------------------------
+def build_task(config: GrokConfig, device: str) -> ClassificationTask:
+    dtype = DTYPES[config.dtype]
+    if config.task == "parity":
+        return sparse_parity(config.parity_bits, config.parity_noise, config.parity_samples,
+                             config.train_fraction, config.seed, dtype=dtype, device=device)
+    return modular_arithmetic(config.task, config.p, config.train_fraction, config.seed, dtype=dtype,
+                              device=device)
+
+
+def build_model(config: GrokConfig, task: ClassificationTask, device: str) -> MLP:
+    torch.manual_seed(config.seed)  # the same initial weights for every variant
+    model = MLP(task.input_dim, task.num_classes, config.hidden)
+    if config.init_scale != 1.0:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(config.init_scale)
+    return model.to(device=device, dtype=DTYPES[config.dtype])
+
+
+def build_optimizer(config: GrokConfig, variant: str, model: torch.nn.Module) -> torch.optim.Optimizer:
+    spec = VARIANTS[variant]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, config.beta2),
+                                  eps=config.adam_eps,
+                                  weight_decay=config.weight_decay if spec["weight_decay"] else 0.0)
+    return OrthogonalGradient(optimizer) if spec["orthogonal"] else optimizer
+
+
+def loss_function(variant: str) -> Callable[..., torch.Tensor]:
+    if VARIANTS[variant]["loss"] == "stablemax":
+        return stable_max_cross_entropy
+    return torch.nn.functional.cross_entropy
+
+
+def accuracy(logits: torch.Tensor, target: torch.Tensor) -> float:
+    return float((logits.argmax(dim=-1) == target).float().mean())
+
+
+def steps_to_target(rows: list[dict[str, Any]], key: str = "test_acc",
+                    target: float = TARGET_TEST_ACC) -> int | None:
+    """First logged step whose `key` is at least `target`; None if it never is."""
+    for row in rows:
+        value = row.get(key)
+        if value is not None and value >= target:
+            return int(row["step"])
+    return None
+
+
+def train_variant(config: GrokConfig, variant: str, device: str = "cpu", run_dir: str | Path | None = None,
+                  on_step: Callable[[int], None] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Train one variant; returns (result, logged rows). Writes a run folder when run_dir is given."""
+    task = build_task(config, device)
+    model = build_model(config, task, device)
+    optimizer = build_optimizer(config, variant, model)
+    loss_fn = loss_function(variant)
+    softmax_dtype = LOSS_DTYPES[config.softmax_dtype or config.dtype]
+    writer = RunWriter(run_dir, {"variant": variant, **asdict(config)}).start() if run_dir else None
+    rows: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    diverged = False
+    try:
+        for step in range(config.steps + 1):
+            log_now = step % config.eval_every == 0 or step == config.steps
+            logits = model(task.x_train) * config.logit_scale
+            # the loss is computed in softmax_dtype (as the official code's cross_entropy_float16/64)
+            loss = loss_fn(logits.to(softmax_dtype), task.y_train).to(logits.dtype)
+            if log_now:
+                row = _log_row(step, model, task, config, logits, loss, loss_fn, softmax_dtype)
+            if step == config.steps:  # the last row describes the final weights: no update after it
+                rows.append(row)
+                if writer:
+                    writer.log(row)
+                break
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if log_now:
+                # cos(grad, w) of the raw gradient, before any projection
+                for name, value in nlm_alignment(model).items():
+                    row[f"nlm_alignment/{name}"] = value
+                rows.append(row)
+                if writer:
+                    writer.log(row)
+            if not math.isfinite(float(loss.detach())):
+                diverged = True
+                break
+            optimizer.step()
+            if on_step:
+                on_step(1)
+    finally:
+        if writer:
+            writer.close()
+    final = rows[-1]
+    result = {
+        "variant": variant,
+        "final_train_acc": final["train_acc"],
+        "final_test_acc": final["test_acc"],
+        "steps_to_95_test": steps_to_target(rows),
+        "steps_to_100_train": steps_to_target(rows, "train_acc", 1.0),
+        "max_softmax_collapse": max(r["softmax_collapse"] for r in rows),
+        "max_zero_loss_fraction": max(r["zero_loss_fraction"] for r in rows),
+        "final_nlm_alignment_output": final.get("nlm_alignment/output.weight",
+                                                rows[-2].get("nlm_alignment/output.weight") if len(rows) > 1 else None),
+        "steps": int(final["step"]),
+        "diverged": diverged,
+        "seconds": time.perf_counter() - start,
+    }
+    if writer:
+        writer.finish(result)
+    return result, rows
+
+
+@torch.no_grad()
+def _log_row(step: int, model: torch.nn.Module, task: ClassificationTask, config: GrokConfig,
+             logits: torch.Tensor, loss: torch.Tensor, loss_fn, softmax_dtype: torch.dtype) -> dict[str, Any]:
+    test_logits = model(task.x_test) * config.logit_scale
+    return {
+        "step": step,
+        "train_loss": float(loss),
+        "train_acc": accuracy(logits, task.y_train),
+        "test_loss": float(loss_fn(test_logits.to(softmax_dtype), task.y_test)),
+        "test_acc": accuracy(test_logits, task.y_test),
+        # softmax collapse of the training logits, in the precision the softmax is computed in
+        "softmax_collapse": softmax_collapse_fraction(logits, dtype=softmax_dtype),
+        # samples whose own loss (softmax or StableMax) is exactly 0: they give no gradient
+        "zero_loss_fraction": zero_loss_fraction(logits, task.y_train, dtype=softmax_dtype,
+                                                 loss_fn=loss_fn if loss_fn is not torch.nn.functional.cross_entropy
+                                                 else None),
+        "logit_max_abs": float(logits.abs().max()),
+        "weight_norm": float(torch.sqrt(sum((p.double() ** 2).sum() for p in model.parameters()))),
+    }
+
+
+# -- the study ----------------------------------------------------------------------------------
+def run_study(config: GrokConfig, out: Path, device: str = "cpu", progress: bool = True
+              ) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """All four variants, one run folder each under out/runs; finished runs with the same config
+    are read back instead of retrained."""
+    runs_dir = out / "runs"
+    results: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+    pending = []
+    for variant in VARIANTS:
+        run_dir = runs_dir / variant
+        if is_done(run_dir) and load_config(run_dir) == _jsonable_config(variant, config):
+            results[variant] = (load_result(run_dir), load_metrics(run_dir))
+        else:
+            pending.append(variant)
+    if pending:
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        columns = [TextColumn("[bold]grok[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("steps"), TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn()]
+        with Progress(*columns, disable=not progress, transient=False) as bar:
+            task_id = bar.add_task("", total=len(pending) * config.steps)
+            for variant in pending:
+                bar.update(task_id, description=variant)
+                results[variant] = train_variant(config, variant, device, runs_dir / variant,
+                                                 on_step=lambda n: bar.advance(task_id, n))
+    return {v: results[v] for v in VARIANTS}
+
+
+def _jsonable_config(variant: str, config: GrokConfig) -> dict[str, Any]:
+    import json
+
+    return json.loads(json.dumps({"variant": variant, **asdict(config)}))
+
+
+def summary(config: GrokConfig, results, preset: str, device: str) -> dict[str, Any]:
+    keys = ("final_train_acc", "final_test_acc", "steps_to_95_test", "max_softmax_collapse",
+            "max_zero_loss_fraction", "steps_to_100_train", "final_nlm_alignment_output", "diverged",
+            "seconds")
+    return {
+        "study": "grok",
+        "preset": preset,
+        "device": device,
+        "config": asdict(config),
+        "target_test_acc": TARGET_TEST_ACC,
+        "variants": {v: {k: result[k] for k in keys} for v, (result, _) in results.items()},
+    }
+
+
+def write_report(config: GrokConfig, results, out: Path, preset: str, device: str) -> Path:
+    import matplotlib.pyplot as plt
+
+    from stablelab.report.html import Page
+
+    task_name = _task_title(config)
+    page = Page("Softmax collapse and grokking",
+                f"{task_name}; train fraction {config.train_fraction}; MLP {list(config.hidden)}; "
+                f"AdamW lr {config.lr}, betas (0.9, {config.beta2}), eps {config.adam_eps}; "
+                f"full batch, {config.steps} steps, {config.dtype}; preset {preset}; device {device}")
+    page.heading("Findings")
+    lines, warn = [], []
+    for variant, (result, _) in results.items():
+        reached = result["steps_to_95_test"]
+        when = f"reached 95% test accuracy at step {reached}" if reached is not None else \
+            f"never reached 95% test accuracy within {result['steps']} steps"
+        lines.append(f"{LABELS[variant]}: {when}; final train {result['final_train_acc']:.1%}, "
+                     f"test {result['final_test_acc']:.1%}; softmax collapse up to "
+                     f"{result['max_softmax_collapse']:.1%} of training samples.")
+        warn.append(reached is None)
+    page.findings(lines, warn)
+    page.table(
+        ["variant", "final train acc", "final test acc", "steps to 95% test", "max softmax collapse",
+         "max zero-loss fraction", "cos(grad, w) output layer (last)", "seconds"],
+        [[v, r["final_train_acc"], r["final_test_acc"],
+          r["steps_to_95_test"] if r["steps_to_95_test"] is not None else f"never within {r['steps']}",
+          r["max_softmax_collapse"], r["max_zero_loss_fraction"], r["final_nlm_alignment_output"],
+          r["seconds"]] for v, (r, _) in results.items()])
+
+    page.heading("Accuracy")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    for variant, (_, rows) in results.items():
+        steps = [r["step"] for r in rows]
+        axes[0].plot(steps, [r["train_acc"] for r in rows], label=LABELS[variant])
+        axes[1].plot(steps, [r["test_acc"] for r in rows], label=LABELS[variant])
+    for ax, title in zip(axes, ("train accuracy", "test accuracy")):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.axhline(TARGET_TEST_ACC, color="0.7", lw=0.8, ls="--")
+    axes[1].legend(fontsize=8)
+    page.figure(fig, "train and test accuracy per variant")
+
+    page.heading("Softmax collapse and naive loss minimisation")
+    page.paragraph("Softmax collapse: fraction of training samples whose sum of exp(logit - max) is "
+                   f"exactly 1 in {config.dtype}. Zero loss: fraction of training samples whose own loss "
+                   "is exactly 0. NLM alignment: cos(grad, w) of the output layer; under naive loss "
+                   "minimisation the gradient points against the weights, so it falls towards -1.")
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for variant, (_, rows) in results.items():
+        steps = [r["step"] for r in rows]
+        axes[0].plot(steps, [r["softmax_collapse"] for r in rows], label=LABELS[variant])
+        axes[1].plot(steps, [r["zero_loss_fraction"] for r in rows], label=LABELS[variant])
+        nlm = [(r["step"], r.get("nlm_alignment/output.weight")) for r in rows]
+        nlm = [(s, c) for s, c in nlm if c is not None]
+        axes[2].plot([s for s, _ in nlm], [c for _, c in nlm], label=LABELS[variant])
+    for ax, title in zip(axes, ("softmax collapse fraction", "zero-loss fraction",
+                                "cos(grad, w), output layer")):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+    axes[2].legend(fontsize=8)
+    page.figure(fig, "softmax collapse, zero-loss fraction and NLM alignment per variant")
+
+    page.heading("Logit and weight scale")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for variant, (_, rows) in results.items():
+        steps = [r["step"] for r in rows]
+        axes[0].semilogy(steps, [max(r["logit_max_abs"], 1e-12) for r in rows], label=LABELS[variant])
+        axes[1].plot(steps, [r["weight_norm"] for r in rows], label=LABELS[variant])
+    axes[0].set_title("max |logit| on the training set")
+    axes[1].set_title("weight norm")
+    for ax in axes:
+        ax.set_xlabel("step")
+    axes[1].legend(fontsize=8)
+    page.figure(fig, "logit and weight scale per variant")
+    page.paragraph("Reproduce: stablelab grok " + " ".join(_cli_flags(config, preset)) + " --out DIR",
+                   css_class="meta")
+    return page.write(out / "report.html")
+
+
+def _task_title(config: GrokConfig) -> str:
+    if config.task == "parity":
+        return (f"sparse parity of {config.parity_bits} of {config.parity_bits + config.parity_noise} bits, "
+                f"{config.parity_samples} samples")
+    symbol = {"add": "+", "sub": "-", "mul": "*"}[config.task]
+    return f"a {symbol} b mod {config.p}"
+
+
+def _cli_flags(config: GrokConfig, preset: str) -> list[str]:
+    flags = [f"--preset {preset}", f"--task {config.task}", f"--p {config.p}",
+             f"--train-fraction {config.train_fraction}", f"--steps {config.steps}", f"--lr {config.lr}",
+             f"--weight-decay {config.weight_decay}", f"--dtype {config.dtype}", f"--seed {config.seed}"]
+    if config.logit_scale != 1.0:
+        flags.append(f"--logit-scale {config.logit_scale}")
+    if config.init_scale != 1.0:
+        flags.append(f"--init-scale {config.init_scale}")
+    return flags
+
+
+# -- CLI ----------------------------------------------------------------------------------------
+_FLAGS = {  # flag -> (GrokConfig field, type, help)
+    "--task": ("task", str, f"{', '.join(OPERATIONS)} (mod p) or parity"),
+    "--p": ("p", int, "modulus (default 113)"),
+    "--train-fraction": ("train_fraction", float, "fraction of the pairs used for training (default 0.4)"),
+    "--steps": ("steps", int, "full-batch optimizer steps per variant"),
+    "--lr": ("lr", float, "AdamW learning rate (default 1e-2)"),
+    "--weight-decay": ("weight_decay", float, "AdamW weight decay of the softmax_adamw_wd variant (default 1.0)"),
+    "--beta2": ("beta2", float, "AdamW beta2 (default 0.999)"),
+    "--adam-eps": ("adam_eps", float, "AdamW eps (default 1e-8)"),
+    "--dtype": ("dtype", str, "float32 or float64: model, data and softmax precision"),
+    "--logit-scale": ("logit_scale", float, "multiply the logits by this before the loss (default 1)"),
+    "--init-scale": ("init_scale", float, "multiply the initial weights by this (default 1)"),
+    "--seed": ("seed", int, "seed of the split and the initial weights"),
+    "--eval-every": ("eval_every", int, "log every this many steps (default 10)"),
+}
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="output folder (report.html, summary.json, runs/)")
+    parser.add_argument("--preset", default="default", choices=sorted(PRESETS),
+                        help="; ".join(f"{k}: {v[1]}" for k, v in PRESETS.items()))
+    for flag, (_, kind, help_text) in _FLAGS.items():
+        parser.add_argument(flag, type=kind, default=None, help=help_text)
+    parser.add_argument("--hidden", type=int, nargs="+", default=None, help="hidden widths (default 200 200)")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def config_from_args(args: argparse.Namespace) -> GrokConfig:
+    values = dict(PRESETS[args.preset][0])
+    for flag, (field_name, _, _) in _FLAGS.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            values[field_name] = value
+    if args.hidden is not None:
+        values["hidden"] = tuple(args.hidden)
+    config = GrokConfig(**values)
+    if config.task not in (*OPERATIONS, "parity"):
+        raise UsageError(f"unknown task {config.task!r}; choose from {', '.join((*OPERATIONS, 'parity'))}")
+    if config.dtype not in DTYPES:
+        raise UsageError(f"--dtype must be float32 or float64, not {config.dtype!r}")
+    if config.steps < 1 or config.eval_every < 1:
+        raise UsageError("--steps and --eval-every must be positive")
+    if config.lr <= 0:
+        raise UsageError(f"--lr must be positive, got {config.lr}")
+    if any(h < 1 for h in config.hidden):
+        raise UsageError("--hidden widths must be positive")
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    try:
+        torch.device(args.device)
+    except RuntimeError:
+        raise UsageError(f"unknown device {args.device!r}") from None
+    out = Path(args.out)
+    results = run_study(config, out, device=args.device, progress=not args.no_progress)
+    atomic_write_json(out / "summary.json", summary(config, results, args.preset, args.device))
+    report = write_report(config, results, out, args.preset, args.device)
+    for variant, (result, _) in results.items():
+        reached = result["steps_to_95_test"]
+        print(f"{variant:26s} train {result['final_train_acc']:6.1%}  test {result['final_test_acc']:6.1%}  "
+              f"95% test at {reached if reached is not None else 'never':>5}  "
+              f"max softmax collapse {result['max_softmax_collapse']:.1%}")
+    print(f"report: {report}")
+    return 0
