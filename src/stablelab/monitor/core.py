@@ -63,9 +63,11 @@ def _optional_signal(module: str, name: str) -> Callable | None:
 def _inner_optimizer(optimizer: Any) -> torch.optim.Optimizer:
     """The torch optimizer that holds the state (unwraps accelerate's AcceleratedOptimizer)."""
     inner = optimizer
-    while isinstance(getattr(inner, "optimizer", None), torch.optim.Optimizer):
-        inner = inner.optimizer
-    return inner
+    while True:  # accelerate's AcceleratedOptimizer (.optimizer), LightningOptimizer (._optimizer)
+        wrapped = getattr(inner, "optimizer", None) or getattr(inner, "_optimizer", None)
+        if not isinstance(wrapped, torch.optim.Optimizer) or wrapped is inner:
+            return inner
+        inner = wrapped
 
 
 def find_logits_module(model: nn.Module, name: str | None = None) -> tuple[str, nn.Module] | None:
@@ -195,6 +197,8 @@ class Monitor:
             self.sinks.append(RunStoreSink(log_dir, {**self.describe(), **(config or {})}))
         for sink in sinks:
             self.sinks.append(make_sink(sink, log_dir) if isinstance(sink, str) else sink)
+
+    _inner = staticmethod(_inner_optimizer)
 
     # -- description ------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:

@@ -1,0 +1,169 @@
+"""`stablelab report RUN_DIR`: one run's signals and events as a self-contained HTML page.
+
+Reads the run store (metrics from Parquet when the run is finished, else the live JSONL; events
+from events.jsonl), draws every known signal that the run logged against the step with the
+events marked as vertical lines (red: critical, orange: warning, blue dashed: interventions), and
+writes RUN_DIR/report.html and RUN_DIR/summary.json (or under --out)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from stablelab.errors import UsageError
+
+# (column or column prefix, panel title, log scale); a prefix ending in "_l" plots every layer.
+PANELS: list[tuple[str, str, bool]] = [
+    ("loss", "training loss", False),
+    ("grad_norm", "global gradient norm (before clipping)", True),
+    ("spike_ratio_max", "gradient spike ratio max mean(g^2)/mean(v)", True),
+    ("update_ratio_max", "update-to-weight ratio (max over weight matrices)", True),
+    ("attn_logit_max_l", "max attention logit per layer", True),
+    ("log_z_mean", "output log Z (mean; max |log Z| dotted)", False),
+    ("softmax_collapse_fraction", "softmax collapse fraction", False),
+    ("eps_ratio_min", "min gradient RMS / AdamW eps", True),
+    ("lr", "learning rate", True),
+]
+SEVERITY_COLOURS = {"critical": "#dc2626", "warning": "#f59e0b", "info": "#2563eb"}
+
+
+def configure(parser) -> None:
+    parser.add_argument("run_dir", help="a run folder written by the monitor or a study")
+    parser.add_argument("--out", default=None, help="folder for report.html and summary.json (default: RUN_DIR)")
+    parser.add_argument("--max-events", type=int, default=200, help="rows in the events table")
+
+
+def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    steps, values = [], []
+    for row in rows:
+        value = row.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and row.get("step") is not None:
+            steps.append(int(row["step"]))
+            values.append(float(value))
+    return steps, values
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
+    seen: dict[str, None] = {}
+    for row in rows:
+        for key in row:
+            seen.setdefault(key, None)
+    return list(seen)
+
+
+def summarise(rows: list[dict[str, Any]], events: list[dict[str, Any]]) -> dict[str, Any]:
+    """Plain facts about one run (what summary.json holds)."""
+    counts = Counter(e.get("kind") for e in events)
+    losses = [v for _, v in zip(*_series(rows, "loss"))]
+    finite_losses = [v for v in losses if math.isfinite(v)]
+    attn = [v for _, v in zip(*_series(rows, "attn_logit_max")) if math.isfinite(v)]
+    first = {}
+    for event in events:
+        if event.get("severity") in ("warning", "critical"):
+            first.setdefault(event.get("kind"), event.get("step"))
+    return {
+        "steps_logged": len(rows),
+        "last_step": max((int(r["step"]) for r in rows if r.get("step") is not None), default=None),
+        "final_loss": finite_losses[-1] if finite_losses else None,
+        "min_loss": min(finite_losses) if finite_losses else None,
+        "max_attn_logit": max(attn) if attn else None,
+        "events": dict(counts),
+        "first_step_by_kind": first,
+        "skipped_steps": sum(int(r.get("skipped") or 0) for r in rows),
+    }
+
+
+def render(run_dir: Path, rows: list[dict[str, Any]], events: list[dict[str, Any]],
+           config: dict[str, Any], max_events: int = 200):
+    from stablelab.report.html import Page, plt
+
+    summary = summarise(rows, events)
+    page = Page(f"stablelab run report: {run_dir.name}",
+                subtitle=f"{run_dir} - {summary['steps_logged']} logged steps, {len(events)} events")
+    lines, warn = [], []
+    for kind, step in sorted(summary["first_step_by_kind"].items(), key=lambda kv: kv[1]):
+        lines.append(f"{kind}: first at step {step} ({summary['events'][kind]} events)")
+        warn.append(True)
+    if not lines:
+        lines.append("no warnings or critical events")
+        warn.append(False)
+    if summary["final_loss"] is not None:
+        lines.append(f"final logged loss {summary['final_loss']:.4g} (min {summary['min_loss']:.4g})")
+        warn.append(False)
+    page.heading("Findings")
+    page.findings(lines, warn)
+
+    columns = _columns(rows)
+    panels = []
+    for key, title, log_scale in PANELS:
+        if key.endswith("_l"):
+            keys = sorted((c for c in columns if c.startswith(key) and c[len(key):].isdigit()),
+                          key=lambda c: int(c[len(key):]))
+        else:
+            keys = [key] if key in columns else []
+        if keys and any(_series(rows, k)[0] for k in keys):
+            panels.append((keys, title, log_scale))
+    if panels:
+        fig, axes = plt.subplots(len(panels), 1, figsize=(10, 2.3 * len(panels)), sharex=True, squeeze=False)
+        for ax, (keys, title, log_scale) in zip(axes[:, 0], panels):
+            for key in keys:
+                steps, values = _series(rows, key)
+                label = key.replace("attn_logit_max_l", "layer ") if len(keys) > 1 else None
+                positive = [v for v in values if math.isfinite(v) and v > 0]
+                ax.plot(steps, values, lw=1.0, label=label, marker="." if len(steps) < 60 else None)
+                if log_scale and positive:
+                    ax.set_yscale("log")
+            if keys == ["log_z_mean"] and "log_z_max" in columns:
+                ax.plot(*_series(rows, "log_z_max"), lw=0.8, ls=":", color="grey")
+            for event in events:
+                colour = SEVERITY_COLOURS.get(event.get("severity"), "grey")
+                style = "--" if event.get("severity") == "info" else "-"
+                ax.axvline(event.get("step", 0), color=colour, lw=0.8, ls=style, alpha=0.7)
+            ax.set_title(title, fontsize=9, loc="left")
+            if len(keys) > 1:
+                ax.legend(fontsize=7, loc="upper left")
+        axes[-1, 0].set_xlabel("step")
+        fig.tight_layout()
+        page.heading("Signals (events marked: red critical, orange warning, blue dashed intervention)")
+        page.figure(fig, "signals with events")
+    page.heading("Events")
+    if events:
+        shown = events[:max_events]
+        page.table(["step", "kind", "severity", "message"],
+                   [[e.get("step"), e.get("kind"), e.get("severity"), e.get("message")] for e in shown])
+        if len(events) > max_events:
+            page.paragraph(f"... and {len(events) - max_events} more in events.jsonl", "meta")
+    else:
+        page.paragraph("none")
+    detectors = config.get("detectors") if isinstance(config, dict) else None
+    if detectors:
+        page.heading("Detector settings")
+        page.table(["detector", "settings"],
+                   [[kind, ", ".join(f"{k}={v}" for k, v in settings.items())]
+                    for kind, settings in detectors.items()])
+    if isinstance(config, dict) and config.get("policy"):
+        page.heading("Policy")
+        page.table(["event kind", "actions"], [[k, ", ".join(v)] for k, v in config["policy"].items()])
+    return page, summary
+
+
+def run(args) -> int:
+    from stablelab.store.files import atomic_write_json
+    from stablelab.store.run_store import CONFIG, EVENTS, METRICS, PARQUET, load_events, load_metrics, read_json
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"{run_dir} is not a folder")
+    if not any((run_dir / name).exists() for name in (METRICS, PARQUET, EVENTS)):
+        raise UsageError(f"{run_dir} holds no metrics.jsonl, metrics.parquet or events.jsonl: not a run folder")
+    rows = load_metrics(run_dir)
+    events = load_events(run_dir)
+    config = read_json(run_dir / CONFIG) if (run_dir / CONFIG).exists() else {}
+    out = Path(args.out) if args.out else run_dir
+    page, summary = render(run_dir, rows, events, config, args.max_events)
+    page.write(out / "report.html")
+    atomic_write_json(out / "summary.json", {"run_dir": str(run_dir), **summary})
+    print(f"wrote {out / 'report.html'} and {out / 'summary.json'}")
+    return 0
