@@ -6,7 +6,7 @@ import torch
 from stablelab.errors import UsageError
 from stablelab.optim import AdEMAMix, DiffGrad, LaProp, available, create
 
-NAMES = ["adamw", "spam", "stable_spam", "adabelief", "diffgrad", "adamp", "laprop", "ademamix"]
+NAMES = ["adamw", "spam", "stable_spam", "adabelief", "diffgrad", "adamp", "laprop", "ademamix", "orthogonal_adamw"]
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -9,8 +9,9 @@ from stablelab.optim.adamp import AdamP
 from stablelab.optim.ademamix import AdEMAMix
 from stablelab.optim.diffgrad import DiffGrad
 from stablelab.optim.laprop import LaProp
+from stablelab.optim.orthogonal import OrthogonalGradient, orthogonal_gradient
 from stablelab.optim.registry import available, create, register
 from stablelab.optim.spam import SPAM, StableSPAM
 
-__all__ = ["AdaBelief", "AdEMAMix", "AdamP", "DiffGrad", "LaProp", "SPAM", "StableSPAM",
-           "available", "create", "register"]
+__all__ = ["AdaBelief", "AdEMAMix", "AdamP", "DiffGrad", "LaProp", "OrthogonalGradient", "SPAM", "StableSPAM",
+           "available", "create", "orthogonal_gradient", "register"]

@@ -66,3 +66,13 @@ register("diffgrad", _with("diffgrad.DiffGrad", weight_decouple=True))
 register("adamp", _with("adamp.AdamP"))
 register("laprop", _with("laprop.LaProp", fixed_decay=False))
 register("ademamix", _with("ademamix.AdEMAMix"))
+
+
+def _orthogonal_adamw(params, **kwargs) -> torch.optim.Optimizer:
+    # perpGrad around torch's AdamW (Prieto et al. 2025): the gradient loses its component along w
+    from stablelab.optim.orthogonal import OrthogonalGradient
+
+    return OrthogonalGradient(_adamw(params, **kwargs))
+
+
+register("orthogonal_adamw", _orthogonal_adamw)
