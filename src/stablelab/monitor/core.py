@@ -235,7 +235,7 @@ class Monitor:
     def _observe(self, loss) -> None:
         t = self.step
         if t % self.sync_every == 0 and self._pending:
-            self._flush()
+            self._flush_quietly()
         entry = self._measure(t, loss)
         self._pending.append(entry)
         if self._immediate:
@@ -428,10 +428,17 @@ class Monitor:
         events = []
         for detector in self.detectors:
             if detector.kind in self._immediate:
-                events.extend(detector.check(entry["step"], host))
+                events.extend(self._check(detector, entry["step"], host))
                 entry["done"].add(detector.kind)
         self._note_norm(host)
         self._handle(events, entry)
+
+    def _check(self, detector: Detector, step: int, row: dict[str, Any]) -> list[Event]:
+        try:  # one broken detector must not silence the others
+            return detector.check(step, row)
+        except Exception as error:  # noqa: BLE001
+            self._internal_error(error)
+            return []
 
     def _host_fast(self, entry: dict[str, Any], values: list[float]) -> dict[str, Any]:
         fast = dict(zip(_FAST, values))
@@ -480,7 +487,7 @@ class Monitor:
             row = self._row(entry, read[id(entry)])
             for detector in self.detectors:
                 if detector.kind not in entry["done"]:
-                    events.extend(detector.check(entry["step"], row))
+                    events.extend(self._check(detector, entry["step"], row))
             if not entry["done"]:
                 self._note_norm(row)
             row["nonfinite"] = int(row["nonfinite"])
@@ -671,6 +678,8 @@ class Monitor:
     def _flush_quietly(self) -> None:
         try:
             self._flush()
+        except TrainingStopped:
+            raise
         except Exception as error:  # noqa: BLE001
             self._internal_error(error)
 
@@ -686,7 +695,10 @@ class Monitor:
         """Flush what is pending, seal the run store, remove hooks, restore optimizer.step."""
         if self._closed:
             return self.summary()
-        self._flush_quietly()
+        try:
+            self._flush_quietly()
+        except TrainingStopped:  # training is over anyway; the event is recorded
+            pass
         self._closed = True
         for handle in self._handles:
             handle.remove()

@@ -254,7 +254,7 @@ class AttnLogitGrowth(Detector):
         if slope <= 0:
             return None
         last_step, last_log = points[-1]
-        return int(math.ceil(last_step + (math.log10(self.critical) - last_log) / slope))
+        return int(round(last_step + (math.log10(self.critical) - last_log) / slope))
 
 
 @dataclass

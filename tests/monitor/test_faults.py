@@ -1,0 +1,199 @@
+"""Planted faults on models that are not the reference transformer (issue 3, "Done when")."""
+
+import logging
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from monitor_test_helpers import (EncoderClassifier, RowSink, assert_same_state, classification_task, mlp,
+                                  state_copy, warnings_of)
+from stablelab.monitor import Monitor, Policy, TrainingStopped
+
+
+def _batch(x, y, g, size=32):
+    index = torch.randint(0, len(x), (size,), generator=g)
+    return x[index], y[index]
+
+
+@pytest.mark.parametrize("optimizer_name", ["adamw", "sgd"])
+def test_gradient_spike_1000x_is_flagged_at_its_step(optimizer_name):
+    x, y, g = classification_task()
+    model = mlp()
+    if optimizer_name == "adamw":  # spike ratio against Adam's second moment
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    else:                          # no second moment: against the monitor's running estimate
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
+    monitor = Monitor(model, optimizer, sinks=())
+    spike_step = 57
+    for step in range(80):
+        xb, yb = _batch(x, y, g)
+        loss = F.cross_entropy(model(xb), yb)
+        loss.backward()
+        if step == spike_step:
+            for p in model.parameters():
+                p.grad.mul_(1000.0)
+        monitor.observe(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+    monitor.close()
+    spikes = [e for e in monitor.events if e.kind == "grad_spike"]
+    assert [e.step for e in spikes] == [spike_step]
+    assert spikes[0].data["ratio"] > 1e5   # (1000 x)^2 against the usual g^2
+
+
+def test_nan_batch_is_flagged_and_skipped_under_the_default_policy():
+    torch.manual_seed(0)
+    model = EncoderClassifier()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sink = RowSink()
+    monitor = Monitor(model, optimizer, sinks=[sink], sync_every=5)
+    assert len(monitor.attention_layers) == 2          # nn.MultiheadAttention inside each layer
+    g = torch.Generator().manual_seed(1)
+    nan_step = 12
+    for step in range(20):
+        xb = torch.randn(8, 6, 16, generator=g)
+        yb = torch.randint(0, 4, (8,), generator=g)
+        if step == nan_step:
+            xb[3, 2, 5] = float("nan")
+        loss = F.cross_entropy(model(xb), yb)
+        loss.backward()
+        if step == nan_step:
+            before = state_copy(model, optimizer)
+        monitor.observe(loss)
+        optimizer.step()
+        if step == nan_step:
+            assert_same_state(before, state_copy(model, optimizer))   # nothing moved
+        optimizer.zero_grad()
+    monitor.close()
+    nonfinite = [e for e in monitor.events if e.kind == "nonfinite"]
+    assert [e.step for e in nonfinite] == [nan_step]
+    assert nonfinite[0].data["parameter"] is not None
+    assert [(e.step, e.data["cause"]) for e in monitor.events if e.kind == "skip"] == [(nan_step, "nonfinite")]
+    assert monitor.skipped_steps == [nan_step]
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    skipped = {r["step"]: r["skipped"] for r in sink.row_list}
+    assert skipped[nan_step] == 1 and sum(skipped.values()) == 1
+    assert any("attn_logit_max" in r for r in sink.row_list)
+
+
+def test_learning_rate_raised_100x_is_flagged_before_the_loss_doubles():
+    x, y, g = classification_task()
+    model = mlp()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    monitor = Monitor(model, optimizer, sinks=(), sync_every=10)
+    raise_step, losses = 150, []
+    for step in range(230):
+        if step == raise_step:
+            for group in optimizer.param_groups:
+                group["lr"] *= 100
+        xb, yb = _batch(x, y, g)
+        loss = F.cross_entropy(model(xb), yb)
+        loss.backward()
+        losses.append(loss.item())
+        monitor.observe(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+    monitor.close()
+    previous_level = sum(losses[raise_step - 20:raise_step]) / 20
+    doubled = next((s for s in range(raise_step, len(losses)) if losses[s] > 2 * previous_level), None)
+    assert doubled is not None, "the planted fault must actually hurt (else the test proves nothing)"
+    flagged = [e for e in warnings_of(monitor.events) if e.step >= raise_step]
+    assert flagged and flagged[0].step < doubled
+    assert not warnings_of([e for e in monitor.events if e.step < raise_step])
+
+
+def test_stable_run_of_2000_steps_raises_no_warning():
+    x, y, g = classification_task(seed=3)
+    model = mlp()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sink = RowSink()
+    monitor = Monitor(model, optimizer, sinks=[sink])
+    for _ in range(2000):
+        xb, yb = _batch(x, y, g)
+        loss = F.cross_entropy(model(xb), yb)
+        loss.backward()
+        monitor.observe(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+    summary = monitor.close()
+    assert monitor.events == [], [str(e) for e in monitor.events[:5]]
+    assert summary["steps"] == 2000 and len(sink.row_list) == 2000
+    assert sink.row_list[-1]["loss"] < sink.row_list[0]["loss"]   # it did train
+
+
+@pytest.mark.parametrize("where", ["memory", "disk"])
+def test_rollback_restores_bit_identical_state(where, tmp_path):
+    x, y, g = classification_task()
+    model = mlp()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    policy = Policy({"nonfinite": "rollback"}, snapshot_every=10,
+                    snapshot_dir=str(tmp_path / "snap") if where == "disk" else None)
+    monitor = Monitor(model, optimizer, policy=policy, sinks=(), sync_every=10)
+    copies, fault_step = {}, 27
+    for step in range(fault_step + 1):
+        xb, yb = _batch(x, y, g)
+        if step == fault_step:
+            xb = xb.clone()
+            xb[0, 0] = float("inf")
+        loss = F.cross_entropy(model(xb), yb)
+        loss.backward()
+        copies[step] = state_copy(model, optimizer)    # what a snapshot at this step would hold
+        monitor.observe(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+    monitor.close()
+    [rollback] = [e for e in monitor.events if e.kind == "rollback"]
+    assert rollback.step == fault_step and rollback.data["snapshot_step"] == 20
+    assert_same_state(copies[20], state_copy(model, optimizer))
+    if where == "disk":
+        assert (tmp_path / "snap" / "snapshot.pt").exists()
+        assert not list((tmp_path / "snap").glob("*.tmp"))
+
+
+def test_stop_raises_with_the_diagnosis():
+    x, y, g = classification_task()
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = Monitor(model, optimizer, policy={"nonfinite": "stop"}, sinks=())
+    with pytest.raises(TrainingStopped) as info:
+        for step in range(10):
+            xb, yb = _batch(x, y, g)
+            loss = F.cross_entropy(model(xb), yb) * (float("nan") if step == 4 else 1.0)
+            loss.backward()
+            monitor.observe(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+    assert info.value.event.kind == "nonfinite" and info.value.event.step == 4
+    assert "step 4" in str(info.value)
+    monitor.close()
+
+
+def test_internal_error_is_logged_once_and_training_continues(caplog):
+    x, y, g = classification_task()
+    model = mlp()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    monitor = Monitor(model, optimizer, sinks=(), sync_every=1)
+
+    def broken(step, row):
+        raise RuntimeError("planted detector bug")
+
+    monitor.detectors[1].detect = broken          # fires on every row once past warm-up
+    monitor.detectors[1].warmup = 0
+    start = [p.detach().clone() for p in model.parameters()]
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.ERROR, "stablelab.monitor"):
+        warnings.simplefilter("always")
+        for _ in range(15):
+            xb, yb = _batch(x, y, g)
+            loss = F.cross_entropy(model(xb), yb)
+            loss.backward()
+            monitor.observe(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+        monitor.close()
+    assert monitor.internal_errors >= 10
+    assert len([r for r in caplog.records if "internal error" in r.getMessage()]) == 1
+    assert len([w for w in caught if "internal error" in str(w.message)]) == 1
+    assert monitor.step == 15
+    assert all(not torch.equal(a, b.detach()) for a, b in zip(start, model.parameters()))  # it trained

@@ -1,0 +1,56 @@
+"""Pure signal functions against hand-worked values and reference implementations."""
+
+import math
+
+import pytest
+import torch
+
+from stablelab.signals.spikes import spike_fraction, squared_norms, tensor_spike_ratio
+from stablelab.signals.weights import eps_ratio, gradient_rms, gradient_weight_cosine, update_to_weight_ratio
+
+
+def test_tensor_spike_ratio_by_hand():
+    g = [torch.tensor([3.0, 4.0]), torch.tensor([1.0, 1.0, 1.0, 1.0])]
+    g2 = squared_norms(g)                       # 25, 4
+    numels = torch.tensor([2.0, 4.0])
+    v_mean = torch.tensor([0.5, 0.0])           # second tensor: no history -> ratio 1
+    ratio = tensor_spike_ratio(g2, numels, v_mean)
+    assert ratio.tolist() == pytest.approx([(25 / 2) / 0.5, 1.0])
+
+
+def test_spike_fraction_follows_spam_rule():
+    # SPAM: an element spikes when g^2 > theta * v (theta 5000); v = 0 is not a spike.
+    g = torch.tensor([100.0, 1.0, 3.0, 5.0])
+    v = torch.tensor([1.0, 1.0, 0.0, 0.004])    # 1e4 > 5e3 yes; 1 no; v=0 no; 25 > 20 yes
+    assert spike_fraction([g], [v]).item() == pytest.approx(2 / 4)
+
+
+def test_update_to_weight_ratio_by_hand():
+    before = [torch.tensor([[1.0, 0.0], [0.0, 1.0]])]
+    after = [torch.tensor([[1.0, 0.0], [0.0, 2.0]])]
+    # ||delta|| = 1, ||after|| = sqrt(5)
+    assert update_to_weight_ratio(before, after).item() == pytest.approx(1 / math.sqrt(5))
+
+
+def test_gradient_weight_cosine_matches_reference():
+    torch.manual_seed(0)
+    weights = [torch.randn(5, 3), torch.randn(7)]
+    grads = [0.3 * weights[0] + 0.1 * torch.randn(5, 3), -weights[1]]
+    ours = gradient_weight_cosine(grads, weights)
+    reference = [torch.nn.functional.cosine_similarity(g.flatten(), w.flatten(), dim=0).item()
+                 for g, w in zip(grads, weights)]
+    assert ours.tolist() == pytest.approx(reference, abs=1e-6)
+    assert ours[1].item() == pytest.approx(-1.0, abs=1e-6)
+    collapse = pytest.importorskip("stablelab.signals.collapse")
+    if hasattr(collapse, "nlm_alignment"):  # the grokking study's per-tensor definition agrees
+        named = {"a": weights[0], "b": weights[1]}
+        theirs = collapse.nlm_alignment(named, {"a": grads[0], "b": grads[1]})
+        assert [theirs["a"], theirs["b"]] == pytest.approx(ours.tolist(), abs=1e-6)
+
+
+def test_gradient_rms_and_eps_ratio():
+    norms = torch.tensor([2.0, 0.0])
+    numels = torch.tensor([4.0, 9.0])
+    rms = gradient_rms(norms, numels)
+    assert rms.tolist() == [1.0, 0.0]           # ||g|| / sqrt(n)
+    assert eps_ratio(rms, 1e-8)[0].item() == pytest.approx(1e8)
