@@ -79,8 +79,8 @@ class GrokConfig:
 PRESETS: dict[str, tuple[dict[str, Any], str]] = {
     "default": ({}, "a + b mod 113, 40% train, MLP 2x200, lr 1e-2, 300 full-batch steps (float32)"),
     "collapse": (
-        {"steps": 600, "lr": 1e-2, "logit_scale": 1.0, "init_scale": 1.0},
-        "longer run of the default task so that plain softmax reaches softmax collapse",
+        {"softmax_dtype": "bfloat16"},
+        "the default run with the loss computed in bfloat16: plain softmax collapses (>50% of samples)",
     ),
 }
 
@@ -183,7 +183,11 @@ def train_variant(config: GrokConfig, variant: str, device: str = "cpu", run_dir
         "final_test_acc": final["test_acc"],
         "steps_to_95_test": steps_to_target(rows),
         "steps_to_100_train": steps_to_target(rows, "train_acc", 1.0),
-        "max_softmax_collapse": max(r["softmax_collapse"] for r in rows),
+        # collapse of the normaliser the variant trains with: softmax collapse for the softmax
+        # variants; StableMax has no exp, and its collapse is a loss of exactly 0 (no gradient)
+        "max_softmax_collapse": max(r["zero_loss_fraction" if VARIANTS[variant]["loss"] == "stablemax"
+                                      else "softmax_collapse"] for r in rows),
+        "max_softmax_collapse_of_logits": max(r["softmax_collapse"] for r in rows),
         "max_zero_loss_fraction": max(r["zero_loss_fraction"] for r in rows),
         "final_nlm_alignment_output": final.get("nlm_alignment/output.weight",
                                                 rows[-2].get("nlm_alignment/output.weight") if len(rows) > 1 else None),
@@ -254,7 +258,7 @@ def _jsonable_config(variant: str, config: GrokConfig) -> dict[str, Any]:
 
 def summary(config: GrokConfig, results, preset: str, device: str) -> dict[str, Any]:
     keys = ("final_train_acc", "final_test_acc", "steps_to_95_test", "max_softmax_collapse",
-            "max_zero_loss_fraction", "steps_to_100_train", "final_nlm_alignment_output", "diverged",
+            "max_softmax_collapse_of_logits", "max_zero_loss_fraction", "steps_to_100_train", "final_nlm_alignment_output", "diverged",
             "seconds")
     return {
         "study": "grok",
@@ -275,7 +279,8 @@ def write_report(config: GrokConfig, results, out: Path, preset: str, device: st
     page = Page("Softmax collapse and grokking",
                 f"{task_name}; train fraction {config.train_fraction}; MLP {list(config.hidden)}; "
                 f"AdamW lr {config.lr}, betas (0.9, {config.beta2}), eps {config.adam_eps}; "
-                f"full batch, {config.steps} steps, {config.dtype}; preset {preset}; device {device}")
+                f"full batch, {config.steps} steps, {config.dtype} (loss in "
+                f"{config.softmax_dtype or config.dtype}); preset {preset}; device {device}")
     page.heading("Findings")
     lines, warn = [], []
     for variant, (result, _) in results.items():
@@ -283,16 +288,19 @@ def write_report(config: GrokConfig, results, out: Path, preset: str, device: st
         when = f"reached 95% test accuracy at step {reached}" if reached is not None else \
             f"never reached 95% test accuracy within {result['steps']} steps"
         lines.append(f"{LABELS[variant]}: {when}; final train {result['final_train_acc']:.1%}, "
-                     f"test {result['final_test_acc']:.1%}; softmax collapse up to "
-                     f"{result['max_softmax_collapse']:.1%} of training samples.")
+                     f"test {result['final_test_acc']:.1%}; collapse of its normaliser up to "
+                     f"{result['max_softmax_collapse']:.1%} of training samples (softmax collapse of its "
+                     f"logits up to {result['max_softmax_collapse_of_logits']:.1%}).")
         warn.append(reached is None)
     page.findings(lines, warn)
     page.table(
-        ["variant", "final train acc", "final test acc", "steps to 95% test", "max softmax collapse",
-         "max zero-loss fraction", "cos(grad, w) output layer (last)", "seconds"],
+        ["variant", "final train acc", "final test acc", "steps to 95% test", "max collapse (own normaliser)",
+         "max softmax collapse of logits", "max zero-loss fraction", "cos(grad, w) output layer (last)",
+         "seconds"],
         [[v, r["final_train_acc"], r["final_test_acc"],
           r["steps_to_95_test"] if r["steps_to_95_test"] is not None else f"never within {r['steps']}",
-          r["max_softmax_collapse"], r["max_zero_loss_fraction"], r["final_nlm_alignment_output"],
+          r["max_softmax_collapse"], r["max_softmax_collapse_of_logits"], r["max_zero_loss_fraction"],
+          r["final_nlm_alignment_output"],
           r["seconds"]] for v, (r, _) in results.items()])
 
     page.heading("Accuracy")
@@ -310,7 +318,8 @@ def write_report(config: GrokConfig, results, out: Path, preset: str, device: st
 
     page.heading("Softmax collapse and naive loss minimisation")
     page.paragraph("Softmax collapse: fraction of training samples whose sum of exp(logit - max) is "
-                   f"exactly 1 in {config.dtype}. Zero loss: fraction of training samples whose own loss "
+                   f"exactly 1 in {config.softmax_dtype or config.dtype} (for the StableMax run: of its "
+                   "logits, although it never takes their softmax). Zero loss: fraction of training samples whose own loss "
                    "is exactly 0. NLM alignment: cos(grad, w) of the output layer; under naive loss "
                    "minimisation the gradient points against the weights, so it falls towards -1.")
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
@@ -357,6 +366,8 @@ def _cli_flags(config: GrokConfig, preset: str) -> list[str]:
     flags = [f"--preset {preset}", f"--task {config.task}", f"--p {config.p}",
              f"--train-fraction {config.train_fraction}", f"--steps {config.steps}", f"--lr {config.lr}",
              f"--weight-decay {config.weight_decay}", f"--dtype {config.dtype}", f"--seed {config.seed}"]
+    if config.softmax_dtype:
+        flags.append(f"--softmax-dtype {config.softmax_dtype}")
     if config.logit_scale != 1.0:
         flags.append(f"--logit-scale {config.logit_scale}")
     if config.init_scale != 1.0:
@@ -374,7 +385,9 @@ _FLAGS = {  # flag -> (GrokConfig field, type, help)
     "--weight-decay": ("weight_decay", float, "AdamW weight decay of the softmax_adamw_wd variant (default 1.0)"),
     "--beta2": ("beta2", float, "AdamW beta2 (default 0.999)"),
     "--adam-eps": ("adam_eps", float, "AdamW eps (default 1e-8)"),
-    "--dtype": ("dtype", str, "float32 or float64: model, data and softmax precision"),
+    "--dtype": ("dtype", str, "float32 or float64: model and data precision (default float32)"),
+    "--softmax-dtype": ("softmax_dtype", str, "precision of the loss: float16, bfloat16, float32 or "
+                                                "float64 (default: --dtype)"),
     "--logit-scale": ("logit_scale", float, "multiply the logits by this before the loss (default 1)"),
     "--init-scale": ("init_scale", float, "multiply the initial weights by this (default 1)"),
     "--seed": ("seed", int, "seed of the split and the initial weights"),
@@ -390,6 +403,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, type=kind, default=None, help=help_text)
     parser.add_argument("--hidden", type=int, nargs="+", default=None, help="hidden widths (default 200 200)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads for torch (default 1: the MLP is too small to gain from more)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -406,6 +421,8 @@ def config_from_args(args: argparse.Namespace) -> GrokConfig:
         raise UsageError(f"unknown task {config.task!r}; choose from {', '.join((*OPERATIONS, 'parity'))}")
     if config.dtype not in DTYPES:
         raise UsageError(f"--dtype must be float32 or float64, not {config.dtype!r}")
+    if config.softmax_dtype and config.softmax_dtype not in LOSS_DTYPES:
+        raise UsageError(f"--softmax-dtype must be one of {', '.join(LOSS_DTYPES)}, not {config.softmax_dtype!r}")
     if config.steps < 1 or config.eval_every < 1:
         raise UsageError("--steps and --eval-every must be positive")
     if config.lr <= 0:
@@ -421,14 +438,21 @@ def run(args: argparse.Namespace) -> int:
         torch.device(args.device)
     except RuntimeError:
         raise UsageError(f"unknown device {args.device!r}") from None
+    if args.threads < 1:
+        raise UsageError(f"--threads must be positive, got {args.threads}")
     out = Path(args.out)
-    results = run_study(config, out, device=args.device, progress=not args.no_progress)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        results = run_study(config, out, device=args.device, progress=not args.no_progress)
+    finally:
+        torch.set_num_threads(threads)
     atomic_write_json(out / "summary.json", summary(config, results, args.preset, args.device))
     report = write_report(config, results, out, args.preset, args.device)
     for variant, (result, _) in results.items():
         reached = result["steps_to_95_test"]
         print(f"{variant:26s} train {result['final_train_acc']:6.1%}  test {result['final_test_acc']:6.1%}  "
               f"95% test at {reached if reached is not None else 'never':>5}  "
-              f"max softmax collapse {result['max_softmax_collapse']:.1%}")
+              f"max collapse {result['max_softmax_collapse']:.1%}")
     print(f"report: {report}")
     return 0
