@@ -83,24 +83,27 @@ def test_learning_rate_raised_100x_is_flagged_before_the_loss_doubles():
     model = mlp()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     monitor = Monitor(model, optimizer, sinks=(), sync_every=10)
-    raise_step, losses = 150, []
+    raise_step, losses, known_when_doubled = 150, [], None
     for step in range(230):
         if step == raise_step:
             for group in optimizer.param_groups:
                 group["lr"] *= 100
         xb, yb = _batch(x, y, g)
         loss = F.cross_entropy(model(xb), yb)
-        loss.backward()
         losses.append(loss.item())
+        level = sum(losses[raise_step - 20:raise_step]) / 20 if step >= raise_step else None
+        if known_when_doubled is None and level is not None and losses[-1] > 2 * level:
+            known_when_doubled = list(monitor.events)   # what the monitor had said by then
+            doubled = step
+        loss.backward()
         monitor.observe(loss)
         optimizer.step()
         optimizer.zero_grad()
     monitor.close()
-    previous_level = sum(losses[raise_step - 20:raise_step]) / 20
-    doubled = next((s for s in range(raise_step, len(losses)) if losses[s] > 2 * previous_level), None)
-    assert doubled is not None, "the planted fault must actually hurt (else the test proves nothing)"
-    flagged = [e for e in warnings_of(monitor.events) if e.step >= raise_step]
-    assert flagged and flagged[0].step < doubled
+    assert known_when_doubled is not None, "the planted fault must actually hurt (else the test proves nothing)"
+    flagged = [e for e in warnings_of(known_when_doubled) if e.step >= raise_step]
+    assert flagged, f"nothing flagged before the loss doubled at step {doubled}"
+    assert flagged[0].kind == "update_ratio" and flagged[0].step == raise_step
     assert not warnings_of([e for e in monitor.events if e.step < raise_step])
 
 

@@ -420,12 +420,28 @@ class Monitor:
 
     # -- host side: rows, detectors, guard -----------------------------------------------------
     def _decide_now(self, entry: dict[str, Any]) -> None:
-        """Read this step's 5 fast numbers and run the detectors whose action must precede the step."""
-        host = self._host_fast(entry, entry["fast"].tolist())
+        """Read this step's 5 fast numbers (and the previous step's update ratio, in the same read)
+        and run the detectors whose action must precede the step, plus the update-ratio detector
+        for the previous step, so that a learning rate gone wrong is flagged one step later."""
+        previous = self._pending[-2] if len(self._pending) >= 2 else None
+        update_detector = next((d for d in self.detectors if d.kind == "update_ratio"), None)
+        with_update = (previous is not None and "update" in previous and update_detector is not None
+                       and previous["update"].numel() > 0)
+        parts = [entry["fast"]]
+        if with_update:
+            ratio_max, ratio_index = previous["update"].max(0)
+            parts += [ratio_max.reshape(1), ratio_index.float().reshape(1)]
+        values = torch.cat(parts).tolist()  # one host read per step
+        host = self._host_fast(entry, values[:len(_FAST)])
         if host.get("nonfinite"):
             host["nonfinite_param"] = self._first_nonfinite(entry["norms"].tolist())
         entry["host"].update(host)
         events = []
+        if with_update:
+            row = {"step": previous["step"], "lr": previous["lr"], "update_ratio_max": values[-2],
+                   "update_param": self.names[self.matrices[int(values[-1])]]}
+            events.extend(self._check(update_detector, previous["step"], row))
+            previous["done"].add("update_ratio")
         for detector in self.detectors:
             if detector.kind in self._immediate:
                 events.extend(self._check(detector, entry["step"], host))
