@@ -173,7 +173,8 @@ def _is_gpt2(module: nn.Module) -> bool:
 
 
 def _gpt2(module: nn.Module, record: Record) -> list:
-    def hook(mod, _inputs, output):
+    def hook(_c_attn, _inputs, output):
+        mod = module  # the hook sits on c_attn; the shapes live on the attention module
         if not _active(record) or getattr(mod, "is_cross_attention", False):
             return
         q, k, _v = output.detach().split(mod.split_size, dim=2)

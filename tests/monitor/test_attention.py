@@ -1,0 +1,130 @@
+"""Attention logits read through hooks, against independent computations."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from monitor_test_helpers import EncoderClassifier, RowSink
+from stablelab.monitor import Monitor, register_attention
+from stablelab.monitor import attention as attention_module
+
+
+def _one_step(model, x, target_fn, sync_every=1):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    sink = RowSink()
+    monitor = Monitor(model, optimizer, sinks=[sink], sync_every=sync_every)
+    loss = target_fn(model(x))
+    loss.backward()
+    monitor.observe(loss)
+    optimizer.step()
+    monitor.close()
+    return monitor, sink.row_list[0]
+
+
+def _max_abs_logit(q, k, causal):
+    """max |q.k| / sqrt(d) by explicit loops over heads (B, H, T, D)."""
+    d = q.shape[-1]
+    z = torch.einsum("bhid,bhjd->bhij", q.double(), k.double()) / math.sqrt(d)
+    if causal:
+        t = z.shape[-1]
+        z = z.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), 0.0)
+    return z.abs().max().item()
+
+
+def test_reference_model_matches_its_own_logit_recorder():
+    from stablelab.models.transformer import Transformer, TransformerConfig
+
+    model = Transformer(TransformerConfig(d_model=32, d_head=8, n_layers=2, seq_len=16))
+    tokens = torch.randint(0, 256, (2, 16))
+    model.record_attention_logits(True)                 # the model's own path
+    with torch.no_grad():
+        model(tokens)
+    expected = [a.last_max_logit.item() for a in model.attention_modules()]
+    model.record_attention_logits(False)
+    monitor, row = _one_step(model, tokens, lambda logits: logits.float().logsumexp(-1).mean())
+    assert [row["attn_logit_max_l0"], row["attn_logit_max_l1"]] == pytest.approx(expected, rel=1e-5)
+    assert monitor.logits_module_name == "head"
+
+
+def test_multihead_attention_in_transformer_encoder_layer():
+    torch.manual_seed(0)
+    model = EncoderClassifier(d=16, heads=2, layers=1)
+    x = torch.randn(3, 5, 16)
+    monitor, row = _one_step(model, x, lambda out: out.pow(2).mean())
+    attn = model.encoder.layers[0].self_attn
+    w_q, w_k = attn.in_proj_weight[:16], attn.in_proj_weight[16:32]
+    b_q, b_k = attn.in_proj_bias[:16], attn.in_proj_bias[16:32]
+    # norm_first=False: self-attention sees the layer input itself
+    q = (x @ w_q.T + b_q).view(3, 5, 2, 8).transpose(1, 2)
+    k = (x @ w_k.T + b_k).view(3, 5, 2, 8).transpose(1, 2)
+    assert row["attn_logit_max_l0"] == pytest.approx(_max_abs_logit(q, k, causal=False), rel=1e-5)
+    assert monitor.logits_module_name == "head"   # the last Linear, not the attention's out_proj
+
+
+def test_hugging_face_gpt2_from_config():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=4,
+                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                     bos_token_id=0, eos_token_id=0, attn_implementation="eager")
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config)
+    tokens = torch.randint(0, 64, (2, 12))
+    monitor, row = _one_step(model, tokens, lambda out: out.logits.float().logsumexp(-1).mean())
+    assert len(monitor.attention_layers) == 2 and monitor.logits_module_name == "lm_head"
+    with torch.no_grad():
+        hidden = model(tokens, output_hidden_states=True).hidden_states
+        for i, block in enumerate(model.transformer.h):
+            qkv = block.attn.c_attn(block.ln_1(hidden[i]))
+            q, k = qkv[..., :32], qkv[..., 32:64]
+            q = q.view(2, 12, 4, 8).transpose(1, 2)
+            k = k.view(2, 12, 4, 8).transpose(1, 2)
+            assert row[f"attn_logit_max_l{i}"] == pytest.approx(_max_abs_logit(q, k, causal=True), rel=1e-4)
+    assert math.isfinite(row["log_z_mean"])
+    expected_log_z = model(tokens).logits.float().logsumexp(-1)
+    assert row["log_z_mean"] == pytest.approx(expected_log_z.mean().item(), rel=1e-5)
+
+
+class MyAttention(nn.Module):
+    """A user's own attention: q and k from separate Linear layers, 2 heads, not causal."""
+
+    def __init__(self, d=8, heads=2):
+        super().__init__()
+        self.heads = heads
+        self.to_q, self.to_k, self.to_v = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.out = nn.Linear(d, 3)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        split = lambda y: y.view(b, t, self.heads, d // self.heads).transpose(1, 2)  # noqa: E731
+        y = F.scaled_dot_product_attention(split(self.to_q(x)), split(self.to_k(x)), split(self.to_v(x)))
+        return self.out(y.transpose(1, 2).reshape(b, t, d))
+
+
+def test_registered_user_attention(monkeypatch):
+    monkeypatch.setattr(attention_module, "_ADAPTERS", [])
+    register_attention(MyAttention, q="to_q", k="to_k", n_heads="heads", causal=False)
+    model = MyAttention()
+    x = torch.randn(2, 4, 8)
+    monitor, row = _one_step(model, x, lambda out: out.pow(2).mean(), )
+    q = model.to_q(x).view(2, 4, 2, 4).transpose(1, 2)
+    k = model.to_k(x).view(2, 4, 2, 4).transpose(1, 2)
+    assert row["attn_logit_max_l0"] == pytest.approx(_max_abs_logit(q, k, causal=False), rel=1e-5)
+    assert monitor.logits_module_name == "out"
+
+
+def test_attention_is_read_only_on_sampled_steps():
+    model = EncoderClassifier()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    sink = RowSink()
+    monitor = Monitor(model, optimizer, sinks=[sink], sync_every=4)
+    for _ in range(9):
+        loss = model(torch.randn(2, 3, 16)).pow(2).mean()
+        loss.backward()
+        monitor.observe(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+    monitor.close()
+    assert [r["step"] for r in sink.row_list if "attn_logit_max" in r] == [0, 4, 8]
