@@ -317,20 +317,28 @@ def write_report(config: GrokConfig, results, out: Path, preset: str, device: st
     page.figure(fig, "train and test accuracy per variant")
 
     page.heading("Softmax collapse and naive loss minimisation")
-    page.paragraph("Softmax collapse: fraction of training samples whose sum of exp(logit - max) is "
+    page.paragraph("Collapse: for the softmax runs, the fraction of training samples whose sum of "
+                   "exp(logit - max) is "
                    f"exactly 1 in {config.softmax_dtype or config.dtype} (for the StableMax run: of its "
-                   "logits, although it never takes their softmax). Zero loss: fraction of training samples whose own loss "
+                   "logits, dotted, although it never takes their softmax; its own collapse is a StableMax "
+                   "loss of exactly 0). Zero loss: fraction of training samples whose own loss "
                    "is exactly 0. NLM alignment: cos(grad, w) of the output layer; under naive loss "
                    "minimisation the gradient points against the weights, so it falls towards -1.")
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for variant, (_, rows) in results.items():
         steps = [r["step"] for r in rows]
-        axes[0].plot(steps, [r["softmax_collapse"] for r in rows], label=LABELS[variant])
+        if VARIANTS[variant]["loss"] == "stablemax":
+            line, = axes[0].plot(steps, [r["zero_loss_fraction"] for r in rows], label=LABELS[variant])
+            axes[0].plot(steps, [r["softmax_collapse"] for r in rows], ls=":", color=line.get_color(),
+                         label="softmax of the StableMax logits (not used in training)")
+        else:
+            axes[0].plot(steps, [r["softmax_collapse"] for r in rows], label=LABELS[variant])
         axes[1].plot(steps, [r["zero_loss_fraction"] for r in rows], label=LABELS[variant])
         nlm = [(r["step"], r.get("nlm_alignment/output.weight")) for r in rows]
         nlm = [(s, c) for s, c in nlm if c is not None]
         axes[2].plot([s for s, _ in nlm], [c for _, c in nlm], label=LABELS[variant])
-    for ax, title in zip(axes, ("softmax collapse fraction", "zero-loss fraction",
+    axes[0].legend(fontsize=7)
+    for ax, title in zip(axes, ("collapse of the normaliser trained with", "zero-loss fraction",
                                 "cos(grad, w), output layer")):
         ax.set_title(title)
         ax.set_xlabel("step")
