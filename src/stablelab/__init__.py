@@ -4,3 +4,12 @@ Data flows one way: config -> run -> store -> analysis -> report (see docs/desig
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # `from stablelab import Monitor` (issue 3's interface), imported lazily: `import stablelab` stays light.
+    if name == "Monitor":
+        from stablelab.monitor import Monitor
+
+        return Monitor
+    raise AttributeError(f"module 'stablelab' has no attribute {name!r}")
