@@ -59,8 +59,8 @@ def test_fixed_subset_of_each_task():
     first = evaluator.after_iteration(nn.Identity())[0]
     second = evaluator.after_iteration(nn.Identity())[0]
     assert first == second  # the same 30 examples every time
-    kept_x = evaluator._x[0]
-    assert len(kept_x) == 30
+    kept_x, kept_y = evaluator.subsets[0]
+    assert len(kept_x) == 30 and bool((kept_y == 0).all())
     assert first == pytest.approx(float((kept_x.argmax(1) == 0).float().mean()))
 
 

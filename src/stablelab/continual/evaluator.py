@@ -138,6 +138,11 @@ class ContinualEvaluator:
 
     # -- results ---------------------------------------------------------------------------------
     @property
+    def subsets(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The fixed evaluation subset (x, y) of every task, seen or not."""
+        return list(zip(self._x, self._y))
+
+    @property
     def acc(self) -> np.ndarray:
         """(evaluations, tasks) accuracy history; NaN where a task was not yet seen."""
         if not self._rows:
