@@ -200,3 +200,24 @@ def test_internal_error_is_logged_once_and_training_continues(caplog):
     assert len([w for w in caught if "internal error" in str(w.message)]) == 1
     assert monitor.step == 15
     assert all(not torch.equal(a, b.detach()) for a, b in zip(start, model.parameters()))  # it trained
+
+
+def test_the_interface_of_the_issue(capsys):
+    from stablelab import Monitor as TopLevelMonitor
+
+    x, y, g = classification_task()
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    monitor = TopLevelMonitor(model, optimizer, log_dir=None, policy=None)   # console sink by default
+    for step in range(30):
+        xb, yb = _batch(x, y, g)
+        loss = F.cross_entropy(model(xb), yb) * (float("inf") if step == 21 else 1.0)
+        loss.backward()
+        monitor.observe(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+    monitor.close()
+    assert [(e.kind, e.step, e.severity) for e in monitor.events] == [
+        ("nonfinite", 21, "critical"), ("skip", 21, "info")]
+    assert all(e.message for e in monitor.events)
+    assert "nonfinite" in capsys.readouterr().err
