@@ -6,6 +6,7 @@ Compares, per training iteration (median of --repeats timed blocks):
   train only                      no evaluation
   + ContinualEvaluator, every k   one batched no_grad forward over all seen tasks' subsets
   + naive per-task evaluation     one forward per task, autograd left on (what a quick loop does)
+  + bare no_grad forward          the same examples through the model, nothing else: the floor
 Run:  .venv/bin/python benchmarks/continual_eval.py [--iterations 200] [--repeats 5] [--out FILE.json]
 """
 
@@ -40,6 +41,7 @@ def time_block(mode: str, every: int, iterations: int, bench, subset: int, devic
     for task in range(len(bench.tasks)):
         evaluator.start_task(task)
     naive_sets = evaluator.subsets  # the same examples, already on the device
+    x_eval = torch.cat([x for x, _ in naive_sets])
     generator = torch.Generator().manual_seed(seed)
     picks = [torch.randint(len(x_all), (32,), generator=generator) for _ in range(iterations)]
     if device.type == "cuda":
@@ -53,6 +55,9 @@ def time_block(mode: str, every: int, iterations: int, bench, subset: int, devic
             evaluator.after_iteration(model)
         elif mode == "naive" and i % every == 0:
             naive_evaluate(model, naive_sets)
+        elif mode == "forward" and i % every == 0:
+            with torch.no_grad():
+                model(x_eval)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - start) / iterations
@@ -71,7 +76,8 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     bench = split_digits()
     cases = [("train only", "none", 1), ("ContinualEvaluator every 1", "evaluator", 1),
-             ("ContinualEvaluator every 10", "evaluator", 10), ("naive per-task every 1", "naive", 1)]
+             ("ContinualEvaluator every 10", "evaluator", 10), ("naive per-task every 1", "naive", 1),
+             ("bare no_grad forward every 1", "forward", 1)]
     results = {}
     for _ in range(args.repeats):  # interleave cases so machine-load drift hits them alike
         for name, mode, every in cases:
