@@ -9,7 +9,6 @@ pytorch-optimizer's implementation of the same algorithm (its defaults and defau
 
     .venv/bin/python benchmarks/optim_step.py                       # CPU, 1 thread, ~1-2 minutes
     .venv/bin/python benchmarks/optim_step.py --params 10e6 --tensors 100 --rounds 40 --json out.json
-    .venv/bin/python benchmarks/optim_step.py --compiled             # add the torch.compile'd step
 """
 
 from __future__ import annotations
@@ -54,7 +53,7 @@ def make_parameters(n_params: float, n_tensors: int, device: torch.device, dtype
     return params, grads
 
 
-def candidates(params, device: torch.device, compiled: bool):
+def candidates(params, device: torch.device):
     """(label, algorithm, kind, factory) for everything timed; kind in torch/ours/ours_foreach/theirs."""
     out = [("torch AdamW foreach", "AdamW", "torch", lambda: torch.optim.AdamW(params, foreach=True)),
            ("torch AdamW for-loop", "AdamW", "torch", lambda: torch.optim.AdamW(params, foreach=False))]
@@ -73,19 +72,10 @@ def candidates(params, device: torch.device, compiled: bool):
         other = "foreach" if device.type != "cuda" else "per-tensor"
         out.append((f"stablelab {name} ({other})", algorithm, "ours_other",
                     lambda name=name: optim.create(name, params, foreach=device.type != "cuda")))
-        if compiled:
-            out.append((f"stablelab {name} (compiled)", algorithm, "ours_compiled",
-                        lambda name=name: _compiled(optim.create(name, params))))
         if pytorch_optimizer is not None:
             cls = getattr(pytorch_optimizer, theirs)
             out.append((f"pytorch-optimizer {theirs}", algorithm, "theirs", lambda cls=cls: cls(params)))
     return out
-
-
-def _compiled(optimizer):
-    """torch.compile the whole step (the pattern torch documents for its own optimizers)."""
-    optimizer._compiled_step = torch.compile(optimizer.step, fullgraph=False)
-    return optimizer
 
 
 def main(argv=None) -> int:
@@ -97,7 +87,6 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    parser.add_argument("--compiled", action="store_true", help="also time a torch.compile'd step of ours")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
 
@@ -121,9 +110,9 @@ def main(argv=None) -> int:
                     p.grad.copy_(g)  # pytorch-optimizer edits gradients in place
 
     runs = []
-    for label, algorithm, kind, factory in candidates(params, device, args.compiled):
+    for label, algorithm, kind, factory in candidates(params, device):
         optimizer = factory()
-        stepper = getattr(optimizer, "_compiled_step", optimizer.step)
+        stepper = optimizer.step
         for _ in range(args.warmup):
             set_grads()
             stepper()

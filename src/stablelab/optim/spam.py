@@ -157,7 +157,7 @@ class StableSPAM(StabilityOptimizer):
             state["exp_avg"].zero_()
             state["exp_avg_sq"].zero_()
 
-        max_abs = torch.linalg.vector_norm(grad, ord=float("inf"))
+        max_abs = grad.abs().amax()  # 10x faster on CPU than vector_norm(ord=inf)
         state["max_abs_ema"].lerp_(max_abs, 1.0 - gamma3)
         bound = state["max_abs_ema"] / bias_correction(gamma3, step)
         if max_abs > bound:  # otherwise no entry exceeds the bound and the clip is the identity
@@ -187,7 +187,11 @@ class StableSPAM(StabilityOptimizer):
             torch._foreach_zero_([s["exp_avg"] for s in states])
             torch._foreach_zero_([s["exp_avg_sq"] for s in states])
 
-        max_abs = torch.stack(torch._foreach_norm(grads, float("inf"))).to(states[0]["max_abs_ema"].dtype)
+        if grads[0].device.type == "cpu":  # torch's CPU foreach inf-norm is ~7x slower than a loop
+            max_abs = torch.stack([g.abs().amax() for g in grads])
+        else:
+            max_abs = torch.stack(torch._foreach_norm(grads, float("inf")))
+        max_abs = max_abs.to(states[0]["max_abs_ema"].dtype)
         max_abs_ema = torch.stack([s["max_abs_ema"] for s in states]).lerp_(max_abs, 1.0 - gamma3)
         bound = max_abs_ema / bias_correction(gamma3, step)
         grads = [adaptive_max_clip(g, m, b) for g, m, b in zip(grads, max_abs.unbind(), bound.unbind())]
