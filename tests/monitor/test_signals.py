@@ -54,3 +54,23 @@ def test_gradient_rms_and_eps_ratio():
     rms = gradient_rms(norms, numels)
     assert rms.tolist() == [1.0, 0.0]           # ||g|| / sqrt(n)
     assert eps_ratio(rms, 1e-8)[0].item() == pytest.approx(1e8)
+
+
+@pytest.mark.parametrize("causal,t_q", [(True, 7), (False, 7), (True, 3)])
+def test_fast_attention_logit_max_equals_the_reference(causal, t_q):
+    from stablelab.signals.attention import attention_logit_max, attention_logit_max_fast
+
+    torch.manual_seed(1)
+    q, k = torch.randn(2, 3, t_q, 8) * 5, torch.randn(2, 3, 7, 8) * 5
+    assert attention_logit_max_fast(q, k, causal=causal).item() == pytest.approx(
+        attention_logit_max(q, k, causal=causal).item(), rel=1e-6)
+    # and by hand: explicit loops over the visible pairs
+    best = 0.0
+    for b in range(2):
+        for h in range(3):
+            for i in range(t_q):
+                for j in range(7):
+                    if causal and j > i + 7 - t_q:
+                        continue
+                    best = max(best, abs(float(q[b, h, i] @ k[b, h, j])) / math.sqrt(8))
+    assert attention_logit_max_fast(q, k, causal=causal).item() == pytest.approx(best, rel=1e-5)

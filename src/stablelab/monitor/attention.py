@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from stablelab.signals.attention import attention_logit_max
+from stablelab.signals.attention import attention_logit_max_fast
 
 # record(value) receives a 0-d tensor on the device: the max |logit| of one forward of one module.
 # Hooks skip all work unless `record.active` is true (the monitor samples attention every
@@ -85,7 +85,7 @@ def _heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
 def _max_logit(q: torch.Tensor, k: torch.Tensor, causal: bool, scale: float | None) -> torch.Tensor:
     if k.shape[1] != q.shape[1]:  # grouped-query attention: each k head serves several q heads
         k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-    return attention_logit_max(q, k, causal=causal, scale=scale)
+    return attention_logit_max_fast(q, k, causal=causal, scale=scale)
 
 
 def register_attention(target: type | Matcher, *, q: str, k: str, n_heads: Any,
@@ -163,7 +163,7 @@ def _multihead(module: nn.MultiheadAttention, record: Record) -> list:
                     hidden = hidden.view(b, h, *hidden.shape[1:])
                 record(z.masked_fill(hidden, 0.0).amax())
             else:
-                record(attention_logit_max(q, k, causal=causal))
+                record(attention_logit_max_fast(q, k, causal=causal))
 
     return [module.register_forward_pre_hook(_safe(record, pre_hook), with_kwargs=True)]
 
@@ -180,7 +180,7 @@ def _gpt2(module: nn.Module, record: Record) -> list:
         q, k, _v = output.detach().split(mod.split_size, dim=2)
         scale = getattr(mod, "scaling", 1.0 / math.sqrt(mod.head_dim))
         with torch.no_grad():
-            record(attention_logit_max(_heads(q, mod.num_heads), _heads(k, mod.num_heads),
+            record(attention_logit_max_fast(_heads(q, mod.num_heads), _heads(k, mod.num_heads),
                                        causal=True, scale=scale))
 
     return [module.c_attn.register_forward_hook(_safe(record, hook))]

@@ -44,7 +44,7 @@ from stablelab.monitor.guard import ORDER, Policy, Snapshot, intervention_event
 from stablelab.monitor.sinks import RunStoreSink, Sink, make_sink
 from stablelab.signals.logits import output_log_z_stats
 from stablelab.signals.spikes import spike_fraction, tensor_spike_ratio
-from stablelab.signals.weights import gradient_weight_cosine, update_to_weight_ratio
+from stablelab.signals.weights import gradient_weight_cosine
 
 log = logging.getLogger("stablelab.monitor")
 
@@ -118,6 +118,8 @@ class Monitor:
     update_ratio_every: measure the update-to-weight ratio every N steps (0: never).
     update_sample: elements per weight matrix the update ratio is estimated from (every k-th row;
         0 or a large number: every element).
+    elementwise_spikes: also record SPAM's element-wise spike fraction (g^2 > 5000 v) on sampled
+        steps (one more pass over every gradient and v).
     sharpness_every, sharpness_loss_fn, sharpness_batch: the scheduled edge-of-stability slot
         (stablelab.signals.curvature.sharpness_check; skipped with a log line when absent).
     config: extra fields recorded in the run's config.json."""
@@ -127,6 +129,7 @@ class Monitor:
                  sync_every: int = 10, detectors: dict[str, Any] | None = None,
                  sinks: Sequence[str | Sink] = ("console",), logits_module: str | None = None,
                  attention: bool = True, update_ratio_every: int = 1, update_sample: int = 4096,
+                 elementwise_spikes: bool = False,
                  sharpness_every: int = 0, sharpness_loss_fn: Callable | None = None,
                  sharpness_batch: Any = None, config: dict[str, Any] | None = None):
         if sync_every < 1:
@@ -139,6 +142,7 @@ class Monitor:
         self.sync_every = sync_every
         self.update_ratio_every = update_ratio_every
         self.update_sample = update_sample
+        self.elementwise_spikes = elementwise_spikes
         self.sharpness_every = sharpness_every
         self.sharpness_loss_fn, self.sharpness_batch = sharpness_loss_fn, sharpness_batch
         self.detectors: list[Detector] = build_detectors(detectors)
@@ -161,6 +165,8 @@ class Monitor:
         self._g2_ema = torch.zeros(len(params), device=self.device)
         self._ema_count = 0
         self._v_mean: torch.Tensor | None = None
+        self._v_scale: torch.Tensor | None = None
+        self._inv_weight_norms: torch.Tensor | None = None
 
         self._immediate = {d.kind for d in self.detectors
                            if d.every_step and self.policy.acts_before_step(d.kind)}
@@ -253,6 +259,7 @@ class Monitor:
 
     @torch.no_grad()
     def _measure(self, t: int, loss) -> dict[str, Any]:
+        """The every-step signals, as device tensors (about a dozen small ops, no host sync)."""
         grads = [p.grad for p in self.params]
         present = [i for i, g in enumerate(grads) if g is not None]
         if len(present) == len(grads) and grads:
@@ -261,20 +268,21 @@ class Monitor:
             norms = torch.zeros(len(grads), device=self.device)
             if present:
                 norms[present] = torch.stack(torch._foreach_norm([grads[i] for i in present], 2)).float()
-        g2 = norms.pow(2)
+        g2 = norms * norms
         global_norm = g2.sum().sqrt()  # = ||concatenation of all gradients||
         has_loss = loss is not None
         if isinstance(loss, torch.Tensor):
-            loss_t = loss.detach().float().mean().to(self.device)
+            loss_t = loss.detach()
+            loss_t = (loss_t.mean() if loss_t.numel() != 1 else loss_t.reshape(())).float().to(self.device)
         else:
             loss_t = torch.tensor(float(loss) if has_loss else float("nan"), device=self.device)
-        finite = torch.isfinite(global_norm)
-        if has_loss:
-            finite = finite & torch.isfinite(loss_t)
+        bad = ~torch.isfinite(global_norm + loss_t if has_loss else global_norm)
         ratio = self._spike_ratio(g2)
-        spike_max, spike_index = ratio.max(0) if len(ratio) else (torch.tensor(1.0), torch.tensor(0))
-        fast = torch.stack([loss_t, global_norm, spike_max.float(), spike_index.float(),
-                            (~finite).float()])
+        if len(ratio):
+            spike_max, spike_index = ratio.max(0)
+        else:
+            spike_max, spike_index = torch.ones((), device=self.device), torch.zeros((), device=self.device)
+        fast = torch.stack([loss_t, global_norm, spike_max, spike_index.float(), bad.float()])
         lr = max((g["lr"] for g in self.optimizer.param_groups), default=float("nan"))
         return {"step": t, "fast": fast, "norms": norms, "has_loss": has_loss, "lr": float(lr),
                 "done": set(), "sampled": {}, "host": {}}
@@ -284,9 +292,10 @@ class Monitor:
 
         v: the optimizer's bias-corrected second moment, its per-tensor mean refreshed on sampled
         steps (v moves slowly: by at most a factor beta2^sync_every between refreshes, nothing
-        against a threshold of 1000); without one, a running EMA of mean(g^2) kept here."""
-        if self._v_mean is not None:
-            return tensor_spike_ratio(g2, self.numels, self._v_mean)
+        against a threshold of 1000); tensors without history get 0. Without a second moment in the
+        optimizer: a running EMA of mean(g^2) kept here."""
+        if self._v_scale is not None:
+            return g2 * self._v_scale  # = (||g||^2 / n) / mean(v), precomputed 1 / (n mean(v))
         mean_g2 = g2 / self.numels
         if self._ema_count:
             estimate = self._g2_ema / (1 - _EMA_BETA ** self._ema_count)
@@ -313,13 +322,15 @@ class Monitor:
             steps.append(float(state["step"]))
             betas.append(float(group_betas[1]))
         if not vs:
-            self._v_mean = None
+            self._v_mean = self._v_scale = None
             return
         v_sum = torch.stack([v.float().sum() for v in vs]).to(self.device)
         correction = torch.tensor([1 - b ** t for b, t in zip(betas, steps)], device=self.device)
         v_mean = torch.zeros(len(self.params), device=self.device)
         v_mean[index] = v_sum / self.numels[index] / correction.clamp_min(1e-12)  # Adam bias correction
         self._v_mean = v_mean
+        self._v_scale = torch.where(v_mean > 0, 1.0 / (self.numels * v_mean).clamp_min(1e-38),
+                                    torch.zeros_like(v_mean))
 
     @torch.no_grad()
     def _measure_sampled(self, entry: dict[str, Any]) -> None:
@@ -344,7 +355,7 @@ class Monitor:
             sampled["eps_ratio"] = torch.where(rms > 0, ratio, torch.full_like(ratio, float("inf")))
         pairs = [(p.grad, self.optimizer.state[p]["exp_avg_sq"]) for p in self.params
                  if p.grad is not None and "exp_avg_sq" in self.optimizer.state.get(p, {})]
-        if pairs:
+        if pairs and self.elementwise_spikes:
             sampled["spike_fraction"] = spike_fraction([g for g, _ in pairs], [v for _, v in pairs]
                                                        ).reshape(1).to(self.device)
 
@@ -414,7 +425,13 @@ class Monitor:
         if entry is None:
             return
         try:
-            entry["update"] = update_to_weight_ratio(self._prev_weights, self._update_views())
+            views = self._update_views()
+            if self._inv_weight_norms is None or entry["step"] % self.sync_every == 0:
+                # ||w|| moves slowly: refreshed on sampled steps only
+                self._inv_weight_norms = 1.0 / torch.stack(torch._foreach_norm(views, 2)).float().clamp_min(1e-30)
+            torch._foreach_sub_(self._prev_weights, views)  # now w_before - w_after, in place
+            # ||delta w|| / ||w|| per matrix (signals.weights.update_to_weight_ratio, in place)
+            entry["update"] = torch.stack(torch._foreach_norm(self._prev_weights, 2)).float() * self._inv_weight_norms
         except Exception as error:  # noqa: BLE001
             self._internal_error(error)
 
@@ -582,7 +599,7 @@ class Monitor:
                                                       "skipped; weights and optimizer state unchanged"))
             elif action == "reset_moments":
                 n = guard_module.reset_moments(self.optimizer)
-                self._v_mean = None  # no history to compare against until the next refresh
+                self._v_mean = self._v_scale = None  # no history until the next refresh
                 applied.append(intervention_event("reset_moments", cause,
                                                   f"zeroed {n} moment tensors (step counts kept)"))
             elif action == "clip":
