@@ -221,3 +221,26 @@ def test_the_interface_of_the_issue(capsys):
         ("nonfinite", 21, "critical"), ("skip", 21, "info")]
     assert all(e.message for e in monitor.events)
     assert "nonfinite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("scheduler_first", [True, False])
+def test_lr_scheduler_created_before_or_after_the_monitor(scheduler_first):
+    x, y, g = classification_task()
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    make = lambda: torch.optim.lr_scheduler.StepLR(optimizer, step_size=5, gamma=0.5)  # noqa: E731
+    scheduler = make() if scheduler_first else None
+    monitor = Monitor(model, optimizer, sinks=())
+    scheduler = scheduler or make()
+    for step in range(12):
+        xb, yb = _batch(x, y, g)
+        loss = F.cross_entropy(model(xb), yb) * (float("nan") if step == 7 else 1.0)
+        loss.backward()
+        monitor.observe(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+        scheduler.step()
+    monitor.close()
+    assert monitor.skipped_steps == [7]
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 ** 2)   # 12 scheduler steps
+    assert all(torch.isfinite(p).all() for p in model.parameters())

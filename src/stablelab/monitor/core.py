@@ -28,6 +28,7 @@ import logging
 import math
 import time
 import traceback
+import types
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -674,8 +675,7 @@ class Monitor:
         self._original_step = original
         monitor = self
 
-        @functools.wraps(original)
-        def step(closure=None, **kwargs):
+        def step(_optimizer, closure=None, **kwargs):
             if monitor._closed:
                 return original(closure, **kwargs) if closure is not None else original(**kwargs)
             if closure is not None:
@@ -690,8 +690,10 @@ class Monitor:
                 return None
             return original(**kwargs)
 
-        self._step_wrapper = step
-        optimizer.step = step
+        functools.update_wrapper(step, getattr(original, "__func__", original))
+        # A bound method, like the original: torch's LR schedulers re-wrap `step.__func__`.
+        self._step_wrapper = types.MethodType(step, optimizer)
+        optimizer.step = self._step_wrapper
 
     # -- errors, close --------------------------------------------------------------------------
     def _internal_error(self, error: BaseException) -> None:
