@@ -53,3 +53,20 @@ def test_bad_input_is_a_one_line_usage_error(tmp_path, argv, message):
     with pytest.raises(UsageError, match=message):
         gap.run(parse("--out", str(tmp_path), *argv))
     assert not (tmp_path / "report.html").exists()
+
+
+def test_monitor_option_logs_runs_without_changing_training(tmp_path):
+    common = ["--benchmarks", "split-digits", "--learners", "ewc,replay", "--tasks", "2",
+              "--iterations-per-task", "5", "--seeds", "1", "--eval-subset", "20"]
+    assert gap.run(parse("--out", str(tmp_path / "plain"), *common)) == 0
+    assert gap.run(parse("--out", str(tmp_path / "watched"), *common, "--monitor")) == 0
+    plain = np.load(tmp_path / "plain" / "histories.npz")
+    watched = np.load(tmp_path / "watched" / "histories.npz")
+    for key in plain.files:  # observing must not alter training (no non-finite steps to skip here)
+        np.testing.assert_array_equal(plain[key], watched[key])
+    for learner in ("ewc", "replay"):
+        run_dir = tmp_path / "watched" / "monitor" / "split-digits" / learner / "seed0"
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert rows and (run_dir / "done").exists()
+        assert max(row["step"] for row in rows) <= 9  # 2 tasks x 5 iterations, steps from 0
+        assert all("grad_norm" in row for row in rows)

@@ -162,3 +162,22 @@ def test_replay_min_acc_far_below_task_end_accuracy_over_five_tasks_and_seeds():
         assert task_end > 0.95
         assert min_acc(acc, task) < task_end - 0.5
         assert evaluator.metrics()["average_accuracy"] > 0.85
+
+
+def test_fisher_on_a_private_architecture_copy_skips_hooks_and_agrees():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3))
+    calls = []
+    import copy
+
+    shadow = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in shadow.parameters():
+            p.zero_()  # the copy's own values must not matter: model's parameters are used
+    model[2].register_forward_hook(lambda *_: calls.append(1))
+    x, y = torch.randn(6, 4), torch.randint(3, (6,))
+    via_copy = diagonal_fisher(model, x, y, architecture=shadow)
+    assert calls == []
+    direct = diagonal_fisher(model, x, y)
+    for name in direct:
+        torch.testing.assert_close(via_copy[name], direct[name])

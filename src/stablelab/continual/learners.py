@@ -8,6 +8,7 @@ A learner owns a model and an optimizer and exposes three moments:
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Callable
 
@@ -45,6 +46,8 @@ class FineTuning:
     def __init__(self, model: nn.Module, lr: float = 0.05, momentum: float = 0.0):
         self.model = model
         self.optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+        # called with the loss after backward, before optimizer.step() (e.g. Monitor.observe)
+        self.before_step: Callable[[torch.Tensor], None] | None = None
 
     def start_task(self, task: int) -> None:
         pass
@@ -57,6 +60,8 @@ class FineTuning:
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.loss(x, y)
         loss.backward()
+        if self.before_step is not None:
+            self.before_step(loss.detach())
         self.optimizer.step()
         return float(loss.detach())
 
@@ -103,27 +108,30 @@ class ExperienceReplay(FineTuning):
                 self.memory[t] = (mx[keep], my[keep])
 
 
-def diagonal_fisher(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                    chunk: int = 256) -> dict[str, torch.Tensor]:
+def diagonal_fisher(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 256,
+                    architecture: nn.Module | None = None) -> dict[str, torch.Tensor]:
     """Empirical diagonal Fisher: mean over examples of the squared per-example gradient of the
-    log-likelihood of the true label (Kirkpatrick et al. 2017, EWC)."""
+    log-likelihood of the true label (Kirkpatrick et al. 2017, EWC), at model's parameters.
+    architecture: a module with the same parameter names run in place of model (default: model),
+    e.g. a hook-free copy so monitors hooked on model do not see this pass."""
     params = {name: p.detach() for name, p in model.named_parameters()}
+    network = model if architecture is None else architecture
 
     def example_loss(p, xi, yi):
-        logits = functional_call(model, p, (xi.unsqueeze(0),))
+        logits = functional_call(network, p, (xi.unsqueeze(0),))
         return F.cross_entropy(logits, yi.unsqueeze(0))
 
     per_example = vmap(grad(example_loss), in_dims=(None, 0, 0))
     total = {name: torch.zeros_like(p) for name, p in params.items()}
-    was_training = model.training
-    model.eval()
+    was_training = network.training
+    network.eval()
     try:
         for i in range(0, len(x), chunk):
             grads = per_example(params, x[i : i + chunk], y[i : i + chunk])
             for name, g in grads.items():
                 total[name] += g.pow(2).sum(dim=0)
     finally:
-        model.train(was_training)
+        network.train(was_training)
     return {name: value / len(x) for name, value in total.items()}
 
 
@@ -136,6 +144,9 @@ class EWC(FineTuning):
                  ewc_lambda: float = 100.0):
         super().__init__(model, lr=lr, momentum=momentum)
         self.ewc_lambda = ewc_lambda
+        # a private copy of the architecture for the Fisher pass, taken before any tool hooks the
+        # model: forward hooks (e.g. a Monitor's) must not see vmapped per-example forwards
+        self._architecture = copy.deepcopy(model)
         # sum_t F_t (theta - theta*_t)^2 = A theta^2 - 2 B theta + C with A = sum F_t,
         # B = sum F_t theta*_t, C = sum F_t theta*_t^2: one term per parameter however many tasks
         self.quadratic: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
@@ -155,7 +166,7 @@ class EWC(FineTuning):
         return super().loss(x, y) + self.penalty()
 
     def end_task(self, task: int, x: torch.Tensor, y: torch.Tensor) -> None:
-        fisher = diagonal_fisher(self.model, x, y)
+        fisher = diagonal_fisher(self.model, x, y, architecture=self._architecture)
         for name, p in self.model.named_parameters():
             f, optimum = fisher[name], p.detach().clone()
             a, b, c = self.quadratic.get(name, (0.0, 0.0, 0.0))
@@ -192,13 +203,18 @@ def make_learner(name: str, model: nn.Module, config: StreamConfig):
 
 
 def run_stream(benchmark: Benchmark, learner_name: str, config: StreamConfig,
-               on_iteration: Callable[[], None] | None = None) -> ContinualEvaluator:
+               on_iteration: Callable[[], None] | None = None,
+               on_learner: Callable[[FineTuning], None] | None = None) -> ContinualEvaluator:
     """Train one learner through the benchmark's tasks in order, evaluating continually.
-    Returns the evaluator (its .acc / .training_task / .metrics() hold the results)."""
+    on_learner(learner) runs once before training (e.g. to attach a monitor to learner.model and
+    learner.optimizer, or set learner.before_step). Returns the evaluator (its .acc /
+    .training_task / .metrics() hold the results)."""
     torch.manual_seed(config.seed)
     device = torch.device(config.device)
     model = MLP(benchmark.n_inputs, config.hidden, 2, benchmark.n_classes).to(device)
     learner = make_learner(learner_name, model, config)
+    if on_learner is not None:
+        on_learner(learner)
     evaluator = ContinualEvaluator(benchmark.test_sets, every=config.eval_every,
                                    subset_size=config.eval_subset, device=device, seed=config.seed)
     generator = torch.Generator().manual_seed(config.seed)

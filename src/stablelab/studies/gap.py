@@ -70,6 +70,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="test examples per task used by the evaluator")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per benchmark x learner")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--monitor", action="store_true",
+                        help="also log every run's training signals through stablelab.monitor.Monitor "
+                             "into OUT/monitor/BENCHMARK/LEARNER/seedN (readable by `stablelab report`)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1 is fastest for these tiny models on a shared machine)")
 
@@ -99,6 +102,19 @@ def _validate(args) -> tuple[list[str], list[str]]:
     except (RuntimeError, AssertionError) as error:
         raise UsageError(f"--device {args.device} is not usable here ({str(error).splitlines()[0]})")
     return benchmarks, learners
+
+
+def _monitor_attacher(log_dir: Path, monitors: list, config: dict):
+    """An on_learner callback that attaches stablelab.monitor.Monitor to the learner."""
+    from stablelab.monitor import Monitor
+
+    def attach(learner) -> None:
+        monitor = Monitor(learner.model, learner.optimizer, log_dir=log_dir, sinks=(), attention=False,
+                          config={"study": "gap", **config})
+        learner.before_step = monitor.observe  # after backward, before optimizer.step()
+        monitors.append(monitor)
+
+    return attach
 
 
 def _run_metrics(acc: np.ndarray, training_task: np.ndarray) -> dict:
@@ -191,9 +207,19 @@ def run(args) -> int:
                 for seed in range(args.seeds):
                     progress.update(bar, description=f"{bench} {learner} seed {seed}")
                     config = dataclasses.replace(base, seed=seed)
+                    monitors: list = []
+                    attach = None
+                    if args.monitor:
+                        attach = _monitor_attacher(out / "monitor" / bench / learner / f"seed{seed}",
+                                                   monitors, {"benchmark": bench, "learner": learner,
+                                                              "seed": seed})
                     t0 = time.perf_counter()
-                    evaluator = run_stream(benchmark, learner, config,
-                                           on_iteration=lambda: progress.advance(bar))
+                    try:
+                        evaluator = run_stream(benchmark, learner, config, on_learner=attach,
+                                               on_iteration=lambda: progress.advance(bar))
+                    finally:
+                        for monitor in monitors:
+                            monitor.close()
                     seconds = time.perf_counter() - t0
                     acc, training_task = evaluator.acc, evaluator.training_task
                     runs[(bench, learner, seed)] = {
@@ -201,6 +227,8 @@ def run(args) -> int:
                         "metrics": _run_metrics(acc, training_task),
                         "seconds": seconds, "eval_seconds": evaluator.eval_seconds,
                     }
+                    if monitors:
+                        runs[(bench, learner, seed)]["metrics"]["monitor_events"] = len(monitors[0].events)
     wall = time.perf_counter() - started
 
     # -- summary.json and the raw histories --------------------------------------------------
@@ -274,6 +302,15 @@ def run(args) -> int:
         page.figure(_accuracy_figure(bench, learners, runs, args.iterations_per_task), f"{bench} accuracy")
         page.figure(_zoom_figure(bench, learners, runs, args.seeds, args.iterations_per_task),
                     f"{bench} task 1 around the switch")
+    if args.monitor:
+        page.heading("Monitor")
+        page.paragraph(
+            f"Every run was also watched by stablelab.monitor.Monitor (gradient, update and logit signals, "
+            f"detectors, default guard policy); run folders under {out / 'monitor'}, one per "
+            f"benchmark/learner/seed, readable with `stablelab report FOLDER`. Events per run: "
+            + ", ".join(f"{b}/{l}/seed{s}: {r['metrics'].get('monitor_events', 0)}"
+                        for (b, l, s), r in runs.items()) + "."
+        )
     page.heading("Cost of continual evaluation")
     cost_rows = []
     for bench in benchmarks:
