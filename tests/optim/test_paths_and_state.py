@@ -171,3 +171,27 @@ def test_parameters_without_gradients_are_untouched(name):
         opt.step()
     assert torch.equal(params[1], before)
     assert params[1] not in opt.state or not opt.state[params[1]]
+
+
+COMPILED = ["spam", "adabelief", "diffgrad", "laprop", "ademamix"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", COMPILED)
+def test_compiled_path_matches_per_tensor_path(name):
+    """The torch.compile'd kernel (0-d tensor coefficients, compiled once) == the per-tensor path;
+    30 steps cross SPAM's reset, ramp and clipping. Slow: one compilation per optimizer."""
+    slow = [torch.nn.Parameter(p) for p in initial()]
+    compiled = [torch.nn.Parameter(p.clone()) for p in initial()]
+    run(make(name, slow, foreach=False), slow, 30)
+    opt = make(name, compiled, foreach=None, compiled=True)
+    run(opt, compiled, 30)
+    assert opt._compiled_kernel is not None
+    for p, q in zip(slow, compiled):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["stable_spam", "adamp"])
+def test_compiled_path_is_refused_where_not_written(name):
+    with pytest.raises(ValueError, match="no compiled path"):
+        make(name, [torch.nn.Parameter(torch.zeros(2))], None, compiled=True)

@@ -40,10 +40,10 @@ class AdaBelief(StabilityOptimizer):
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-16,
                  weight_decay: float = 0.0, weight_decouple: bool = True, fixed_decay: bool = False,
-                 rectify: bool = True, degenerated_to_sgd: bool = True, *, foreach: bool | None = None):
+                 rectify: bool = True, degenerated_to_sgd: bool = True, *, foreach: bool | None = None, compiled: bool = False):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                       weight_decouple=weight_decouple, fixed_decay=fixed_decay, rectify=rectify,
-                                      degenerated_to_sgd=degenerated_to_sgd, foreach=foreach))
+                                      degenerated_to_sgd=degenerated_to_sgd, foreach=foreach, compiled=compiled))
 
     @staticmethod
     def _schedule(group: dict, step: int) -> tuple[float, bool]:
@@ -61,6 +61,26 @@ class AdaBelief(StabilityOptimizer):
     @staticmethod
     def _decay_factor(group: dict) -> float:
         return 1.0 - group["weight_decay"] * (1.0 if group["fixed_decay"] else group["lr"])
+
+    def _coefficients(self, group, step, states):
+        step_size, adaptive = self._schedule(group, step)
+        beta1, beta2 = group["betas"]
+        decoupled = group["weight_decouple"]
+        return dict(beta1=beta1, beta2=beta2, eps=group["eps"], step_size=step_size, adaptive=float(adaptive),
+                    decay=self._decay_factor(group) if decoupled else 1.0,
+                    l2=0.0 if decoupled else group["weight_decay"],
+                    bias_correction2_sqrt=1.0 if group["rectify"] else math.sqrt(bias_correction(beta2, step)))
+
+    @staticmethod
+    def _kernel(params, grads, states, c):
+        for p, g, m, s in zip(params, grads, states["exp_avg"], states["exp_avg_var"]):
+            g = g + c["l2"] * p
+            p.mul_(c["decay"])
+            m.copy_(c["beta1"] * m + (1 - c["beta1"]) * g)
+            s.copy_(c["beta2"] * s + (1 - c["beta2"]) * (g - m) ** 2 + c["eps"])
+            # adaptive 0: RAdam's SGD-with-momentum step while rho_t < 5
+            denom = c["adaptive"] * (s.sqrt() / c["bias_correction2_sqrt"] + c["eps"]) + (1 - c["adaptive"])
+            p.sub_(c["step_size"] * m / denom)
 
     def _update(self, group, param, grad, state):
         beta1, beta2 = group["betas"]

@@ -78,11 +78,11 @@ class AdamP(StabilityOptimizer):
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, delta: float = 0.1, wd_ratio: float = 0.1, nesterov: bool = False,
-                 *, foreach: bool | None = None):
+                 *, foreach: bool | None = None, compiled: bool = False):
         if not 0.0 <= wd_ratio <= 1.0:
             raise ValueError(f"AdamP: invalid wd_ratio {wd_ratio!r} (must be in [0, 1])")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, delta=delta,
-                                      wd_ratio=wd_ratio, nesterov=nesterov, foreach=foreach))
+                                      wd_ratio=wd_ratio, nesterov=nesterov, foreach=foreach, compiled=compiled))
 
     def _update(self, group, param, grad, state):
         beta1, beta2 = group["betas"]

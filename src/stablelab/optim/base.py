@@ -7,6 +7,10 @@ One algorithm, two speeds, one state format (the torch.optim pattern):
 The path is chosen per device the way torch does it: foreach where foreach kernels exist (CUDA),
 the per-tensor loop elsewhere (on CPU torch's foreach ops fall back to a slower loop that streams
 every tensor through memory once per operation). `foreach=True/False` forces one.
+Opt-in third path, `compiled=True`: `_kernel(params, grads, states, coefficients)` written with
+plain tensor arithmetic and compiled once by `torch.compile`; every step-dependent number
+(bias corrections, lr, reset flags) is passed as a 0-d tensor from `_coefficients`, so changing
+them does not recompile. The first step pays the compilation (about a minute on a CPU).
 
 Precision: state tensors are float32 for float16/bfloat16 parameters (and the update is computed in
 float32, then rounded once into the parameter); float32/float64 parameters keep state in their
@@ -59,6 +63,10 @@ class StabilityOptimizer(Optimizer):
 
     def __init__(self, params, defaults: dict[str, Any]):
         defaults.setdefault("foreach", None)
+        defaults.setdefault("compiled", False)
+        if defaults["compiled"] and type(self)._kernel is StabilityOptimizer._kernel:
+            raise ValueError(f"{type(self).__name__} has no compiled path yet; use compiled=False")
+        self._compiled_kernel = None
         for name in ("lr", "eps", "weight_decay"):
             if name in defaults and not defaults[name] >= 0.0:
                 raise ValueError(f"{type(self).__name__}: invalid {name} {defaults[name]!r} (must be >= 0)")
@@ -86,6 +94,28 @@ class StabilityOptimizer(Optimizer):
                         grads: list[torch.Tensor], states: list[dict]) -> None:
         """The same update over tensors that share device, dtype and step count."""
         raise NotImplementedError
+
+    def _coefficients(self, group: dict, step: int, states: list[dict]) -> dict[str, float] | None:
+        """The step's scalars for `_kernel` (None: this bucket takes the foreach path instead)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _kernel(params: list[torch.Tensor], grads: list[torch.Tensor], states: dict[str, list[torch.Tensor]],
+                c: dict[str, torch.Tensor]) -> None:
+        """The update in plain tensor arithmetic, for torch.compile; `c` holds 0-d tensors."""
+        raise NotImplementedError
+
+    def _update_compiled(self, group: dict, step: int, params: list[torch.Tensor],
+                         grads: list[torch.Tensor], states: list[dict]) -> None:
+        coefficients = self._coefficients(group, step, states)
+        if coefficients is None:
+            self._update_foreach(group, step, params, grads, states)
+            return
+        dtype, device = states[0][self.state_keys[0]].dtype, params[0].device
+        c = {k: torch.tensor(float(v), dtype=dtype, device=device) for k, v in coefficients.items()}
+        if self._compiled_kernel is None:
+            self._compiled_kernel = torch.compile(type(self)._kernel)
+        self._compiled_kernel(params, grads, {k: [s[k] for s in states] for k in self.state_keys}, c)
 
     def _uses_foreach(self, group: dict, params: list[torch.Tensor]) -> bool:
         choice = group.get("foreach")
@@ -120,8 +150,10 @@ class StabilityOptimizer(Optimizer):
                 grads.append(param.grad)
             if not params:
                 continue
-            if self._uses_foreach(group, params):
-                self._step_foreach(group, params, grads)
+            if group["compiled"]:
+                self._step_foreach(group, params, grads, self._update_compiled)
+            elif self._uses_foreach(group, params):
+                self._step_foreach(group, params, grads, self._update_foreach)
             else:
                 for param, grad in zip(params, grads):
                     self._step_one(group, param, grad)
@@ -136,7 +168,8 @@ class StabilityOptimizer(Optimizer):
         self._update(group, work, grad.float(), state)
         param.copy_(work)
 
-    def _step_foreach(self, group: dict, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+    def _step_foreach(self, group: dict, params: list[torch.Tensor], grads: list[torch.Tensor],
+                      update: Callable[..., None]) -> None:
         buckets: dict[tuple, list[int]] = defaultdict(list)
         for i, param in enumerate(params):
             buckets[(param.device, param.dtype, self.state[param]["step"])].append(i)
@@ -145,10 +178,10 @@ class StabilityOptimizer(Optimizer):
             gs = [grads[i] for i in indices]
             states = [self.state[p] for p in ps]
             if dtype not in _LOW_PRECISION:
-                self._update_foreach(group, step, ps, gs, states)
+                update(group, step, ps, gs, states)
                 continue
             work = [p.float() for p in ps]
-            self._update_foreach(group, step, work, [g.float() for g in gs], states)
+            update(group, step, work, [g.float() for g in gs], states)
             torch._foreach_copy_(ps, work)
 
     # -- state_dict ----------------------------------------------------------------------------

@@ -25,14 +25,32 @@ class DiffGrad(StabilityOptimizer):
     state_keys = ("exp_avg", "exp_avg_sq", "previous_grad")
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, weight_decouple: bool = False, *, foreach: bool | None = None):
+                 weight_decay: float = 0.0, weight_decouple: bool = False, *, foreach: bool | None = None, compiled: bool = False):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                                      weight_decouple=weight_decouple, foreach=foreach))
+                                      weight_decouple=weight_decouple, foreach=foreach, compiled=compiled))
 
     @staticmethod
     def _step_size(group: dict, step: int) -> float:
         beta1, beta2 = group["betas"]
         return group["lr"] * math.sqrt(bias_correction(beta2, step)) / bias_correction(beta1, step)
+
+    def _coefficients(self, group, step, states):
+        beta1, beta2 = group["betas"]
+        decoupled = group["weight_decouple"]
+        return dict(beta1=beta1, beta2=beta2, eps=group["eps"], step_size=self._step_size(group, step),
+                    decay=1.0 - group["lr"] * group["weight_decay"] if decoupled else 1.0,
+                    l2=0.0 if decoupled else group["weight_decay"])
+
+    @staticmethod
+    def _kernel(params, grads, states, c):
+        for p, g, m, v, prev in zip(params, grads, states["exp_avg"], states["exp_avg_sq"], states["previous_grad"]):
+            g = g + c["l2"] * p
+            p.mul_(c["decay"])
+            m.copy_(c["beta1"] * m + (1 - c["beta1"]) * g)
+            v.copy_(c["beta2"] * v + (1 - c["beta2"]) * g * g)
+            friction = torch.sigmoid((prev - g).abs())
+            p.sub_(c["step_size"] * friction * m / (v.sqrt() + c["eps"]))
+            prev.copy_(g)
 
     def _update(self, group, param, grad, state):
         beta1, beta2 = group["betas"]

@@ -25,25 +25,45 @@ class LaProp(StabilityOptimizer):
     state_keys = ("exp_avg", "exp_avg_sq")
 
     def __init__(self, params, lr: float = 4e-4, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-15,
-                 weight_decay: float = 0.0, fixed_decay: bool = True, *, foreach: bool | None = None):
+                 weight_decay: float = 0.0, fixed_decay: bool = True, *, foreach: bool | None = None, compiled: bool = False):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                                      fixed_decay=fixed_decay, foreach=foreach))
+                                      fixed_decay=fixed_decay, foreach=foreach, compiled=compiled))
 
     def _scalar_state(self, param):
         return {"exp_avg_lr_1": 0.0, "exp_avg_lr_2": 0.0}
 
     @staticmethod
-    def _advance(group: dict, state: dict) -> tuple[float, float]:
-        """Advance the EMAs of the lr and of 1; return (step size lr / c1 = 1 / (c1 / lr), c2)."""
+    def _advanced(group: dict, state: dict) -> tuple[float, float]:
+        """The lr EMAs after this step: (EMA_{b1} of lr, EMA_{b2} of 1 = 1 - b2^t)."""
         beta1, beta2 = group["betas"]
-        state["exp_avg_lr_1"] = state["exp_avg_lr_1"] * beta1 + (1.0 - beta1) * group["lr"]
-        state["exp_avg_lr_2"] = state["exp_avg_lr_2"] * beta2 + (1.0 - beta2)
+        return (state["exp_avg_lr_1"] * beta1 + (1.0 - beta1) * group["lr"],
+                state["exp_avg_lr_2"] * beta2 + (1.0 - beta2))
+
+    def _advance(self, group: dict, state: dict) -> tuple[float, float]:
+        """Advance the lr EMAs; return (step size lr / c1, c2)."""
+        state["exp_avg_lr_1"], state["exp_avg_lr_2"] = self._advanced(group, state)
         bias_correction1 = state["exp_avg_lr_1"] / group["lr"] if group["lr"] != 0.0 else 1.0
         return 1.0 / bias_correction1, state["exp_avg_lr_2"]
 
     @staticmethod
     def _decay_factor(group: dict) -> float:
         return 1.0 - group["weight_decay"] * (1.0 if group["fixed_decay"] else group["lr"])
+
+    def _coefficients(self, group, step, states):
+        if len({self._advanced(group, s) for s in states}) != 1:
+            return None  # tensors that joined at different times: the foreach path handles them
+        step_sizes_and_c2 = [self._advance(group, s) for s in states]
+        step_size, bias_correction2 = step_sizes_and_c2[0]
+        beta1, beta2 = group["betas"]
+        return dict(beta1=beta1, beta2=beta2, eps=group["eps"], lr=group["lr"], step_size=step_size,
+                    bias_correction2=bias_correction2, decay=self._decay_factor(group))
+
+    @staticmethod
+    def _kernel(params, grads, states, c):
+        for p, g, m, v in zip(params, grads, states["exp_avg"], states["exp_avg_sq"]):
+            v.copy_(c["beta2"] * v + (1 - c["beta2"]) * g * g)
+            m.copy_(c["beta1"] * m + (1 - c["beta1"]) * c["lr"] * g / ((v / c["bias_correction2"]).sqrt() + c["eps"]))
+            p.copy_((p - c["step_size"] * m) * c["decay"])
 
     def _update(self, group, param, grad, state):
         beta1, beta2 = group["betas"]

@@ -43,12 +43,12 @@ class SPAM(StabilityOptimizer):
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
                  weight_decay: float = 0.0, threshold: float = 5000.0, reset_interval: int = 500,
-                 warmup_steps: int = 150, clip_warmup: int = 20, *, foreach: bool | None = None):
+                 warmup_steps: int = 150, clip_warmup: int = 20, *, foreach: bool | None = None, compiled: bool = False):
         if threshold < 0 or reset_interval < 0 or warmup_steps < 0 or clip_warmup < 0:
             raise ValueError("SPAM: threshold, reset_interval, warmup_steps and clip_warmup must be >= 0")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                       threshold=threshold, reset_interval=reset_interval,
-                                      warmup_steps=warmup_steps, clip_warmup=clip_warmup, foreach=foreach))
+                                      warmup_steps=warmup_steps, clip_warmup=clip_warmup, foreach=foreach, compiled=compiled))
 
     @staticmethod
     def _schedule(group: dict, step: int) -> tuple[bool, bool, float]:
@@ -60,6 +60,23 @@ class SPAM(StabilityOptimizer):
         step_size = group["lr"] * math.sqrt(bias_correction(beta2, step)) / bias_correction(beta1, step)
         step_size *= reset_warmup_scale(step, interval, group["warmup_steps"])
         return reset, clip, step_size
+
+    def _coefficients(self, group, step, states):
+        beta1, beta2 = group["betas"]
+        reset, clip, step_size = self._schedule(group, step)
+        return dict(beta1=beta1, beta2=beta2, eps=group["eps"], step_size=step_size, keep=0.0 if reset else 1.0,
+                    clip=float(clip), threshold=group["threshold"], decay=1.0 - group["lr"] * group["weight_decay"])
+
+    @staticmethod
+    def _kernel(params, grads, states, c):
+        for p, g, m, v in zip(params, grads, states["exp_avg"], states["exp_avg_sq"]):
+            m.mul_(c["keep"])  # moment reset
+            v.mul_(c["keep"])
+            bound = (c["threshold"] * v).sqrt()
+            g = torch.where(c["clip"] > 0, torch.minimum(torch.maximum(g, -bound), bound), g)
+            m.copy_(c["beta1"] * m + (1 - c["beta1"]) * g)
+            v.copy_(c["beta2"] * v + (1 - c["beta2"]) * g * g)
+            p.copy_((p - c["step_size"] * m / (v.sqrt() + c["eps"])) * c["decay"])
 
     def _update(self, group, param, grad, state):
         beta1, beta2 = group["betas"]
@@ -123,7 +140,7 @@ class StableSPAM(StabilityOptimizer):
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, gamma1: float = 0.7, gamma2: float = 0.9, gamma3: float = 0.999,
-                 reset_interval: int = 1000, *, foreach: bool | None = None):
+                 reset_interval: int = 1000, *, foreach: bool | None = None, compiled: bool = False):
         for name, gamma in (("gamma1", gamma1), ("gamma2", gamma2), ("gamma3", gamma3)):
             if not 0.0 <= gamma < 1.0:
                 raise ValueError(f"StableSPAM: invalid {name} {gamma!r} (must be in [0, 1))")
@@ -131,7 +148,7 @@ class StableSPAM(StabilityOptimizer):
             raise ValueError("StableSPAM: reset_interval must be >= 0")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                       gamma1=gamma1, gamma2=gamma2, gamma3=gamma3,
-                                      reset_interval=reset_interval, foreach=foreach))
+                                      reset_interval=reset_interval, foreach=foreach, compiled=compiled))
 
     def _scalar_state(self, param):
         zero = lambda: torch.zeros((), dtype=torch.float32 if param.dtype != torch.float64 else param.dtype,
