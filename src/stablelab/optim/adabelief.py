@@ -40,7 +40,8 @@ class AdaBelief(StabilityOptimizer):
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-16,
                  weight_decay: float = 0.0, weight_decouple: bool = True, fixed_decay: bool = False,
-                 rectify: bool = True, degenerated_to_sgd: bool = True, *, foreach: bool | None = None, compiled: bool = False):
+                 rectify: bool = True, degenerated_to_sgd: bool = True, *, foreach: bool | None = None,
+                 compiled: bool = False):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                       weight_decouple=weight_decouple, fixed_decay=fixed_decay, rectify=rectify,
                                       degenerated_to_sgd=degenerated_to_sgd, foreach=foreach, compiled=compiled))

@@ -56,7 +56,8 @@ def radial_projection_no_sync(param: torch.Tensor, grad: torch.Tensor, update: t
     norms = torch.where(channel, row_norms, norm.expand_as(row_norms)).add_(eps).unsqueeze(1)
     unit = param.reshape(rows, -1) / norms
     rows_u = update.reshape(rows, -1)
-    radial = torch.where(channel, torch.linalg.vecdot(unit, rows_u), torch.linalg.vecdot(unit.flatten(), update.flatten()))
+    radial = torch.where(channel, torch.linalg.vecdot(unit, rows_u),
+                         torch.linalg.vecdot(unit.flatten(), update.flatten()))
     invariant = channel | layer
     projected = torch.where(invariant, rows_u - unit * radial.unsqueeze(1), rows_u).view_as(update)
     ratio = torch.where(invariant, torch.tensor(wd_ratio, dtype=update.dtype, device=update.device),

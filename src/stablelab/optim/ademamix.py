@@ -46,14 +46,16 @@ class AdEMAMix(StabilityOptimizer):
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, ...] = (0.9, 0.999, 0.9999), alpha: float = 2.0,
                  eps: float = 1e-8, weight_decay: float = 0.0, alpha_warmup: int | None = None,
-                 beta3_warmup: int | None = None, *, foreach: bool | None = None, compiled: bool = False):
+                 beta3_warmup: int | None = None, *, foreach: bool | None = None,
+                 compiled: bool = False):
         betas = tuple(betas)
         if len(betas) == 2:
             betas = betas + (0.9999,)
         if len(betas) != 3:
             raise ValueError(f"AdEMAMix: betas must be (beta1, beta2, beta3), got {betas!r}")
         super().__init__(params, dict(lr=lr, betas=betas, alpha=alpha, eps=eps, weight_decay=weight_decay,
-                                      alpha_warmup=alpha_warmup, beta3_warmup=beta3_warmup, foreach=foreach, compiled=compiled))
+                                      alpha_warmup=alpha_warmup, beta3_warmup=beta3_warmup, foreach=foreach,
+                                      compiled=compiled))
 
     @staticmethod
     def _schedule(group: dict, step: int) -> tuple[float, float]:
@@ -75,7 +77,8 @@ class AdEMAMix(StabilityOptimizer):
             fast.copy_(c["beta1"] * fast + (1 - c["beta1"]) * g)
             slow.copy_(c["beta3"] * slow + (1 - c["beta3"]) * g)
             v.copy_(c["beta2"] * v + (1 - c["beta2"]) * g * g)
-            update = (fast / c["bias_correction1"] + c["alpha"] * slow) / (v.sqrt() / c["bias_correction2_sqrt"] + c["eps"])
+            denom = v.sqrt() / c["bias_correction2_sqrt"] + c["eps"]
+            update = (fast / c["bias_correction1"] + c["alpha"] * slow) / denom
             p.sub_(c["lr"] * (update + c["weight_decay"] * p))
 
     def _update(self, group, param, grad, state):

@@ -25,7 +25,8 @@ class DiffGrad(StabilityOptimizer):
     state_keys = ("exp_avg", "exp_avg_sq", "previous_grad")
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, weight_decouple: bool = False, *, foreach: bool | None = None, compiled: bool = False):
+                 weight_decay: float = 0.0, weight_decouple: bool = False, *, foreach: bool | None = None,
+                 compiled: bool = False):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                       weight_decouple=weight_decouple, foreach=foreach, compiled=compiled))
 

@@ -25,7 +25,8 @@ class LaProp(StabilityOptimizer):
     state_keys = ("exp_avg", "exp_avg_sq")
 
     def __init__(self, params, lr: float = 4e-4, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-15,
-                 weight_decay: float = 0.0, fixed_decay: bool = True, *, foreach: bool | None = None, compiled: bool = False):
+                 weight_decay: float = 0.0, fixed_decay: bool = True, *, foreach: bool | None = None,
+                 compiled: bool = False):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                       fixed_decay=fixed_decay, foreach=foreach, compiled=compiled))
 

@@ -43,12 +43,14 @@ class SPAM(StabilityOptimizer):
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
                  weight_decay: float = 0.0, threshold: float = 5000.0, reset_interval: int = 500,
-                 warmup_steps: int = 150, clip_warmup: int = 20, *, foreach: bool | None = None, compiled: bool = False):
+                 warmup_steps: int = 150, clip_warmup: int = 20, *, foreach: bool | None = None,
+                 compiled: bool = False):
         if threshold < 0 or reset_interval < 0 or warmup_steps < 0 or clip_warmup < 0:
             raise ValueError("SPAM: threshold, reset_interval, warmup_steps and clip_warmup must be >= 0")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                       threshold=threshold, reset_interval=reset_interval,
-                                      warmup_steps=warmup_steps, clip_warmup=clip_warmup, foreach=foreach, compiled=compiled))
+                                      warmup_steps=warmup_steps, clip_warmup=clip_warmup, foreach=foreach,
+                                      compiled=compiled))
 
     @staticmethod
     def _schedule(group: dict, step: int) -> tuple[bool, bool, float]:
