@@ -6,10 +6,12 @@
 Two copies of the same model and optimizer train side by side, in alternating blocks of steps (so
 load from other processes hits both alike): one bare, one with `Monitor(...)` observing every
 step. Blocks of `--block` steps (one sync window) alternate, A B then B A; the ratio reported
-is the median over block pairs of monitored time / bare time (robust to load that drifts). Variants:
+is the median over block pairs of monitored time / bare time (robust to load that drifts); on
+CPU the process's CPU-time ratio (total monitored / total bare) is reported beside it, since it
+is nearly blind to other processes on a shared machine. Variants:
 `default` (sync_every as given, default policy: reads 5 numbers per step for the non-finite skip),
-`warn_only` (policy that only warns: no per-step host read), and `store` (default + the run store
-on disk). Cockpit's comparable figure (economy instruments every step): 1.51x."""
+`warn_only` (policy that only warns: no per-step host read), `store` (default + the run store
+on disk), and for diagnosis `no_attention` and `no_update_ratio` (default without those signals). Cockpit's comparable figure (economy instruments every step): 1.51x."""
 
 from __future__ import annotations
 
@@ -43,8 +45,10 @@ def measure(variant: str, args, device: torch.device) -> dict:
     bare_opt, monitored_opt = make(bare_model), make(monitored_model)
     tmp = tempfile.TemporaryDirectory()
     policy = {"*": "warn"} if variant == "warn_only" else None
+    options = {"no_attention": {"attention": False}, "no_update_ratio": {"update_ratio_every": 0}}
     monitor = Monitor(monitored_model, monitored_opt, policy=policy, sync_every=args.sync_every,
-                      log_dir=Path(tmp.name) / "run" if variant == "store" else None, sinks=())
+                      log_dir=Path(tmp.name) / "run" if variant == "store" else None, sinks=(),
+                      **options.get(variant, {}))
     generator = torch.Generator().manual_seed(1)
     batches = [torch.randint(0, 256, (args.batch, args.seq_len + 1), generator=generator).to(device)
                for _ in range(16)]
@@ -62,27 +66,36 @@ def measure(variant: str, args, device: torch.device) -> dict:
     for i in range(args.warmup):  # compile kernels, allocate, fill Adam state
         step(bare_model, bare_opt, i, False)
         step(monitored_model, monitored_opt, i, True)
-    bare_times, monitored_times = [], []
+    bare_times, monitored_times, bare_cpu, monitored_cpu = [], [], [], []
     i = args.warmup
-    pairs = ((bare_model, bare_opt, False, bare_times),
-             (monitored_model, monitored_opt, True, monitored_times))
+    pairs = ((bare_model, bare_opt, False, bare_times, bare_cpu),
+             (monitored_model, monitored_opt, True, monitored_times, monitored_cpu))
     for block in range(args.blocks):
-        for model, optimizer, monitored, times in (pairs if block % 2 == 0 else pairs[::-1]):
+        for model, optimizer, monitored, times, cpu in (pairs if block % 2 == 0 else pairs[::-1]):
             _sync(device)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             for j in range(args.block):
                 step(model, optimizer, i + j, monitored)
             _sync(device)
             times.append((time.perf_counter() - start) / args.block)
+            cpu.append((time.process_time() - start_cpu) / args.block)
         i += args.block
     summary = monitor.close()
     tmp.cleanup()
     bare, monitored = statistics.median(bare_times), statistics.median(monitored_times)
     # Each block pair ran back to back: the median of their ratios resists load that drifts.
     pair_ratios = [m / b for b, m in zip(bare_times, monitored_times)]
+    # CPU time of this process: what the monitor costs in work, nearly blind to other processes'
+    # load on a shared machine (1 thread; on a GPU the wall-clock ratio is the one that counts).
+    cpu_ratios = [m / b for b, m in zip(bare_cpu, monitored_cpu)]
     return {"variant": variant, "bare_ms": 1e3 * bare, "monitored_ms": 1e3 * monitored,
             "ratio": statistics.median(pair_ratios), "ratio_of_medians": monitored / bare,
             "pair_ratio_quartiles": statistics.quantiles(pair_ratios, n=4),
+            "cpu_ratio": sum(monitored_cpu) / sum(bare_cpu),
+            "cpu_pair_ratio_median": statistics.median(cpu_ratios),
+            "cpu_pair_ratio_quartiles": statistics.quantiles(cpu_ratios, n=4),
+            "bare_cpu_ms": 1e3 * statistics.median(bare_cpu),
+            "monitored_cpu_ms": 1e3 * statistics.median(monitored_cpu),
             "events": summary["events"],
             "internal_errors": summary["internal_errors"]}
 
@@ -113,9 +126,13 @@ def main(argv: list[str] | None = None) -> int:
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
     for r in results:
         q1, _, q3 = r["pair_ratio_quartiles"]
-        print(f"{r['variant']:>10}: bare {r['bare_ms']:.2f} ms/step, monitored {r['monitored_ms']:.2f} "
+        c1, _, c3 = r["cpu_pair_ratio_quartiles"]
+        print(f"{r['variant']:>10}: wall: bare {r['bare_ms']:.2f} ms/step, monitored {r['monitored_ms']:.2f} "
               f"ms/step, ratio {r['ratio']:.3f}x (quartiles {q1:.3f}-{q3:.3f}; ratio of medians "
-              f"{r['ratio_of_medians']:.3f}; events {r['events']}, internal errors {r['internal_errors']})")
+              f"{r['ratio_of_medians']:.3f})\n{'':>12}CPU time: bare {r['bare_cpu_ms']:.2f} ms/step, monitored "
+              f"{r['monitored_cpu_ms']:.2f} ms/step, ratio {r['cpu_ratio']:.3f}x (pair median "
+              f"{r['cpu_pair_ratio_median']:.3f}, quartiles {c1:.3f}-{c3:.3f}); events {r['events']}, "
+              f"internal errors {r['internal_errors']}")
     if args.out:
         from stablelab.store.files import atomic_write_json
 

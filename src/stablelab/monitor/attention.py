@@ -13,7 +13,7 @@ or take full control with `register_attention_adapter(predicate, attach)`."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -219,23 +219,41 @@ _BUILTIN: list[tuple[Matcher, Attach]] = [
 
 @dataclass
 class AttentionLayer:
+    """One attention module found in a model, with the adapter that hooks it. Hooks exist only
+    while armed: the monitor arms them for sampled steps, so other steps pay nothing."""
+
     name: str
     module: nn.Module
-    handles: list
+    attach: Attach
+    handles: list = field(default_factory=list)
+
+    def arm(self, record: Record) -> None:
+        if not self.handles:
+            self.handles = list(self.attach(self.module, record))
+
+    def disarm(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
 
 
-def attach_attention(model: nn.Module, make_record: Callable[[int], Record]) -> list[AttentionLayer]:
-    """Hook every attention module of `model` (in model order); layer i reports through
-    make_record(i). Modules inside an already-hooked attention module are not hooked again."""
+def find_attention(model: nn.Module) -> list[AttentionLayer]:
+    """Every attention module of `model` in model order (not hooked yet). Modules inside an
+    attention module already found are not matched again."""
     layers: list[AttentionLayer] = []
-    hooked: list[str] = []
     for name, module in model.named_modules():
-        if any(name.startswith(prefix + ".") for prefix in hooked):
+        if any(name.startswith(layer.name + ".") for layer in layers):
             continue
         for matches, attach in _ADAPTERS + _BUILTIN:
             if matches(module):
-                handles = attach(module, make_record(len(layers)))
-                layers.append(AttentionLayer(name, module, handles))
-                hooked.append(name)
+                layers.append(AttentionLayer(name, module, attach))
                 break
+    return layers
+
+
+def attach_attention(model: nn.Module, make_record: Callable[[int], Record]) -> list[AttentionLayer]:
+    """Find and hook every attention module; layer i reports through make_record(i)."""
+    layers = find_attention(model)
+    for i, layer in enumerate(layers):
+        layer.arm(make_record(i))
     return layers

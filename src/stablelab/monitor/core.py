@@ -38,7 +38,7 @@ from torch import nn
 
 from stablelab.errors import UsageError
 from stablelab.monitor import guard as guard_module
-from stablelab.monitor.attention import attach_attention
+from stablelab.monitor.attention import find_attention
 from stablelab.monitor.detectors import Detector, build_detectors
 from stablelab.monitor.events import Event, TrainingStopped
 from stablelab.monitor.guard import ORDER, Policy, Snapshot, intervention_event
@@ -187,13 +187,13 @@ class Monitor:
         self._handles: list = []
 
         self.snapshot = (Snapshot(self.policy.snapshot_dir) if self.policy.uses("rollback") else None)
-        self.attention_layers = attach_attention(model, lambda i: _Recorder(self, i)) if attention else []
-        for layer in self.attention_layers:
-            self._handles.extend(layer.handles)
+        self.attention_layers = find_attention(model) if attention else []
+        self._recorders = [_Recorder(self, i) for i in range(len(self.attention_layers))]
         found = find_logits_module(model, logits_module)
         self.logits_module_name = found[0] if found else None
-        if found:
-            self._handles.append(found[1].register_forward_hook(self._on_logits))
+        self._logits_module = found[1] if found else None
+        self._logits_handle = None
+        self._arm()  # step 0 is a sampled step
         if update_ratio_every and self.matrices:
             self._handles.append(self.optimizer.register_step_pre_hook(self._before_update))
             self._handles.append(self.optimizer.register_step_post_hook(self._after_update))
@@ -238,6 +238,10 @@ class Monitor:
             self.step += 1
             self._sampling = self.step % self.sync_every == 0
             self._attn_values, self._logit_stats = {}, None
+            if self._sampling:  # forward hooks exist only for sampled steps' forwards
+                self._arm()
+            else:
+                self._disarm()
 
     def _observe(self, loss) -> None:
         t = self.step
@@ -390,6 +394,22 @@ class Monitor:
                 p.grad = g
         entry["host"].update({f"sharpness_{k}": float(v) for k, v in result.items()
                               if isinstance(v, (int, float)) and v is not None})
+
+    def _arm(self) -> None:
+        try:
+            for layer, recorder in zip(self.attention_layers, self._recorders):
+                layer.arm(recorder)
+            if self._logits_module is not None and self._logits_handle is None:
+                self._logits_handle = self._logits_module.register_forward_hook(self._on_logits)
+        except Exception as error:  # noqa: BLE001
+            self._internal_error(error)
+
+    def _disarm(self) -> None:
+        for layer in self.attention_layers:
+            layer.disarm()
+        if self._logits_handle is not None:
+            self._logits_handle.remove()
+            self._logits_handle = None
 
     # -- update-to-weight ratio, through the optimizer's own step hooks ---------------------------
     def _update_views(self) -> list[torch.Tensor]:
@@ -735,6 +755,7 @@ class Monitor:
         except TrainingStopped:  # training is over anyway; the event is recorded
             pass
         self._closed = True
+        self._disarm()
         for handle in self._handles:
             handle.remove()
         if self.optimizer.__dict__.get("step") is self._step_wrapper:
