@@ -168,6 +168,7 @@ class Monitor:
         self._v_mean: torch.Tensor | None = None
         self._v_scale: torch.Tensor | None = None
         self._inv_weight_norms: torch.Tensor | None = None
+        self._weight_norm_step = 0
 
         self._immediate = {d.kind for d in self.detectors
                            if d.every_step and self.policy.acts_before_step(d.kind)}
@@ -193,17 +194,18 @@ class Monitor:
         self.logits_module_name = found[0] if found else None
         self._logits_module = found[1] if found else None
         self._logits_handle = None
+
+        # Sinks first: a sink that cannot start (a missing package) leaves the model untouched.
+        self.sinks: list[Sink] = [make_sink(sink, log_dir) if isinstance(sink, str) else sink
+                                  for sink in sinks]
+        if log_dir is not None:
+            self.sinks.insert(0, RunStoreSink(log_dir, {**self.describe(), **(config or {})}))
+
         self._arm()  # step 0 is a sampled step
         if update_ratio_every and self.matrices:
             self._handles.append(self.optimizer.register_step_pre_hook(self._before_update))
             self._handles.append(self.optimizer.register_step_post_hook(self._after_update))
         self._wrap_step()
-
-        self.sinks: list[Sink] = []
-        if log_dir is not None:
-            self.sinks.append(RunStoreSink(log_dir, {**self.describe(), **(config or {})}))
-        for sink in sinks:
-            self.sinks.append(make_sink(sink, log_dir) if isinstance(sink, str) else sink)
 
     _inner = staticmethod(_inner_optimizer)
 
@@ -447,9 +449,10 @@ class Monitor:
             return
         try:
             views = self._update_views()
-            if self._inv_weight_norms is None or entry["step"] % self.sync_every == 0:
-                # ||w|| moves slowly: refreshed on sampled steps only
+            if self._inv_weight_norms is None or entry["step"] - self._weight_norm_step >= self.sync_every:
+                # ||w|| moves slowly: refreshed once per sync window only
                 self._inv_weight_norms = 1.0 / torch.stack(torch._foreach_norm(views, 2)).float().clamp_min(1e-30)
+                self._weight_norm_step = entry["step"]
             torch._foreach_sub_(self._prev_weights, views)  # now w_before - w_after, in place
             # ||delta w|| / ||w|| per matrix (signals.weights.update_to_weight_ratio, in place)
             entry["update"] = torch.stack(torch._foreach_norm(self._prev_weights, 2)).float() * self._inv_weight_norms
