@@ -9,6 +9,7 @@ pytorch-optimizer's implementation of the same algorithm (its defaults and defau
 
     .venv/bin/python benchmarks/optim_step.py                       # CPU, 1 thread, ~1-2 minutes
     .venv/bin/python benchmarks/optim_step.py --params 10e6 --tensors 100 --rounds 40 --json out.json
+    .venv/bin/python benchmarks/optim_step.py --compiled --only AdEMAMix   # + compiled path (~1 min compile each)
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ ALGORITHMS = {
     "AdEMAMix": ("ademamix", "AdEMAMix", 1.5),
 }
 
+COMPILED = {"spam", "adabelief", "diffgrad", "laprop", "ademamix"}  # those with a compiled kernel
+
 
 def make_parameters(n_params: float, n_tensors: int, device: torch.device, dtype: torch.dtype):
     """Blocks of (d x d weight, d bias, d gain) with d chosen so the total is ~n_params."""
@@ -53,7 +56,7 @@ def make_parameters(n_params: float, n_tensors: int, device: torch.device, dtype
     return params, grads
 
 
-def candidates(params, device: torch.device):
+def candidates(params, device: torch.device, compiled: bool = False, only: set[str] | None = None):
     """(label, algorithm, kind, factory) for everything timed; kind in torch/ours/ours_foreach/theirs."""
     out = [("torch AdamW foreach", "AdamW", "torch", lambda: torch.optim.AdamW(params, foreach=True)),
            ("torch AdamW for-loop", "AdamW", "torch", lambda: torch.optim.AdamW(params, foreach=False))]
@@ -68,10 +71,15 @@ def candidates(params, device: torch.device):
         pytorch_optimizer = None
         print("pytorch-optimizer not installed: no comparison with it")
     for algorithm, (name, theirs, _) in ALGORITHMS.items():
+        if only and algorithm not in only:
+            continue
         out.append((f"stablelab {name}", algorithm, "ours", lambda name=name: optim.create(name, params)))
         other = "foreach" if device.type != "cuda" else "per-tensor"
         out.append((f"stablelab {name} ({other})", algorithm, "ours_other",
                     lambda name=name: optim.create(name, params, foreach=device.type != "cuda")))
+        if compiled and name in COMPILED:
+            out.append((f"stablelab {name} (compiled)", algorithm, "ours_compiled",
+                        lambda name=name: optim.create(name, params, compiled=True)))
         if pytorch_optimizer is not None:
             cls = getattr(pytorch_optimizer, theirs)
             out.append((f"pytorch-optimizer {theirs}", algorithm, "theirs", lambda cls=cls: cls(params)))
@@ -87,6 +95,9 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--compiled", action="store_true",
+                        help="also time the opt-in torch.compile'd path (compiles once per optimizer)")
+    parser.add_argument("--only", help="comma-separated algorithms to time (default all), e.g. SPAM,AdEMAMix")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
 
@@ -110,7 +121,8 @@ def main(argv=None) -> int:
                     p.grad.copy_(g)  # pytorch-optimizer edits gradients in place
 
     runs = []
-    for label, algorithm, kind, factory in candidates(params, device):
+    for label, algorithm, kind, factory in candidates(params, device, args.compiled,
+                                                     set(args.only.split(",")) if args.only else None):
         optimizer = factory()
         stepper = optimizer.step
         for _ in range(args.warmup):
@@ -156,7 +168,8 @@ def main(argv=None) -> int:
     for column in ("optimizer", "ms", "/ AdamW foreach", "/ fastest AdamW", "/ pytorch-optimizer", "target met"):
         table.add_column(column, justify="left" if column == "optimizer" else "right")
     for run in runs:
-        table.add_row(run["label"], f"{run['median_ms']:.2f}", f"{run['vs_adamw_foreach']:.2f}",
+        table.add_row(run["label"], f"{run['median_ms']:.2f}",
+                      f"{run['vs_adamw_foreach']:.2f}",
                       f"{run['vs_fastest_adamw']:.2f}",
                       f"{run['vs_pytorch_optimizer']:.2f}" if "vs_pytorch_optimizer" in run else "",
                       {True: "yes", False: "NO"}.get(run.get("meets_target"), ""))
