@@ -58,6 +58,12 @@ def test_attention_trend_predicts_the_crossing():
     assert first.data["predicted_step"] == 2000
     critical = AttnLogitGrowth().check(0, {"attn_logit_max": 2e4})
     assert critical[0].severity == "critical"
+    # cool-down silences repeats, not an escalation from warning to critical
+    detector = AttnLogitGrowth(cooldown=100)
+    assert detector.check(0, {"attn_logit_max": 2e3})[0].severity == "warning"
+    assert detector.check(10, {"attn_logit_max": 3e3}) == []
+    assert detector.check(20, {"attn_logit_max": 2e4})[0].severity == "critical"
+    assert detector.check(30, {"attn_logit_max": 3e4}) == []
 
 
 def test_update_ratio_and_cooldown():

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 from stablelab.errors import UsageError
-from stablelab.monitor.events import Event
+from stablelab.monitor.events import SEVERITIES, Event
 
 
 def _finite(x: Any) -> bool:
@@ -33,17 +33,19 @@ class Detector:
 
     def __post_init__(self):
         self._last_fired: int | None = None
+        self._last_rank = -1
 
     def check(self, step: int, row: dict[str, Any]) -> list[Event]:
         if step < self.warmup:
             self.observe_only(step, row)
             return []
-        if self._last_fired is not None and step - self._last_fired <= self.cooldown and self.cooldown:
-            self.observe_only(step, row)
-            return []
         events = self.detect(step, row)
+        cooling = self._last_fired is not None and step - self._last_fired <= self.cooldown
+        if cooling:  # quiet during cool-down, except an escalation (warning -> critical)
+            events = [e for e in events if SEVERITIES.index(e.severity) > self._last_rank]
         if events:
             self._last_fired = step
+            self._last_rank = max(SEVERITIES.index(e.severity) for e in events)
         return events
 
     def observe_only(self, step: int, row: dict[str, Any]) -> None:
