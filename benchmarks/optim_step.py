@@ -40,7 +40,7 @@ ALGORITHMS = {
     "AdEMAMix": ("ademamix", "AdEMAMix", 1.5),
 }
 
-COMPILED = {"spam", "adabelief", "diffgrad", "laprop", "ademamix"}  # those with a compiled kernel
+COMPILED = {"spam", "stable_spam", "adabelief", "diffgrad", "adamp", "laprop", "ademamix"}
 
 
 def make_parameters(n_params: float, n_tensors: int, device: torch.device, dtype: torch.dtype):

@@ -60,9 +60,8 @@ def radial_projection_no_sync(param: torch.Tensor, grad: torch.Tensor, update: t
                          torch.linalg.vecdot(unit.flatten(), update.flatten()))
     invariant = channel | layer
     projected = torch.where(invariant, rows_u - unit * radial.unsqueeze(1), rows_u).view_as(update)
-    ratio = torch.where(invariant, torch.tensor(wd_ratio, dtype=update.dtype, device=update.device),
-                        torch.ones((), dtype=update.dtype, device=update.device))
-    return projected, ratio
+    ratio = torch.as_tensor(wd_ratio, dtype=update.dtype, device=update.device)  # float or 0-d tensor
+    return projected, torch.where(invariant, ratio, 1.0)
 
 
 class AdamP(StabilityOptimizer):
@@ -84,6 +83,26 @@ class AdamP(StabilityOptimizer):
             raise ValueError(f"AdamP: invalid wd_ratio {wd_ratio!r} (must be in [0, 1])")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, delta=delta,
                                       wd_ratio=wd_ratio, nesterov=nesterov, foreach=foreach, compiled=compiled))
+
+    def _coefficients(self, group, step, states):
+        beta1, beta2 = group["betas"]
+        return dict(beta1=beta1, beta2=beta2, eps=group["eps"], nesterov=float(group["nesterov"]),
+                    delta=group["delta"], wd_ratio=group["wd_ratio"], decay=group["lr"] * group["weight_decay"],
+                    step_size=group["lr"] / bias_correction(beta1, step),
+                    bias_correction2_sqrt=math.sqrt(bias_correction(beta2, step)))
+
+    @staticmethod
+    def _kernel(params, grads, states, c):
+        for p, g, m, v in zip(params, grads, states["exp_avg"], states["exp_avg_sq"]):
+            m.copy_(c["beta1"] * m + (1 - c["beta1"]) * g)
+            v.copy_(c["beta2"] * v + (1 - c["beta2"]) * g * g)
+            numerator = (1 - c["nesterov"]) * m + c["nesterov"] * (c["beta1"] * m + (1 - c["beta1"]) * g)
+            update = numerator / (v.sqrt() / c["bias_correction2_sqrt"] + c["eps"])
+            ratio = 1.0
+            if p.dim() > 1:
+                update, ratio = radial_projection_no_sync(p, g, update, c["delta"], c["wd_ratio"], c["eps"])
+            p.mul_(1 - c["decay"] * ratio)
+            p.sub_(c["step_size"] * update)
 
     def _update(self, group, param, grad, state):
         beta1, beta2 = group["betas"]

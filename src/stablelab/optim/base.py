@@ -60,6 +60,7 @@ class StabilityOptimizer(Optimizer):
     """
 
     state_keys: tuple[str, ...] = ()
+    kernel_state_keys: tuple[str, ...] | None = None  # state passed to `_kernel` (default: state_keys)
 
     def __init__(self, params, defaults: dict[str, Any]):
         defaults.setdefault("foreach", None)
@@ -115,7 +116,8 @@ class StabilityOptimizer(Optimizer):
         c = {k: torch.tensor(float(v), dtype=dtype, device=device) for k, v in coefficients.items()}
         if self._compiled_kernel is None:
             self._compiled_kernel = torch.compile(type(self)._kernel)
-        self._compiled_kernel(params, grads, {k: [s[k] for s in states] for k in self.state_keys}, c)
+        keys = self.kernel_state_keys or self.state_keys
+        self._compiled_kernel(params, grads, {k: [s[k] for s in states] for k in keys}, c)
 
     def _uses_foreach(self, group: dict, params: list[torch.Tensor]) -> bool:
         choice = group.get("foreach")

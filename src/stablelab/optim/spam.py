@@ -139,6 +139,7 @@ class StableSPAM(StabilityOptimizer):
     """
 
     state_keys = ("exp_avg", "exp_avg_sq")
+    kernel_state_keys = ("exp_avg", "exp_avg_sq", "max_abs_ema", "norm_ema", "norm_sq_ema")
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, gamma1: float = 0.7, gamma2: float = 0.9, gamma3: float = 0.999,
@@ -164,6 +165,40 @@ class StableSPAM(StabilityOptimizer):
         if interval <= 0 or step < interval:
             return False, step
         return step % interval == 0, step % interval + 1
+
+    def _coefficients(self, group, step, states):
+        beta1, beta2 = group["betas"]
+        gamma1, gamma2, gamma3 = group["gamma1"], group["gamma2"], group["gamma3"]
+        reset, adam_step = self._schedule(group, step)
+        return dict(beta1=beta1, beta2=beta2, gamma1=gamma1, gamma2=gamma2, gamma3=gamma3, eps=group["eps"],
+                    keep=0.0 if reset else 1.0, decay=1.0 - group["lr"] * group["weight_decay"],
+                    correction1=bias_correction(gamma1, step), correction2=bias_correction(gamma2, step),
+                    correction3=bias_correction(gamma3, step),
+                    step_size=group["lr"] / bias_correction(beta1, adam_step),
+                    bias_correction2_sqrt=math.sqrt(bias_correction(beta2, adam_step)))
+
+    @staticmethod
+    def _kernel(params, grads, states, c):
+        for p, g, m, v, m_max, m_norm, v_norm in zip(
+                params, grads, states["exp_avg"], states["exp_avg_sq"], states["max_abs_ema"],
+                states["norm_ema"], states["norm_sq_ema"]):
+            p.mul_(c["decay"])
+            m.mul_(c["keep"])  # moment reset
+            v.mul_(c["keep"])
+            max_abs = g.abs().amax()
+            m_max.copy_(c["gamma3"] * m_max + (1 - c["gamma3"]) * max_abs)
+            bound = m_max / c["correction3"]
+            g = torch.where(g.abs() > bound, g * (bound / max_abs), g)
+            norm = torch.linalg.vector_norm(g)
+            active = norm > 0  # a tensor whose clipped gradient is 0 is skipped (official)
+            m_norm.copy_(torch.where(active, c["gamma1"] * m_norm + (1 - c["gamma1"]) * norm, m_norm))
+            v_norm.copy_(torch.where(active, c["gamma2"] * v_norm + (1 - c["gamma2"]) * norm * norm, v_norm))
+            g = g * ((m_norm / c["correction1"]) / ((v_norm / c["correction2"]).sqrt() + c["eps"])
+                     / torch.where(active, norm, 1.0))
+            m.copy_(torch.where(active, c["beta1"] * m + (1 - c["beta1"]) * g, m))
+            v.copy_(torch.where(active, c["beta2"] * v + (1 - c["beta2"]) * g * g, v))
+            update = c["step_size"] * m / (v.sqrt() / c["bias_correction2_sqrt"] + c["eps"])
+            p.sub_(torch.where(active, update, 0.0))
 
     def _update(self, group, param, grad, state):
         beta1, beta2 = group["betas"]
@@ -227,7 +262,7 @@ class StableSPAM(StabilityOptimizer):
             s["norm_sq_ema"].copy_(v_norm)
         scales = norm_normalise_scale(grad_norms, norm_ema / bias_correction(gamma1, step),
                                       norm_sq_ema / bias_correction(gamma2, step), group["eps"])
-        if not bool(active.all()):  # one host sync: drop the skipped tensors
+        if not bool(active.all()):  # a host sync per step (cheap on CPU); drop the skipped tensors
             keep = active.tolist()
             params, grads, states = ([x for x, k in zip(xs, keep) if k] for xs in (params, grads, states))
             scales = scales[active]
