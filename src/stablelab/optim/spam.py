@@ -135,7 +135,9 @@ class StableSPAM(StabilityOptimizer):
     norm statistics (m_max, m_norm, v_norm and their bias corrections) run on the global step
     and are not reset, so clipping stays active after a reset (pytorch-optimizer makes the same
     choices). The optional cosine decay of gamma1/beta1 (`T_max`, off by default) is not
-    implemented; p.grad is never modified.
+    implemented; p.grad is never modified. Host syncs: the per-tensor path (CPU default) branches
+    on tensor values per tensor, the foreach path (CUDA default) once per step, the compiled
+    path never.
     """
 
     state_keys = ("exp_avg", "exp_avg_sq")
