@@ -213,11 +213,13 @@ def summary_markdown(summary, findings, meta) -> str:
             cells.append("-" if e is None else f"{e['lr_sensitivity']:.3f}")
         name = v[1] if len({e["optimizer"] for e in entries}) == 1 else f"{v[0]}/{v[1]}"
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    multi_opt = len({e["optimizer"] for e in entries}) > 1
     lines += ["", "## Best LR and largest stable LR", "",
               "| variant | scale | best lr | best loss | largest stable lr | diverges from |", "|---|---|---|---|---|---|"]
     for e in entries:
         fmt = lambda v: "-" if v is None else f"{v:g}"  # noqa: E731
-        lines.append(f"| {e['variant']} | w{e['width']} d{e['depth']} | {fmt(e['best_lr'])} | "
+        name = f"{e['optimizer']}/{e['variant']}" if multi_opt else e["variant"]
+        lines.append(f"| {name} | w{e['width']} d{e['depth']} | {fmt(e['best_lr'])} | "
                      f"{e['best_loss']:.3f} | {fmt(e['largest_stable_lr'])} | {fmt(e['diverges_from_lr'])} |")
     return "\n".join(lines) + "\n"
 
