@@ -244,3 +244,32 @@ def test_lr_scheduler_created_before_or_after_the_monitor(scheduler_first):
     assert monitor.skipped_steps == [7]
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 ** 2)   # 12 scheduler steps
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_edge_of_stability_slot_on_linear_regression():
+    """MSE of a linear model: H = 2 X^T X / n exactly, so lambda_max is known by hand; gradient
+    descent with lr above 2 / lambda_max must be flagged by the scheduled sharpness check."""
+    pytest.importorskip("stablelab.signals.curvature")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 5, generator=g) * torch.tensor([3.0, 1.0, 1.0, 0.5, 0.2])
+    y = x @ torch.randn(5, 1, generator=g)
+    lambda_max = torch.linalg.eigvalsh(2 * x.T @ x / len(x)).max().item()
+    model = torch.nn.Linear(5, 1, bias=False)
+    lr = 2.2 / lambda_max                      # just past the stability threshold 2 / lr
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    loss_fn = lambda m, batch: F.mse_loss(m(batch[0]), batch[1])   # noqa: E731
+    sink = RowSink()
+    monitor = Monitor(model, optimizer, sinks=[sink], sharpness_every=5, sharpness_loss_fn=loss_fn,
+                      sharpness_batch=(x, y), detectors={"loss_spike": False, "update_ratio": False})
+    for _ in range(11):
+        loss = loss_fn(model, (x, y))
+        loss.backward()
+        monitor.observe(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+    monitor.close()
+    rows = {r["step"]: r for r in sink.row_list}
+    assert rows[5]["sharpness_lambda_max"] == pytest.approx(lambda_max, rel=1e-3)
+    eos = [e for e in monitor.events if e.kind == "edge_of_stability"]
+    assert [e.step for e in eos] == [5, 10]
+    assert eos[0].data["ratio"] == pytest.approx(lambda_max / (2 / lr), rel=1e-3)   # = 1.1
