@@ -128,3 +128,24 @@ def test_attention_is_read_only_on_sampled_steps():
         optimizer.zero_grad()
     monitor.close()
     assert [r["step"] for r in sink.row_list if "attn_logit_max" in r] == [0, 4, 8]
+
+
+def test_llama_style_attention_with_grouped_query_heads():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16,
+                                      attn_implementation="eager")
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config)
+    tokens = torch.randint(0, 64, (2, 10))
+    monitor, row = _one_step(model, tokens, lambda out: out.logits.float().logsumexp(-1).mean())
+    assert len(monitor.attention_layers) == 2 and monitor.logits_module_name == "lm_head"
+    with torch.no_grad():
+        hidden = model(tokens, output_hidden_states=True).hidden_states
+        for i, layer in enumerate(model.model.layers):
+            h = layer.input_layernorm(hidden[i])
+            q = layer.self_attn.q_proj(h).view(2, 10, 4, 8).transpose(1, 2)
+            k = layer.self_attn.k_proj(h).view(2, 10, 2, 8).transpose(1, 2)
+            k = k[:, [0, 0, 1, 1]]              # query heads 0,1 share kv head 0; 2,3 share 1
+            # documented estimate: q and k before the rotary embedding
+            assert row[f"attn_logit_max_l{i}"] == pytest.approx(_max_abs_logit(q, k, causal=True), rel=1e-4)

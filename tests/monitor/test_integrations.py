@@ -37,7 +37,7 @@ def test_lightning_callback_flags_and_skips_a_nan_batch(tmp_path):
     kinds = [(e.kind, e.step) for e in callback.events]
     assert ("nonfinite", nan_step) in kinds and ("skip", nan_step) in kinds
     assert all(torch.isfinite(p).all() for p in module.parameters())   # the NaN step was skipped
-    assert callback.monitor.step == 25
+    assert callback.monitor is None and callback.finished.step == 25   # closed at train end
     assert (tmp_path / "run" / "done").exists()                         # run store sealed at train end
 
 
@@ -72,7 +72,7 @@ def test_transformers_trainer_callback_on_tiny_gpt2(tmp_path):
     kinds = [(e.kind, e.step) for e in callback.events]
     assert ("nonfinite", poison_step) in kinds and ("skip", poison_step) in kinds
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    assert len(callback.monitor.attention_layers) == 2
+    assert len(callback.finished.attention_layers) == 2
     rows = load_metrics(tmp_path / "run")
     assert [r["step"] for r in rows] == list(range(12))
     assert all(r["loss"] is not None for r in rows if r["step"] != poison_step)

@@ -26,6 +26,7 @@ class StabilityCallback(pl.Callback):
         super().__init__()
         self.log_dir, self.policy, self.monitor_kwargs = log_dir, policy, monitor_kwargs
         self.monitor: Monitor | None = None
+        self.finished: Monitor | None = None
         self._loss = None
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -51,7 +52,9 @@ class StabilityCallback(pl.Callback):
     def _close(self) -> None:
         if self.monitor is not None:
             self.monitor.close()
+            self.finished, self.monitor = self.monitor, None  # a later fit() starts a new monitor
 
     @property
     def events(self):
-        return self.monitor.events if self.monitor is not None else []
+        current = self.monitor or self.finished
+        return current.events if current is not None else []

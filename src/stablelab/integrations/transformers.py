@@ -24,6 +24,7 @@ class StabilityCallback(TrainerCallback):
     def __init__(self, log_dir=None, policy=None, **monitor_kwargs: Any):
         self.log_dir, self.policy, self.monitor_kwargs = log_dir, policy, monitor_kwargs
         self.monitor: Monitor | None = None
+        self.finished: Monitor | None = None
         self._losses: list[torch.Tensor] = []
         self._hook = None
 
@@ -51,10 +52,12 @@ class StabilityCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self.monitor is not None:
             self.monitor.close()
+            self.finished, self.monitor = self.monitor, None  # a later train() starts a new monitor
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
 
     @property
     def events(self):
-        return self.monitor.events if self.monitor is not None else []
+        current = self.monitor or self.finished
+        return current.events if current is not None else []
