@@ -273,3 +273,22 @@ def test_edge_of_stability_slot_on_linear_regression():
     eos = [e for e in monitor.events if e.kind == "edge_of_stability"]
     assert [e.step for e in eos] == [5, 10]
     assert eos[0].data["ratio"] == pytest.approx(lambda_max / (2 / lr), rel=1e-3)   # = 1.1
+
+
+def test_mixed_precision_parameters():
+    model = mlp()
+    model[0].to(torch.bfloat16)                       # a bf16 layer beside fp32 ones
+    model[0].register_forward_pre_hook(lambda m, args: (args[0].to(torch.bfloat16),))
+    model[1].register_forward_pre_hook(lambda m, args: (args[0].float(),))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    monitor = Monitor(model, optimizer, sinks=(), sync_every=3)
+    x, y, g = classification_task()
+    for _ in range(7):
+        xb, yb = _batch(x, y, g)
+        loss = F.cross_entropy(model(xb), yb)
+        loss.backward()
+        monitor.observe(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+    monitor.close()
+    assert monitor.internal_errors == 0 and monitor.events == []

@@ -61,6 +61,13 @@ def _optional_signal(module: str, name: str) -> Callable | None:
         return None
 
 
+def _stack(norms: list[torch.Tensor]) -> torch.Tensor:
+    """0-d tensors -> one float32 vector (norms of bf16 and fp32 tensors may be mixed)."""
+    if all(n.dtype == norms[0].dtype for n in norms):
+        return torch.stack(norms).float()
+    return torch.stack([n.float() for n in norms])
+
+
 def _inner_optimizer(optimizer: Any) -> torch.optim.Optimizer:
     """The torch optimizer that holds the state (unwraps accelerate's AcceleratedOptimizer)."""
     inner = optimizer
@@ -270,11 +277,11 @@ class Monitor:
         grads = [p.grad for p in self.params]
         present = [i for i, g in enumerate(grads) if g is not None]
         if len(present) == len(grads) and grads:
-            norms = torch.stack(torch._foreach_norm(grads, 2)).float()
+            norms = _stack(torch._foreach_norm(grads, 2))
         else:
             norms = torch.zeros(len(grads), device=self.device)
             if present:
-                norms[present] = torch.stack(torch._foreach_norm([grads[i] for i in present], 2)).float()
+                norms[present] = _stack(torch._foreach_norm([grads[i] for i in present], 2))
         g2 = norms * norms
         global_norm = g2.sum().sqrt()  # = ||concatenation of all gradients||
         has_loss = loss is not None
@@ -451,11 +458,11 @@ class Monitor:
             views = self._update_views()
             if self._inv_weight_norms is None or entry["step"] - self._weight_norm_step >= self.sync_every:
                 # ||w|| moves slowly: refreshed once per sync window only
-                self._inv_weight_norms = 1.0 / torch.stack(torch._foreach_norm(views, 2)).float().clamp_min(1e-30)
+                self._inv_weight_norms = 1.0 / _stack(torch._foreach_norm(views, 2)).clamp_min(1e-30)
                 self._weight_norm_step = entry["step"]
             torch._foreach_sub_(self._prev_weights, views)  # now w_before - w_after, in place
             # ||delta w|| / ||w|| per matrix (signals.weights.update_to_weight_ratio, in place)
-            entry["update"] = torch.stack(torch._foreach_norm(self._prev_weights, 2)).float() * self._inv_weight_norms
+            entry["update"] = _stack(torch._foreach_norm(self._prev_weights, 2)) * self._inv_weight_norms
         except Exception as error:  # noqa: BLE001
             self._internal_error(error)
 

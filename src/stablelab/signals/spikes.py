@@ -13,7 +13,7 @@ import torch
 def squared_norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """||t||^2 for each tensor, as one 1-d float tensor on the tensors' device."""
     norms = torch._foreach_norm([t.detach() for t in tensors], 2)
-    return torch.stack(norms).float().pow(2)
+    return torch.stack([n.float() for n in norms]).pow(2)
 
 
 def tensor_spike_ratio(grad_sq_norms: torch.Tensor, numels: torch.Tensor,

@@ -9,7 +9,7 @@ import torch
 
 
 def _norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    return torch.stack(torch._foreach_norm([t.detach() for t in tensors], 2)).float()
+    return torch.stack([n.float() for n in torch._foreach_norm([t.detach() for t in tensors], 2)])
 
 
 @torch.no_grad()
