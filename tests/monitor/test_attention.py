@@ -34,16 +34,19 @@ def _max_abs_logit(q, k, causal):
     return z.abs().max().item()
 
 
-def test_reference_model_matches_its_own_logit_recorder():
+def test_reference_model_matches_explicit_logits():
     from stablelab.models.transformer import Transformer, TransformerConfig
 
     model = Transformer(TransformerConfig(d_model=32, d_head=8, n_layers=2, seq_len=16))
     tokens = torch.randint(0, 256, (2, 16))
-    model.record_attention_logits(True)                 # the model's own path
+    seen = []  # q and k of each layer, as the attention computes them
+    handles = [m.register_forward_hook(lambda _m, _i, out: seen.append(out))
+               for block in model.blocks for m in (block.attn.q_norm, block.attn.k_norm)]
     with torch.no_grad():
         model(tokens)
-    expected = [a.last_max_logit.item() for a in model.attention_modules()]
-    model.record_attention_logits(False)
+    for h in handles:
+        h.remove()
+    expected = [_max_abs_logit(seen[2 * i], seen[2 * i + 1], causal=True) for i in range(2)]
     monitor, row = _one_step(model, tokens, lambda logits: logits.float().logsumexp(-1).mean())
     assert [row["attn_logit_max_l0"], row["attn_logit_max_l1"]] == pytest.approx(expected, rel=1e-5)
     assert monitor.logits_module_name == "head"

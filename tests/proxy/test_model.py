@@ -18,21 +18,29 @@ def test_attention_logit_max_by_hand():
     assert attention_logit_max(q, k_future, causal=False).item() == pytest.approx(100 / math.sqrt(2))
 
 
+def _max_logit_layer0(model, tokens):
+    """q and k as the model's Attention sees them, read with forward hooks on q_norm / k_norm."""
+    seen = {}
+    attn = model.blocks[0].attn
+    handles = [attn.q_norm.register_forward_hook(lambda m, i, o: seen.__setitem__("q", o)),
+               attn.k_norm.register_forward_hook(lambda m, i, o: seen.__setitem__("k", o))]
+    with torch.no_grad():
+        model(tokens)
+    for h in handles:
+        h.remove()
+    return attention_logit_max(seen["q"], seen["k"]).item()
+
+
 def test_qk_norm_bounds_attention_logits():
     # LayerNorm with unit gain gives ||q|| = ||k|| = sqrt(d_head), so |z| <= sqrt(d_head) (Cauchy-Schwarz)
-    config = TransformerConfig(d_model=64, n_layers=1, d_head=16, seq_len=16, qk_norm=True)
-    model = Transformer(config)
-    with torch.no_grad():
-        model.blocks[0].attn.qkv.weight.mul_(50.0)  # huge q, k before the norm
-    model.record_attention_logits(True)
-    model(torch.randint(0, 256, (2, 16)))
-    assert model.blocks[0].attn.last_max_logit.item() <= math.sqrt(16) + 1e-4
+    tokens = torch.randint(0, 256, (2, 16))
+    model = Transformer(TransformerConfig(d_model=64, n_layers=1, d_head=16, seq_len=16, qk_norm=True))
     baseline = Transformer(TransformerConfig(d_model=64, n_layers=1, d_head=16, seq_len=16))
     with torch.no_grad():
+        model.blocks[0].attn.qkv.weight.mul_(50.0)  # huge q, k before the norm
         baseline.blocks[0].attn.qkv.weight.mul_(50.0)
-    baseline.record_attention_logits(True)
-    baseline(torch.randint(0, 256, (2, 16)))
-    assert baseline.blocks[0].attn.last_max_logit.item() > 100 * math.sqrt(16)
+    assert _max_logit_layer0(model, tokens) <= math.sqrt(16) + 1e-4
+    assert _max_logit_layer0(baseline, tokens) > 100 * math.sqrt(16)
 
 
 @pytest.mark.parametrize("placement", ["pre", "peri"])

@@ -94,7 +94,7 @@ def summarize(results: list[dict], early_logits: dict[str, float], lrs: list[flo
     runs = [{k: r.get(k) for k in ("run_id", "optimizer", "variant", "width", "depth", "lr", "seed",
                                     "final_loss", "init_loss", "diverged", "diverged_reason",
                                     "max_attn_logit", "final_log_z", "final_log_z_max", "n_params",
-                                    "steps_done", "wall_s")} for r in results]
+                                    "steps_done", "wall_s", "events")} for r in results]
     return {"runs": runs, "points": points, "lr_sensitivity": sensitivity, "scales": scales,
             "prediction": {**prediction, "threshold": ATTN_LOGIT_DANGER, "per_lr": predictions}}
 

@@ -11,8 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stablelab.signals.attention import attention_logit_max
-
 NORM_PLACEMENTS = ("pre", "peri")
 
 
@@ -45,8 +43,8 @@ def layer_norm(dim: int) -> nn.LayerNorm:
 class Attention(nn.Module):
     """Causal self-attention, logits scaled by 1/sqrt(d_head), optional qk-layernorm.
 
-    Set `record_logits = True` to store the max |attention logit| of the next forward pass in
-    `last_max_logit` (a 0-d tensor on the device; costs one extra q k^T)."""
+    q and k pass through `q_norm` / `k_norm` (nn.Identity without qk-norm), so a forward hook on
+    those modules sees them (this is how stablelab.monitor reads attention logits)."""
 
     def __init__(self, config: TransformerConfig):
         super().__init__()
@@ -55,15 +53,11 @@ class Attention(nn.Module):
         self.proj = nn.Linear(config.d_model, config.d_model, bias=False)
         self.q_norm = layer_norm(config.d_head) if config.qk_norm else nn.Identity()
         self.k_norm = layer_norm(config.d_head) if config.qk_norm else nn.Identity()
-        self.record_logits = False
-        self.last_max_logit: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)
         q, k = self.q_norm(q), self.k_norm(k)
-        if self.record_logits:
-            self.last_max_logit = attention_logit_max(q, k, causal=True)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
 
@@ -122,14 +116,6 @@ class Transformer(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.head(self.final_norm(x))
-
-    def attention_modules(self) -> list[Attention]:
-        return [block.attn for block in self.blocks]
-
-    def record_attention_logits(self, on: bool) -> None:
-        for attn in self.attention_modules():
-            attn.record_logits = on
-            attn.last_max_logit = None
 
     def first_mlp_weight(self) -> torch.Tensor:
         return self.blocks[0].mlp.up.weight

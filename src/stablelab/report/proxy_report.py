@@ -268,8 +268,11 @@ def write_proxy_report(out: str | Path, summary: dict, findings: list[str], meta
                [[r["variant"], r["depth"], r["lr"], r["predicted"], "yes" if r["predicted_unstable"] else "no"]
                 for r in summary["prediction"]["per_lr"]])
     page.heading("Runs")
-    page.table(["run", "final loss", "diverged", "max attn logit", "final log Z", "wall s"],
-               [[r["run_id"], r["final_loss"], r["diverged"], r["max_attn_logit"], r["final_log_z"], r["wall_s"]]
+    page.paragraph("Monitor events per run (stablelab.monitor, warn-only policy; details in each run's "
+                   "events.jsonl, or `stablelab report OUT/runs/RUN_ID`).")
+    page.table(["run", "final loss", "diverged", "max attn logit", "final log Z", "wall s", "monitor events"],
+               [[r["run_id"], r["final_loss"], r["diverged"], r["max_attn_logit"], r["final_log_z"], r["wall_s"],
+                 ", ".join(f"{k} x{n}" for k, n in sorted((r.get("events") or {}).items())) or "none"]
                 for r in summary["runs"]])
     page.heading("Settings")
     page.preformatted("\n".join(f"{k}: {v}" for k, v in meta.get("settings", {}).items()))

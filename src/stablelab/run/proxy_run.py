@@ -1,6 +1,8 @@
-"""One training run of the reference model: config -> model + data + optimizer -> run store.
+"""One training run of the reference model: config -> model + data + optimizer + monitor -> run store.
 
-A diverged run is a result (`diverged: true` in result.json), never an exception."""
+The run records its metrics through `stablelab.monitor.Monitor` (warn-only policy: the study
+measures instabilities, it does not mitigate them), so proxy runs carry the monitor's signals and
+events. A diverged run is a result (`diverged: true` in result.json), never an exception."""
 
 from __future__ import annotations
 
@@ -17,11 +19,14 @@ import torch.nn.functional as F
 from stablelab.data.corpus import BUILTIN, load_corpus, sample_batch
 from stablelab.models.transformer import Transformer, TransformerConfig
 from stablelab.models.variants import get_variant
+from stablelab.monitor import Monitor, Policy, Sink
 from stablelab.optim import create as create_optimizer
 from stablelab.run.schedule import parameter_groups, warmup_cosine
 from stablelab.signals.gradients import rms, update_rms
-from stablelab.signals.logits import output_log_z, output_log_z_stats, z_loss
+from stablelab.signals.logits import output_log_z, z_loss
 from stablelab.store.run_store import RunWriter
+
+WARN_ONLY = {"*": "warn"}  # observe, never intervene: divergence is what the study measures
 
 
 @dataclass(frozen=True)
@@ -33,7 +38,7 @@ class ProxyRunConfig:
     depth: int = 2
     lr: float = 1e-2
     seed: int = 0
-    steps: int = 200
+    steps: int = 120
     batch_size: int = 16
     seq_len: int = 64
     d_head: int = 32
@@ -73,6 +78,32 @@ class ProxyRunConfig:
 
 def _finite(x: float) -> bool:
     return x is not None and math.isfinite(x)
+
+
+class ProxyStoreSink(Sink):
+    """Monitor rows -> the run's store: every `log_every`-th step and the last step, merged with the
+    run's own per-step extras (update RMS, first-MLP gradient RMS, wall time); events as they come."""
+
+    def __init__(self, writer: RunWriter, log_every: int, last_step: int):
+        self.writer, self.log_every, self.last_step = writer, log_every, last_step
+        self.extras: dict[int, dict] = {}
+        self.max_attn_logit = 0.0
+
+    def rows(self, rows):
+        for row in rows:
+            step = row["step"]
+            extra = self.extras.pop(step, None)
+            if step % self.log_every and step != self.last_step:
+                continue
+            row = {**row, **(extra or {})}
+            value = row.get("attn_logit_max")
+            if _finite(value):
+                self.max_attn_logit = max(self.max_attn_logit, value)
+            self.writer.log(row)
+
+    def events(self, events):
+        for event in events:
+            self.writer.event(event.to_dict())
 
 
 @torch.no_grad()
@@ -121,56 +152,46 @@ def train(config: ProxyRunConfig, run_dir: str | Path,
     with RunWriter(run_dir, {**config.to_dict(), "run_id": config.run_id,
                              "n_params": sum(p.numel() for p in params)}) as writer:
         init_loss, init_log_z, _ = evaluate(model, eval_batches)
+        sink = ProxyStoreSink(writer, config.log_every, config.steps - 1)
+        monitor = Monitor(model, optimizer, policy=Policy(WARN_ONLY), sync_every=config.log_every,
+                          sinks=[sink], logits_module="head",
+                          config={"run_id": config.run_id})
         nonfinite_step = None
-        max_attn_logit = 0.0
         step = 0
-        for step in range(config.steps):
-            lr = warmup_cosine(step, config.lr, warmup, config.steps, config.min_lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)
-            log_now = step % config.log_every == 0 or step == config.steps - 1
-            model.record_attention_logits(log_now)
+        try:
+            for step in range(config.steps):
+                lr = warmup_cosine(step, config.lr, warmup, config.steps, config.min_lr)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
+                log_now = step % config.log_every == 0 or step == config.steps - 1
 
-            x, y = (t.to(device) for t in sample_batch(corpus.train, config.batch_size, config.seq_len, data_rng))
-            logits = model(x)
-            ce = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-            loss = ce + z_loss(logits, variant.z_loss) if variant.z_loss else ce
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-            else:
-                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-            if log_now:
-                grad_rms_mlp0 = rms(model.first_mlp_weight().grad)
-                before = [p.detach().clone() for p in params]
-            optimizer.step()
-            if not log_now:
-                continue
-
-            log_z_mean, log_z_max = output_log_z_stats(logits)
-            attn = [a.last_max_logit for a in model.attention_modules()]
-            row = {
-                "step": step, "lr": lr, "loss": ce.item(), "loss_total": loss.item(),
-                "grad_norm": grad_norm.item(), "grad_rms_mlp0": grad_rms_mlp0.item(),
-                "update_rms": update_rms(before, params).item(),
-                "log_z_mean": log_z_mean.item(), "log_z_max": log_z_max.item(),
-                "time": time.time() - started,
-            }
-            for i, value in enumerate(attn):
-                row[f"attn_logit_max_l{i}"] = value.item()
-            finite_attn = [v for k, v in row.items() if k.startswith("attn_logit_max_l") and _finite(v)]
-            row["attn_logit_max"] = max(finite_attn) if finite_attn else float("nan")
-            if finite_attn:
-                max_attn_logit = max(max_attn_logit, row["attn_logit_max"])
-            writer.log(row)
-            writer.check_owner()
-            if not keep_going():
-                raise RuntimeError("the sweep that started this run is gone")
-            if not _finite(row["loss"]):
-                nonfinite_step = step
-                break
-        model.record_attention_logits(False)
+                x, y = (t.to(device) for t in sample_batch(corpus.train, config.batch_size, config.seq_len, data_rng))
+                logits = model(x)
+                ce = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+                loss = ce + z_loss(logits, variant.z_loss) if variant.z_loss else ce
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                monitor.observe(ce)  # gradients before clipping; the monitor logs the signals
+                if config.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+                if log_now:
+                    grad_rms_mlp0 = rms(model.first_mlp_weight().grad)
+                    before = [p.detach().clone() for p in params]
+                optimizer.step()
+                if not log_now:
+                    continue
+                sink.extras[step] = {"loss_total": loss.item(), "grad_rms_mlp0": grad_rms_mlp0.item(),
+                                     "update_rms": update_rms(before, params).item(),
+                                     "time": time.time() - started}
+                writer.check_owner()
+                if not keep_going():
+                    raise RuntimeError("the sweep that started this run is gone")
+                if not _finite(ce.item()):
+                    nonfinite_step = step
+                    break
+        finally:
+            summary = monitor.close()
+        max_attn_logit = sink.max_attn_logit
 
         if nonfinite_step is None:
             final_loss, final_log_z, final_log_z_max = evaluate(model, eval_batches)
@@ -191,6 +212,7 @@ def train(config: ProxyRunConfig, run_dir: str | Path,
             "final_log_z_max": final_log_z_max, "init_log_z": init_log_z,
             "steps_done": step + 1, "wall_s": time.time() - started,
             "n_params": sum(p.numel() for p in params), "pid": os.getpid(),
+            "events": summary["events"],
         }
         writer.finish(result)
     return result
