@@ -38,8 +38,8 @@ class ProxyRunConfig:
     depth: int = 2
     lr: float = 1e-2
     seed: int = 0
-    steps: int = 120
-    batch_size: int = 16
+    steps: int = 200
+    batch_size: int = 8
     seq_len: int = 64
     d_head: int = 32
     warmup_fraction: float = 0.1       # linear warm-up, then cosine decay to min_lr

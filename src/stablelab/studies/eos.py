@@ -23,6 +23,7 @@ from torch import nn
 
 from stablelab.data.digits import Digits, load_digits
 from stablelab.errors import UsageError
+from stablelab.models.mlp import MLP
 from stablelab.signals.curvature import gd_threshold, hessian_trace, top_eigenvalues
 
 
@@ -50,16 +51,10 @@ class EosConfig:
     extra: dict = field(default_factory=dict)
 
 
-def make_mlp(width: int, depth: int, seed: int, in_features: int = 64, classes: int = 10) -> nn.Sequential:
-    """tanh MLP, PyTorch's default init (Cohen et al. use tanh networks for their MSE runs)."""
+def make_mlp(width: int, depth: int, seed: int, in_features: int = 64, classes: int = 10) -> nn.Module:
+    """tanh MLP with biases, PyTorch's default init (Cohen et al. use tanh networks for their MSE runs)."""
     torch.manual_seed(seed)
-    layers: list[nn.Module] = []
-    fan_in = in_features
-    for _ in range(depth):
-        layers += [nn.Linear(fan_in, width), nn.Tanh()]
-        fan_in = width
-    layers.append(nn.Linear(fan_in, classes))
-    return nn.Sequential(*layers)
+    return MLP(in_features, classes, hidden=(width,) * depth, bias=True, activation="tanh")
 
 
 def mse_loss(model: nn.Module, batch) -> torch.Tensor:

@@ -41,9 +41,9 @@ PRESETS: dict[str, dict] = {
 }
 DEFAULTS = {
     "widths": "64,128,256", "depth": "2", "lrs": DEFAULT_LRS,
-    "variants": "baseline,qk_norm,z_loss,qk_norm+z_loss", "steps": 120, "seeds": 1,
-    "optimizer": "adamw", "weight_decay": 1e-4, "batch_size": 16, "seq_len": 64,
-    "prediction_step": 30, "predict_width": 1024, "log_every": 10,
+    "variants": "baseline,qk_norm,z_loss,qk_norm+z_loss", "steps": 200, "seeds": 1,
+    "optimizer": "adamw", "weight_decay": 1e-4, "batch_size": 8, "seq_len": 64,
+    "prediction_step": 40, "predict_width": 1024, "log_every": 10,
 }
 SWEEP_FILE = "sweep.json"
 RUNS_DIR = "runs"
@@ -58,15 +58,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     a("--lrs", help=f"comma-separated peak learning rates (default: the paper's {DEFAULT_LRS})")
     a("--variants", help=f"comma-separated mitigations from: {', '.join(VARIANTS)}")
     a("--optimizer", help="comma-separated optimizer names (default adamw; see stablelab.optim.available())")
-    a("--steps", type=int, help="training steps per run (default 120)")
+    a("--steps", type=int, help="training steps per run (default 200)")
     a("--seeds", type=int, help="number of seeds per grid point (default 1)")
-    a("--batch-size", type=int, dest="batch_size", help="sequences per step (default 16)")
+    a("--batch-size", type=int, dest="batch_size", help="sequences per step (default 8)")
     a("--seq-len", type=int, dest="seq_len", help="bytes per sequence (default 64)")
     a("--weight-decay", type=float, dest="weight_decay", help="independent weight decay (default 1e-4)")
     a("--mup-simple", action="store_true", help="muParam-simple: scale hidden LRs by base_width / width")
     a("--log-every", type=int, dest="log_every", help="log metrics every N steps (default 10)")
     a("--prediction-step", type=int, dest="prediction_step",
-      help="early step whose layer-0 attention logit feeds the prediction (default 30)")
+      help="early step whose layer-0 attention logit feeds the prediction (default 40)")
     a("--predict-width", type=int, dest="predict_width", help="width to extrapolate to (default 1024)")
     a("--corpus", default=BUILTIN, help="text file or folder (default: the Python stdlib's source)")
     a("--workers", type=int, help="local worker processes (default: one per core)")

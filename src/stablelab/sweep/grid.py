@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 from stablelab.errors import UsageError
 from stablelab.models.variants import VARIANTS
-from stablelab.run.proxy_run import ProxyRunConfig
 
 
 @dataclass(frozen=True)
 class ProxyGrid:
+    """The axes of a proxy study. `base` is the run configuration (a dataclass such as
+    stablelab.run.proxy_run.ProxyRunConfig) that every grid point copies, changing its axes."""
+
+    base: Any
     widths: tuple[int, ...]
     depths: tuple[int, ...]
     lrs: tuple[float, ...]
     variants: tuple[str, ...]
     seeds: tuple[int, ...]
     optimizers: tuple[str, ...] = ("adamw",)
-    base: ProxyRunConfig = field(default_factory=ProxyRunConfig)
 
     def validate(self) -> "ProxyGrid":
         for name, axis in (("widths", self.widths), ("depths", self.depths), ("lrs", self.lrs),
@@ -46,7 +49,7 @@ class ProxyGrid:
                 raise UsageError(f"unknown optimizer {o!r}; available: {', '.join(available())}")
         return self
 
-    def runs(self) -> list[ProxyRunConfig]:
+    def runs(self) -> list[Any]:
         return [
             replace(self.base, variant=v, width=w, depth=d, lr=lr, seed=s, optimizer=o)
             for o, v, d, w, lr, s in itertools.product(
