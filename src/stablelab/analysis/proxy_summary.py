@@ -129,8 +129,7 @@ def findings(summary: dict) -> list[str]:
                 continue
             lower = sum(o[k] < base[k] for k in common)
             pairs = ", ".join(f"w{k[1]}: {base[k]:.3f} -> {o[k]:.3f}" for k in common)
-            verb = "lowers" if lower == len(common) else ("raises" if lower == 0 else "changes")
-            lines.append(f"{other} {verb} LR sensitivity relative to baseline at {lower}/{len(common)} "
+            lines.append(f"{other} lowers LR sensitivity relative to baseline at {lower}/{len(common)} "
                          f"scales ({pairs}).")
 
     top_lr = max(p["lr"] for p in points)

@@ -73,9 +73,16 @@ def lr_vs_loss_figure(points, title_suffix=""):
         ax.set_title(_label(panel, multi_opt))
         ax.set_xlabel("peak learning rate")
         ax.grid(alpha=0.3)
+    plotted = [p["final_loss"] for p in points if _finite(p["final_loss"]) and not p["diverged"]]
+    if plotted and not any(p["diverged"] for p in points):  # zoom on the curves; init is far above
+        low, high = min(plotted), max(plotted)
+        axes[0].set_ylim(low - 0.05 * (high - low + 0.1), high + 0.1 * (high - low + 0.1))
+        note = f"no run diverged; loss at initialisation {init:.2f}"
+    else:
+        note = f"red x: diverged (plotted at the loss at initialisation {init:.2f}, dashed)"
     axes[0].set_ylabel("final validation loss")
     axes[0].legend(fontsize=8)
-    fig.suptitle("LR vs final loss (red x: diverged; dashed: loss at initialisation)" + title_suffix)
+    fig.suptitle(f"LR vs final loss ({note})" + title_suffix)
     fig.tight_layout()
     return fig
 
@@ -96,8 +103,10 @@ def heatmap_figure(points):
                 continue
             i, j = scales.index((p["width"], p["depth"])), lrs.index(p["lr"])
             grid[i, j] = p["final_loss"] if _finite(p["final_loss"]) else np.nan
+            light = _finite(p["final_loss"]) and (p["final_loss"] - vmin) < 0.5 * (vmax - vmin)
             ax.text(j, i, "DIV" if p["diverged"] else f"{p['final_loss']:.2f}", ha="center", va="center",
-                    fontsize=7, color="red" if p["diverged"] else "white", fontweight="bold")
+                    fontsize=7, fontweight="bold",
+                    color="red" if p["diverged"] else ("black" if light else "white"))
         ax.imshow(grid, aspect="auto", cmap="magma_r", vmin=vmin, vmax=vmax)
         ax.set_xticks(range(len(lrs)), [f"{lr:g}" for lr in lrs], rotation=45, fontsize=7)
         ax.set_yticks(range(len(scales)), [f"w{w}" + (f" d{d}" if multi_depth else "") for w, d in scales])
