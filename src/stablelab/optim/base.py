@@ -200,6 +200,15 @@ class StabilityOptimizer(Optimizer):
                     entry[name] = value.tensor.to(device=param.device, copy=True)
 
 
+def adam_moments_(exp_avgs: list[torch.Tensor], exp_avg_sqs: list[torch.Tensor],
+                  grads: list[torch.Tensor], beta1: float, beta2: float) -> None:
+    """m <- beta1 m + (1 - beta1) g; v <- beta2 v + (1 - beta2) g^2, in place over lists
+    (Kingma & Ba 2015, Algorithm 1)."""
+    torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+
+
 def bias_correction(beta: float, step: int) -> float:
     """1 - beta^t (Kingma & Ba 2015, Algorithm 1)."""
     return 1.0 - beta ** step

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from stablelab.optim.base import StabilityOptimizer, bias_correction
+from stablelab.optim.base import StabilityOptimizer, adam_moments_, bias_correction
 
 
 class DiffGrad(StabilityOptimizer):
@@ -78,9 +78,7 @@ class DiffGrad(StabilityOptimizer):
         exp_avgs = [s["exp_avg"] for s in states]
         exp_avg_sqs = [s["exp_avg_sq"] for s in states]
         previous = [s["previous_grad"] for s in states]
-        torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
-        torch._foreach_mul_(exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+        adam_moments_(exp_avgs, exp_avg_sqs, grads, beta1, beta2)
         torch._foreach_sub_(previous, grads)
         torch._foreach_abs_(previous)
         torch._foreach_sigmoid_(previous)

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from stablelab.optim.base import StabilityOptimizer, bias_correction
+from stablelab.optim.base import StabilityOptimizer, adam_moments_, bias_correction
 from stablelab.optim.transforms import (
     adaptive_max_clip,
     norm_normalise_scale,
@@ -109,9 +109,7 @@ class SPAM(StabilityOptimizer):
             grads = torch._foreach_minimum(grads, bounds)
             torch._foreach_neg_(bounds)
             torch._foreach_maximum_(grads, bounds)
-        torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
-        torch._foreach_mul_(exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+        adam_moments_(exp_avgs, exp_avg_sqs, grads, beta1, beta2)
         denoms = torch._foreach_sqrt(exp_avg_sqs)
         torch._foreach_add_(denoms, group["eps"])
         torch._foreach_addcdiv_(params, exp_avgs, denoms, value=-step_size)
@@ -274,9 +272,7 @@ class StableSPAM(StabilityOptimizer):
 
         exp_avgs = [s["exp_avg"] for s in states]
         exp_avg_sqs = [s["exp_avg_sq"] for s in states]
-        torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
-        torch._foreach_mul_(exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+        adam_moments_(exp_avgs, exp_avg_sqs, grads, beta1, beta2)
         denoms = torch._foreach_sqrt(exp_avg_sqs)
         torch._foreach_div_(denoms, math.sqrt(bias_correction(beta2, adam_step)))
         torch._foreach_add_(denoms, group["eps"])
