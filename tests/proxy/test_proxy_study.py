@@ -148,3 +148,25 @@ def test_sigkill_mid_sweep_then_resume(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)  # orphaned Dask workers of the killed driver
         except ProcessLookupError:
             pass
+
+
+def test_address_sends_runs_to_a_running_scheduler(tmp_path):
+    """`--address` uses an existing Dask scheduler with no other change (here: one started in the test)."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        out = tmp_path / "out"
+        args = ["--widths", "32", "--lrs", "1e-3,1e-2", "--variants", "qk_norm", "--steps", "12",
+                "--batch-size", "4", "--seq-len", "16", "--prediction-step", "10", "--no-progress"]
+        assert main(["proxy", *args, "--address", cluster.scheduler_address, "--out", str(out)]) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert sorted(r["lr"] for r in summary["runs"]) == [1e-3, 1e-2]
+        # the runs ran in the cluster's worker process, not in this one
+        pids = {json.loads(p.read_text())["pid"] for p in out.glob("runs/*/result.json")}
+        assert os.getpid() not in pids
+
+
+def test_unreachable_address_is_a_usage_error(tmp_path, capsys):
+    args = ["--widths", "32", "--lrs", "1e-3", "--variants", "qk_norm", "--steps", "5", "--no-progress"]
+    assert main(["proxy", *args, "--address", "tcp://127.0.0.1:9", "--out", str(tmp_path / "o")]) == 2
+    assert "cannot reach the Dask scheduler" in capsys.readouterr().err
