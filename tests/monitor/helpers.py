@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from stablelab.monitor import Sink
@@ -75,3 +76,25 @@ def assert_same_state(a, b) -> None:
 
 def warnings_of(events, min_severity=("warning", "critical")):
     return [e for e in events if e.severity in min_severity]
+
+
+def multiply_gradients_at(model: nn.Module, fault_step: int, factor: float = 1000.0):
+    """A `before_observe` hook that plants a gradient spike (all gradients x factor) at one step."""
+    def plant(step: int) -> None:
+        if step == fault_step:
+            for p in model.parameters():
+                p.grad.mul_(factor)
+    return plant
+
+
+def train_classifier(model, optimizer, monitor, x, y, g, steps: int, before_observe=None, batch: int = 32):
+    """The issue's plain loop: forward, backward, observe, step, zero_grad, on random batches of (x, y)."""
+    for step in range(steps):
+        index = torch.randint(0, len(x), (batch,), generator=g)
+        loss = F.cross_entropy(model(x[index]), y[index])
+        loss.backward()
+        if before_observe is not None:
+            before_observe(step)
+        monitor.observe(loss)
+        optimizer.step()
+        optimizer.zero_grad()

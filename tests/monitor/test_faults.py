@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from monitor_test_helpers import (EncoderClassifier, RowSink, assert_same_state, classification_task, mlp,
-                                  state_copy, warnings_of)
+                                  multiply_gradients_at, state_copy, train_classifier, warnings_of)
 from stablelab.monitor import Monitor, Policy, TrainingStopped
 
 
@@ -27,16 +27,7 @@ def test_gradient_spike_1000x_is_flagged_at_its_step(optimizer_name):
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
     monitor = Monitor(model, optimizer, sinks=())
     spike_step = 57
-    for step in range(80):
-        xb, yb = _batch(x, y, g)
-        loss = F.cross_entropy(model(xb), yb)
-        loss.backward()
-        if step == spike_step:
-            for p in model.parameters():
-                p.grad.mul_(1000.0)
-        monitor.observe(loss)
-        optimizer.step()
-        optimizer.zero_grad()
+    train_classifier(model, optimizer, monitor, x, y, g, 80, multiply_gradients_at(model, spike_step))
     monitor.close()
     spikes = [e for e in monitor.events if e.kind == "grad_spike"]
     assert [e.step for e in spikes] == [spike_step]
@@ -187,13 +178,7 @@ def test_internal_error_is_logged_once_and_training_continues(caplog):
     start = [p.detach().clone() for p in model.parameters()]
     with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.ERROR, "stablelab.monitor"):
         warnings.simplefilter("always")
-        for _ in range(15):
-            xb, yb = _batch(x, y, g)
-            loss = F.cross_entropy(model(xb), yb)
-            loss.backward()
-            monitor.observe(loss)
-            optimizer.step()
-            optimizer.zero_grad()
+        train_classifier(model, optimizer, monitor, x, y, g, 15)
         monitor.close()
     assert monitor.internal_errors >= 10
     assert len([r for r in caplog.records if "internal error" in r.getMessage()]) == 1
@@ -283,12 +268,6 @@ def test_mixed_precision_parameters():
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     monitor = Monitor(model, optimizer, sinks=(), sync_every=3)
     x, y, g = classification_task()
-    for _ in range(7):
-        xb, yb = _batch(x, y, g)
-        loss = F.cross_entropy(model(xb), yb)
-        loss.backward()
-        monitor.observe(loss)
-        optimizer.step()
-        optimizer.zero_grad()
+    train_classifier(model, optimizer, monitor, x, y, g, 7)
     monitor.close()
     assert monitor.internal_errors == 0 and monitor.events == []

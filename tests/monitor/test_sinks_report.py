@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from monitor_test_helpers import RowSink, classification_task, mlp
+from monitor_test_helpers import RowSink, classification_task, mlp, multiply_gradients_at, train_classifier
 from stablelab.errors import UsageError
 from stablelab.monitor import MLflowSink, Monitor, TensorBoardSink, WandbSink
 
@@ -19,16 +19,8 @@ def _train(steps, sinks, log_dir=None, spike_step=None):
     model = mlp()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     monitor = Monitor(model, optimizer, log_dir=log_dir, sinks=sinks, config={"note": "test"})
-    for step in range(steps):
-        index = torch.randint(0, len(x), (32,), generator=g)
-        loss = F.cross_entropy(model(x[index]), y[index])
-        loss.backward()
-        if step == spike_step:
-            for p in model.parameters():
-                p.grad.mul_(1000.0)
-        monitor.observe(loss)
-        optimizer.step()
-        optimizer.zero_grad()
+    train_classifier(model, optimizer, monitor, x, y, g, steps,
+                     None if spike_step is None else multiply_gradients_at(model, spike_step))
     monitor.close()
     return monitor
 
