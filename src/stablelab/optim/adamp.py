@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from stablelab.optim.base import StabilityOptimizer, adam_moments_, bias_correction
+from stablelab.optim.base import StabilityOptimizer, adam_denominators, adam_moments_, bias_correction
 
 
 def _cosines(param: torch.Tensor, grad: torch.Tensor, eps: float):
@@ -125,9 +125,7 @@ class AdamP(StabilityOptimizer):
         exp_avgs = [s["exp_avg"] for s in states]
         exp_avg_sqs = [s["exp_avg_sq"] for s in states]
         adam_moments_(exp_avgs, exp_avg_sqs, grads, beta1, beta2)
-        denoms = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_div_(denoms, math.sqrt(bias_correction(beta2, step)))
-        torch._foreach_add_(denoms, group["eps"])
+        denoms = adam_denominators(exp_avg_sqs, beta2, step, group["eps"])
         if group["nesterov"]:
             numerators = torch._foreach_lerp(exp_avgs, grads, 1.0 - beta1)
         else:

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from stablelab.optim.base import StabilityOptimizer, bias_correction
+from stablelab.optim.base import StabilityOptimizer, adam_denominators, bias_correction
 
 
 def alpha_warmup(step: int, alpha: float, warmup: int | None) -> float:
@@ -111,9 +111,7 @@ class AdEMAMix(StabilityOptimizer):
         torch._foreach_lerp_(slows, grads, 1.0 - beta3)
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
-        denoms = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_div_(denoms, math.sqrt(bias_correction(beta2, step)))
-        torch._foreach_add_(denoms, group["eps"])
+        denoms = adam_denominators(exp_avg_sqs, beta2, step, group["eps"])
         updates = torch._foreach_div(fasts, bias_correction(beta1, step))
         torch._foreach_add_(updates, slows, alpha=alpha)
         torch._foreach_div_(updates, denoms)

@@ -20,6 +20,7 @@ dtype, which silently rounds bf16-parameter state).
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import Any, Callable
 
@@ -207,6 +208,14 @@ def adam_moments_(exp_avgs: list[torch.Tensor], exp_avg_sqs: list[torch.Tensor],
     torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
     torch._foreach_mul_(exp_avg_sqs, beta2)
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+
+
+def adam_denominators(exp_avg_sqs: list[torch.Tensor], beta2: float, step: int, eps: float) -> list[torch.Tensor]:
+    """sqrt(v / (1 - beta2^t)) + eps over lists (Kingma & Ba 2015, Algorithm 1)."""
+    denoms = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_div_(denoms, math.sqrt(bias_correction(beta2, step)))
+    torch._foreach_add_(denoms, eps)
+    return denoms
 
 
 def bias_correction(beta: float, step: int) -> float:

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from stablelab.optim.base import StabilityOptimizer, adam_moments_, bias_correction
+from stablelab.optim.base import StabilityOptimizer, adam_denominators, adam_moments_, bias_correction
 from stablelab.optim.transforms import (
     adaptive_max_clip,
     norm_normalise_scale,
@@ -273,7 +273,5 @@ class StableSPAM(StabilityOptimizer):
         exp_avgs = [s["exp_avg"] for s in states]
         exp_avg_sqs = [s["exp_avg_sq"] for s in states]
         adam_moments_(exp_avgs, exp_avg_sqs, grads, beta1, beta2)
-        denoms = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_div_(denoms, math.sqrt(bias_correction(beta2, adam_step)))
-        torch._foreach_add_(denoms, group["eps"])
+        denoms = adam_denominators(exp_avg_sqs, beta2, adam_step, group["eps"])
         torch._foreach_addcdiv_(params, exp_avgs, denoms, value=-group["lr"] / bias_correction(beta1, adam_step))
