@@ -7,42 +7,81 @@ import pytest
 
 from stablelab.errors import UsageError
 from stablelab.monitor import DETECTORS, build_detectors, default_settings
-from stablelab.monitor.detectors import AttnLogitGrowth, EdgeOfStability, GradSpike, LossSpike, UpdateRatio
+from stablelab.monitor.detectors import (AttnLogitGrowth, EdgeOfStability, GradOutlier, GradSpike, LossRise,
+                                        LossSpike, SoftmaxCollapse, UpdateRatio)
 
 
 def test_registry_holds_the_issue_kinds():
-    assert set(DETECTORS) == {"nonfinite", "loss_spike", "grad_spike", "attn_logit_growth",
-                              "logit_divergence", "softmax_collapse", "update_ratio", "eps_floor",
-                              "edge_of_stability"}
+    assert set(DETECTORS) == {"nonfinite", "grad_outlier", "loss_spike", "loss_rise", "grad_spike",
+                              "attn_logit_growth", "logit_divergence", "softmax_collapse", "update_ratio",
+                              "eps_floor", "edge_of_stability"}
     assert default_settings()["loss_spike"]["z"] == 6.0
     with pytest.raises(UsageError):
         build_detectors({"no_such": {}})
     with pytest.raises(UsageError):
         build_detectors({"loss_spike": {"no_such_setting": 1}})
+    with pytest.raises(UsageError, match="must be a number"):
+        build_detectors({"loss_spike": {"z": "6"}})       # a threshold of the wrong type
+    with pytest.raises(UsageError, match=">= 0"):
+        build_detectors({"grad_spike": {"factor": -1.0}})
     assert "eps_floor" not in {d.kind for d in build_detectors({"eps_floor": False})}
 
 
-def test_loss_spike_uses_window_mean_and_sigma():
-    detector = LossSpike(window=8, min_values=8, z=3.0, min_ratio=1.0)
+def _mad_sigma(values):
+    median = statistics.median(values)
+    return median, 1.4826 * statistics.median(abs(v - median) for v in values)
+
+
+def test_loss_spike_uses_a_robust_scale_of_log_loss_and_a_floor():
     history = [1.0, 1.2, 0.8, 1.1, 0.9, 1.0, 1.05, 0.95]
-    for step, loss in enumerate(history):
-        assert detector.check(step, {"loss": loss}) == []
-    threshold = statistics.mean(history) + 3.0 * statistics.stdev(history)  # hand formula
-    assert detector.check(8, {"loss": threshold * 0.999}) == []
-    detector = LossSpike(window=8, min_values=8, z=3.0, min_ratio=1.0)
-    for step, loss in enumerate(history):
-        detector.check(step, {"loss": loss})
-    [event] = detector.check(8, {"loss": threshold * 1.001})
+    logs = [math.log(x) for x in history]
+    median, sigma = _mad_sigma(logs)                       # hand formula: median, 1.4826 MAD
+    threshold = math.exp(median + 3.0 * sigma)
+
+    def fresh():
+        detector = LossSpike(window=8, min_values=8, z=3.0, floor=0.0)
+        for step, loss in enumerate(history):
+            assert detector.check(step, {"loss": loss}) == []
+        return detector
+
+    assert fresh().check(8, {"loss": threshold * 0.999}) == []
+    [event] = fresh().check(8, {"loss": threshold * 1.001})
     assert event.kind == "loss_spike" and event.step == 8
-    assert event.data["threshold"] == pytest.approx(threshold)
+    assert event.data["z"] == pytest.approx(3.0 + math.log(1.001) / sigma, rel=1e-6)
+    # One hard batch near zero loss: 0.05 against a level of 0.01 is 5x, robust z is huge, but the
+    # excess 0.04 is below floor x the loss at the start (0.25 x 2.3): not an instability.
+    detector = LossSpike(window=8, min_values=8, z=3.0, floor=0.25)
+    for step, loss in enumerate([2.3] * 4 + [0.01, 0.011, 0.009, 0.0105]):
+        detector.check(step, {"loss": loss})
+    for step, loss in enumerate([0.01, 0.011, 0.009, 0.0105] * 2, start=8):
+        detector.check(step, {"loss": loss})
+    assert detector.check(16, {"loss": 0.05}) == []
+    assert len(detector.check(17, {"loss": 2.0})) == 1      # a corrupted batch: excess 2.0 > 0.575
 
 
-def test_grad_spike_warmup_and_threshold():
-    detector = GradSpike(warmup=20, ratio=1000.0)
-    assert detector.check(5, {"spike_ratio_max": 1e6}) == []      # in warm-up
-    assert detector.check(25, {"spike_ratio_max": 999.0}) == []
-    [event] = detector.check(26, {"spike_ratio_max": 1001.0, "spike_param": "w"})
-    assert event.severity == "warning" and "w" in event.message
+def test_loss_rise_fires_on_a_sustained_rise_before_the_loss_doubles():
+    detector = LossRise(window=4, rise=0.2, floor=0.05, cooldown=0)
+    losses = [1.0] * 8 + [1.0 * 1.05 ** k for k in range(1, 20)]
+    fired = [step for step, loss in enumerate(losses) if detector.check(step, {"loss": loss})]
+    # the median of the last 4 passes 1.2 x its lowest (1.0) when 1.05^k (k-1.5 centred) > 1.2
+    first = fired[0]
+    window = sorted(losses[first - 3:first + 1])
+    assert (window[1] + window[2]) / 2 > 1.2 and losses[first] < 2.0
+
+
+def test_grad_spike_against_the_typical_norm_and_the_second_moment():
+    detector = GradSpike(warmup=20, factor=5.0, ratio=1000.0)
+    assert detector.check(5, {"grad_norm": 100.0, "grad_norm_typical": 1.0}) == []   # warm-up
+    assert detector.check(25, {"grad_norm": 4.9, "grad_norm_typical": 1.0, "spike_ratio_max": 999.0}) == []
+    [event] = detector.check(26, {"grad_norm": 5.1, "grad_norm_typical": 1.0, "spike_ratio_max": 1.0})
+    assert event.severity == "warning" and event.data["ratio"] == pytest.approx(5.1)
+    [event] = detector.check(27, {"grad_norm": 1.0, "grad_norm_typical": 1.0, "spike_ratio_max": 1001.0,
+                                  "spike_param": "w"})
+    assert "w" in event.message
+    # an outlier is grad_outlier's (the guard skips it), not a second warning here
+    assert detector.check(28, {"grad_norm": 1e3, "grad_norm_typical": 1.0, "outlier": True}) == []
+    [event] = GradOutlier().check(28, {"grad_norm": 1e3, "grad_norm_typical": 1.0, "outlier": True})
+    assert event.severity == "critical" and event.data["ratio"] == pytest.approx(1e3)
 
 
 def test_attention_trend_predicts_the_crossing():
@@ -66,12 +105,29 @@ def test_attention_trend_predicts_the_crossing():
     assert detector.check(30, {"attn_logit_max": 3e4}) == []
 
 
-def test_update_ratio_and_cooldown():
-    detector = UpdateRatio(threshold=0.1, cooldown=50)
-    assert detector.check(0, {"update_ratio_max": 0.05}) == []
-    assert len(detector.check(1, {"update_ratio_max": 0.2})) == 1
-    assert detector.check(30, {"update_ratio_max": 0.2}) == []    # cooling down
-    assert len(detector.check(52, {"update_ratio_max": 0.2})) == 1
+def test_update_ratio_against_its_median_and_cooldown():
+    detector = UpdateRatio(factor=4.0, window=10, min_values=5, threshold=1.0, cooldown=50)
+    for step, value in enumerate([0.01, 0.012, 0.011, 0.009, 0.01]):
+        assert detector.check(step, {"update_ratio_max": value}) == []
+    # median of the window = 0.01 (hand), so 0.039 passes; it enters the window, whose median
+    # becomes (0.01 + 0.011) / 2 = 0.0105: 0.041 < 4 x 0.0105 passes too; then the median of 7 is 0.011
+    assert detector.check(5, {"update_ratio_max": 0.039}) == []
+    assert detector.check(6, {"update_ratio_max": 0.041}) == []
+    [event] = detector.check(7, {"update_ratio_max": 0.045})   # > 4 x 0.011
+    assert event.data["median"] == pytest.approx(0.011)     # 7 values kept: the median is the 4th
+    assert detector.check(30, {"update_ratio_max": 0.5}) == []    # cooling down
+    assert len(detector.check(58, {"update_ratio_max": 0.5})) == 1   # 51 steps after the last event
+    # a linear warm-up (ratio proportional to the step) never reaches 4x its median
+    warmup = UpdateRatio(factor=4.0, window=100, min_values=5, cooldown=0)
+    assert not any(warmup.check(t, {"update_ratio_max": 1e-4 * (t + 1)}) for t in range(100))
+
+
+def test_softmax_collapse_warns_only_when_precision_loses_material_mass():
+    detector = SoftmaxCollapse(threshold=0.01, cooldown=0)
+    [info] = detector.check(0, {"softmax_collapse_fraction": 0.5, "softmax_collapse_lost_fraction": 0.0})
+    assert info.severity == "info"
+    [warning] = detector.check(1, {"softmax_collapse_fraction": 0.5, "softmax_collapse_lost_fraction": 0.3})
+    assert warning.severity == "warning"
 
 
 def test_edge_of_stability_uses_two_over_lr():

@@ -18,20 +18,70 @@ def _batch(x, y, g, size=32):
 
 
 @pytest.mark.parametrize("optimizer_name", ["adamw", "sgd"])
-def test_gradient_spike_1000x_is_flagged_at_its_step(optimizer_name):
+def test_gradient_spike_1000x_is_skipped_and_leaves_the_run_where_it_was(optimizer_name):
+    """Default policy: a 1000x gradient is an extreme outlier; the step is not taken (host mode on
+    CPU), so weights and optimizer state after it equal those before it, bit for bit."""
     x, y, g = classification_task()
     model = mlp()
-    if optimizer_name == "adamw":  # spike ratio against Adam's second moment
+    if optimizer_name == "adamw":
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    else:                          # no second moment: against the monitor's running estimate
+    else:
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
     monitor = Monitor(model, optimizer, sinks=())
-    spike_step = 57
-    train_classifier(model, optimizer, monitor, x, y, g, 80, multiply_gradients_at(model, spike_step))
+    spike_step, states = 57, {}
+
+    def plant(step):
+        multiply_gradients_at(model, spike_step)(step)
+        if step == spike_step:
+            states["before"] = state_copy(model, optimizer)
+
+    train_classifier(model, optimizer, monitor, x, y, g, spike_step + 1, plant)
+    assert_same_state(states["before"], state_copy(model, optimizer))
+    train_classifier(model, optimizer, monitor, x, y, g, 20)
     monitor.close()
-    spikes = [e for e in monitor.events if e.kind == "grad_spike"]
-    assert [e.step for e in spikes] == [spike_step]
-    assert spikes[0].data["ratio"] > 1e5   # (1000 x)^2 against the usual g^2
+    assert monitor.skipped_steps == [spike_step]
+    assert [(e.kind, e.step) for e in warnings_of(monitor.events)] == [("grad_outlier", spike_step)]
+    assert monitor.events[-1].kind == "skip" and monitor.events[-1].data["mode"] == "host"
+    [incident] = monitor.incidents
+    assert (incident.kind, incident.start, incident.end, incident.peak) == ("grad_outlier", 57, 57, 57)
+    assert [a.kind for a in incident.actions] == ["skip"]
+
+
+def test_device_side_skip_reads_nothing_back_per_step_and_drops_the_gradient():
+    """skip_mode="device" (the default on accelerators): no host read between sync windows; the
+    outlier's gradients are zeroed on the device, so Adam takes a step with no new information."""
+    x, y, g = classification_task()
+    model = mlp()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    monitor = Monitor(model, optimizer, policy=Policy(skip_mode="device"), sinks=())
+    assert monitor.guard.device_skips == {"nonfinite", "grad_outlier"} and not monitor._immediate
+    reads = []
+    original = torch.Tensor.tolist
+    seen = {}
+
+    def plant(step):
+        multiply_gradients_at(model, 57)(step)
+        if step == 57:
+            seen["v_before"] = [optimizer.state[p]["exp_avg_sq"].clone() for p in model.parameters()]
+
+    def counting_tolist(self):
+        reads.append(monitor.step)
+        return original(self)
+
+    torch.Tensor.tolist = counting_tolist
+    try:
+        train_classifier(model, optimizer, monitor, x, y, g, 58, plant)
+    finally:
+        torch.Tensor.tolist = original
+    # one read per sync window (steps 10, 20, ...), never per step
+    assert len(reads) <= 58 // monitor.sync_every + 1
+    # the second moment only decayed: the 1000x gradient never entered it
+    for p, v in zip(model.parameters(), seen["v_before"]):
+        assert torch.allclose(optimizer.state[p]["exp_avg_sq"], v * 0.999)
+    monitor.close()
+    assert monitor.skipped_steps == [57]
+    assert [e.kind for e in monitor.events] == ["grad_outlier", "skip"]
+    assert monitor.events[-1].data["mode"] == "device"
 
 
 def test_nan_batch_is_flagged_and_skipped_under_the_default_policy():

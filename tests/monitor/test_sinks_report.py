@@ -36,17 +36,20 @@ def test_run_store_and_report_page(tmp_path):
     stored = load_metrics(run_dir)
     assert [r["step"] for r in stored] == list(range(45))
     assert [r["loss"] for r in stored] == pytest.approx([r["loss"] for r in rows.row_list])
-    assert [e["kind"] for e in load_events(run_dir)] == [e.kind for e in monitor.events] == ["grad_spike"]
+    assert [e["kind"] for e in load_events(run_dir)] == [e.kind for e in monitor.events] == ["grad_outlier", "skip"]
     config = load_config(run_dir)
     assert config["note"] == "test" and config["policy"]["nonfinite"] == ["skip"]
-    assert load_result(run_dir)["events"] == {"grad_spike": 1}
+    assert load_result(run_dir)["events"] == {"grad_outlier": 1, "skip": 1}
+    [incident] = load_result(run_dir)["incidents"]
+    assert incident["kind"] == "grad_outlier" and incident["start"] == 30 and incident["actions"] == ["skip"]
+    assert json.loads((run_dir / "incidents.json").read_text()) == load_result(run_dir)["incidents"]
 
     assert main(["report", str(run_dir)]) == 0
     html = (run_dir / "report.html").read_text()
-    assert "grad_spike" in html and "data:image/png;base64," in html
+    assert "grad_outlier" in html and "data:image/png;base64," in html
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["events"] == dict(Counter(e.kind for e in monitor.events))
-    assert summary["first_step_by_kind"] == {"grad_spike": 30}
+    assert summary["first_step_by_kind"] == {"grad_outlier": 30}
     assert summary["final_loss"] == pytest.approx(rows.row_list[-1]["loss"])
 
 

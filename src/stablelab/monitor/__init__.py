@@ -7,11 +7,12 @@ from stablelab.monitor.detectors import (DETECTORS, Detector, build_detectors, d
                                          register_detector)
 from stablelab.monitor.events import Event, TrainingStopped
 from stablelab.monitor.guard import INTERVENTIONS, Policy, Snapshot
+from stablelab.monitor.incidents import Incident, IncidentTracker
 from stablelab.monitor.sinks import (ConsoleSink, MLflowSink, RunStoreSink, Sink, TensorBoardSink,
                                      WandbSink)
 
 __all__ = [
-    "Monitor", "Event", "TrainingStopped", "Policy", "Snapshot", "DETECTORS", "INTERVENTIONS",
+    "Monitor", "Incident", "IncidentTracker", "Event", "TrainingStopped", "Policy", "Snapshot", "DETECTORS", "INTERVENTIONS",
     "Detector", "build_detectors", "default_settings", "register_detector", "register_attention",
     "register_attention_adapter", "find_logits_module", "Sink", "RunStoreSink", "ConsoleSink",
     "TensorBoardSink", "WandbSink", "MLflowSink",

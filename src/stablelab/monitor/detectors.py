@@ -83,8 +83,14 @@ class NonFinite(Detector):
             loss=loss, grad_norm=row.get("grad_norm"), parameter=where)]
 
 
+def _median(values) -> float:
+    ordered = sorted(values)
+    n = len(ordered)
+    return ordered[n // 2] if n % 2 else 0.5 * (ordered[n // 2 - 1] + ordered[n // 2])
+
+
 class _Window:
-    """Running mean and standard deviation of the last `size` finite values."""
+    """The last `size` finite values, with robust statistics."""
 
     def __init__(self, size: int):
         self.values: deque[float] = deque(maxlen=size)
@@ -93,102 +99,224 @@ class _Window:
         if _finite(x):
             self.values.append(x)
 
+    def __len__(self) -> int:
+        return len(self.values)
+
     def stats(self) -> tuple[float, float]:
+        """(mean, sample standard deviation)."""
         n = len(self.values)
         mean = sum(self.values) / n
         var = sum((v - mean) ** 2 for v in self.values) / max(n - 1, 1)
         return mean, math.sqrt(var)
 
+    def median_mad(self) -> tuple[float, float]:
+        """(median, 1.4826 x median absolute deviation): a standard deviation estimate that one
+        outlier cannot move (Hampel's scale; 1.4826 makes it consistent for a normal)."""
+        median = _median(self.values)
+        return median, 1.4826 * _median(abs(v - median) for v in self.values)
+
 
 @dataclass
 class LossSpike(Detector):
-    """Loss above mean + z * std of the last `window` losses and above `min_ratio` x the mean.
+    """A loss far above its recent level, judged on a robust scale of log-loss and against a floor
+    relative to the loss at the start, so that one hard batch near zero loss is not an instability.
 
-    Baseline: OLMo-core skips a step when loss > mean + 6 sigma of the last 128 values, active after
-    64 values. Flagged values do not enter the window, so a run that keeps climbing keeps firing."""
+    Fires when log(loss) - median > z * MAD-sigma of the last `window` log-losses, and the excess
+    loss - exp(median) is at least `floor` x the loss of the first steps (the median of the first
+    `min_values` losses). Flagged values do not enter the window. Calibrated with `stablelab
+    detect-bench` (docs/monitor.md). Anchors: OLMo-core mean + 6 sigma over 128 steps; Megatron 10x
+    the largest loss; llm-foundry 2x the 100-step mean for 5 steps."""
 
     kind: ClassVar[str] = "loss_spike"
     every_step: ClassVar[bool] = True
     window: int = 128
-    min_values: int = 64
+    min_values: int = 32
     z: float = 6.0
-    min_ratio: float = 1.1
+    floor: float = 0.25
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._window = _Window(self.window)
+        self._start: list[float] = []
+
+    def _take(self, loss) -> None:
+        if _finite(loss) and loss > 0:
+            self._window.add(math.log(loss))
+            if len(self._start) < self.min_values:
+                self._start.append(loss)
+
+    def observe_only(self, step, row):
+        self._take(row.get("loss"))
+
+    def detect(self, step, row):
+        loss = row.get("loss")
+        if not _finite(loss) or loss <= 0:
+            return []
+        if len(self._window) < self.min_values:
+            self._take(loss)
+            return []
+        median, sigma = self._window.median_mad()
+        start = _median(self._start)
+        level = math.exp(median)
+        excess = loss - level
+        robust_z = (math.log(loss) - median) / max(sigma, 1e-3)
+        if robust_z > self.z and excess >= self.floor * start:
+            return [self.event(
+                step, "warning",
+                f"loss {loss:.4g} spiked above its recent level {level:.4g} (robust z {robust_z:.1f} > "
+                f"{self.z:g}; excess {excess:.3g} >= {self.floor:g} x the starting loss {start:.3g}). "
+                "Likely fix: skip the batch and check the data around this step; if it follows a "
+                "gradient spike, clip or skip that step.",
+                loss=loss, level=level, excess=excess, z=robust_z, start_loss=start)]
+        self._take(loss)
+        return []
+
+
+@dataclass
+class LossRise(Detector):
+    """A sustained rise of the loss: the median of the last `window` losses above (1 + rise) x the
+    lowest such median seen, by at least `floor` x the loss at the start. Early warning of a
+    divergence that builds over many steps (a runaway learning rate), before the loss doubles."""
+
+    kind: ClassVar[str] = "loss_rise"
+    every_step: ClassVar[bool] = True
+    window: int = 16
+    rise: float = 0.2
+    floor: float = 0.05
+    cooldown: int = 100
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._recent = _Window(self.window)
+        self._start: list[float] = []
+        self._lowest: float | None = None
+
+    def observe_only(self, step, row):
+        self._take(row.get("loss"))
+
+    def _take(self, loss) -> float | None:
+        if not _finite(loss):
+            return None
+        self._recent.add(loss)
+        if len(self._start) < self.window:
+            self._start.append(loss)
+        if len(self._recent) < self.window:
+            return None
+        median = _median(self._recent.values)
+        self._lowest = median if self._lowest is None else min(self._lowest, median)
+        return median
+
+    def detect(self, step, row):
+        median = self._take(row.get("loss"))
+        if median is None or self._lowest is None:
+            return []
+        start = _median(self._start)
+        excess = median - self._lowest
+        if median > (1 + self.rise) * self._lowest and excess >= self.floor * start:
+            return [self.event(
+                step, "warning",
+                f"loss rising: median of the last {self.window} steps {median:.4g} is "
+                f"{median / self._lowest:.2f}x its lowest {self._lowest:.4g}. Likely fix: lower the "
+                "learning rate (policy loss_rise: lr_backoff); check the schedule.",
+                value=median, lowest=self._lowest, ratio=median / self._lowest)]
+        return []
+
+
+@dataclass
+class GradOutlier(Detector):
+    """The guard's skip rule, evaluated on the device every step (stablelab.monitor.measure): the
+    global gradient norm above `outlier_factor` x its running typical value (EMA of log norm), or a
+    step the measurement flagged. The default policy skips these steps."""
+
+    kind: ClassVar[str] = "grad_outlier"
+    every_step: ClassVar[bool] = True
+
+    def detect(self, step, row):
+        if not row.get("outlier"):
+            return []
+        norm, typical = row.get("grad_norm"), row.get("grad_norm_typical")
+        ratio = norm / typical if _finite(norm) and _finite(typical) and typical > 0 else float("nan")
+        return [self.event(
+            step, "critical",
+            f"extreme gradient outlier: global norm {norm:.4g} is {ratio:.3g}x its typical {typical:.4g}. "
+            "The default policy skips this step. If outliers repeat, check the data and lower the "
+            "learning rate.", grad_norm=norm, typical=typical, ratio=ratio)]
+
+
+@dataclass
+class GradSpike(Detector):
+    """A gradient spike below the outlier level: the global gradient norm above `factor` x its
+    running typical value, or one tensor's mean(g^2) / mean(v) above `ratio` (SPAM's ratio taken
+    per tensor; v is the optimizer's bias-corrected second moment, or a running estimate).
+    Outliers are reported by grad_outlier instead."""
+
+    kind: ClassVar[str] = "grad_spike"
+    every_step: ClassVar[bool] = True
+    warmup: int = 20
+    factor: float = 5.0
+    ratio: float = 1000.0
+
+    def detect(self, step, row):
+        if row.get("outlier") or row.get("nonfinite"):
+            return []
+        norm, typical = row.get("grad_norm"), row.get("grad_norm_typical")
+        global_ratio = norm / typical if _finite(norm) and _finite(typical) and typical > 0 else 0.0
+        value = row.get("spike_ratio_max")
+        tensor_spike = _finite(value) and value > self.ratio
+        if global_ratio <= self.factor and not tensor_spike:
+            return []
+        where = row.get("spike_param")
+        return [self.event(
+            step, "warning",
+            f"gradient spike: global norm {norm:.4g} = {global_ratio:.3g}x its typical value; "
+            f"largest per-tensor mean(g^2)/mean(v) {value:.4g} (in {where}). Likely fix: clip or skip "
+            "the step (policy grad_spike: clip or skip), or reset the optimizer moments (SPAM).",
+            ratio=global_ratio, spike_ratio=value, threshold=self.factor, parameter=where, grad_norm=norm)]
+
+
+@dataclass
+class UpdateRatio(Detector):
+    """Update-to-weight ratio ||delta w|| / ||w|| of the weight matrices jumping above `factor` x
+    its median over the last `window` steps (after `min_values` values), or above the absolute
+    `threshold`. A learning rate 100x too high shows from its first step; a linear warm-up raises
+    the ratio by at most ~2x over its median and does not fire."""
+
+    kind: ClassVar[str] = "update_ratio"
+    every_step: ClassVar[bool] = False
+    factor: float = 4.0
+    window: int = 100
+    min_values: int = 20
+    threshold: float = 1.0
+    cooldown: int = 50
 
     def __post_init__(self):
         super().__post_init__()
         self._window = _Window(self.window)
 
     def observe_only(self, step, row):
-        self._window.add(row.get("loss"))
-
-    def detect(self, step, row):
-        loss = row.get("loss")
-        if not _finite(loss):
-            return []
-        if len(self._window.values) < self.min_values:
-            self._window.add(loss)
-            return []
-        mean, std = self._window.stats()
-        threshold = max(mean + self.z * std, self.min_ratio * mean)
-        if loss > threshold:
-            return [self.event(
-                step, "warning",
-                f"loss {loss:.4g} above {threshold:.4g} (window mean {mean:.4g} + {self.z:g} sigma, "
-                f"at least {self.min_ratio:g}x the mean). Likely fix: lower the learning rate or skip "
-                "the batch; if it repeats, check the data around this step.",
-                loss=loss, threshold=threshold, mean=mean, std=std)]
-        self._window.add(loss)
-        return []
-
-
-@dataclass
-class GradSpike(Detector):
-    """A parameter's gradient far above its second moment: per tensor mean(g^2) / mean(v) > ratio.
-
-    v is the optimizer's bias-corrected second moment (Adam family) or a running estimate (EMA 0.99
-    of mean(g^2)) when it has none. SPAM flags elements with g^2 > 5000 v after 20 steps; over a
-    whole tensor the ratio is averaged, so the default is 1000 (gradient RMS ~32x its usual level)."""
-
-    kind: ClassVar[str] = "grad_spike"
-    every_step: ClassVar[bool] = True
-    warmup: int = 20
-    ratio: float = 1000.0
-
-    def detect(self, step, row):
-        value = row.get("spike_ratio_max")
-        if not _finite(value) or value <= self.ratio:
-            return []
-        where = row.get("spike_param")
-        return [self.event(
-            step, "warning",
-            f"gradient spike: mean(g^2)/mean(v) = {value:.4g} > {self.ratio:g} in {where} "
-            f"(global grad norm {row.get('grad_norm', float('nan')):.4g}). Likely fix: clip or skip "
-            "the step (policy grad_spike: clip or skip), or reset the optimizer moments (SPAM).",
-            ratio=value, threshold=self.ratio, parameter=where, grad_norm=row.get("grad_norm"))]
-
-
-@dataclass
-class UpdateRatio(Detector):
-    """Update-to-weight ratio ||delta w|| / ||w|| of a weight matrix above `threshold`.
-
-    Healthy Adam training sits near 1e-3 per step; 0.1 means the weights change by a tenth of their
-    size in one step, which is what a learning rate 100x too high looks like from the first step."""
-
-    kind: ClassVar[str] = "update_ratio"
-    every_step: ClassVar[bool] = False
-    threshold: float = 0.1
-    cooldown: int = 50
+        self._window.add(row.get("update_ratio_max"))
 
     def detect(self, step, row):
         value = row.get("update_ratio_max")
-        if not _finite(value) or value <= self.threshold:
+        if not _finite(value) or value <= 0:
             return []
+        if len(self._window) < self.min_values:
+            self._window.add(value)
+            return [] if value <= self.threshold else self._fire(step, row, value, None)
+        median = _median(self._window.values)
+        if value > self.threshold or (median > 0 and value > self.factor * median):
+            return self._fire(step, row, value, median)
+        self._window.add(value)
+        return []
+
+    def _fire(self, step, row, value, median):
         where = row.get("update_param")
+        against = f"{value / median:.3g}x its recent median {median:.3g}" if median else f"> {self.threshold:g}"
         return [self.event(
             step, "warning",
-            f"update-to-weight ratio {value:.4g} > {self.threshold:g} in {where} (lr {row.get('lr')}). "
+            f"update-to-weight ratio {value:.4g} ({against}) in {where} (lr {row.get('lr')}). "
             "Likely fix: lower the learning rate (policy update_ratio: lr_backoff), lengthen warm-up.",
-            ratio=value, threshold=self.threshold, parameter=where, lr=row.get("lr"))]
+            ratio=value, median=median, threshold=self.factor, parameter=where, lr=row.get("lr"))]
 
 
 @dataclass
@@ -282,27 +410,42 @@ class LogitDivergence(Detector):
 
 @dataclass
 class SoftmaxCollapse(Detector):
-    """Fraction of samples whose softmax collapsed in floating point above `threshold`
-    (Prieto et al. 2025: loss and the correct-class gradient become exactly 0)."""
+    """Softmax collapse (Prieto et al. 2025: the softmax sums to exactly 1 in floating point, so the
+    loss and the correct-class gradient are exactly 0), measured in the dtype the loss is computed in.
+
+    `warning` when more than `threshold` of the samples collapse although their float32 non-top
+    probability mass is material (training signal lost to precision, as in bfloat16 losses);
+    `info` when samples collapse only because they are confidently classified (in float32 that
+    mass is below 2^-24: information, not an instability)."""
 
     kind: ClassVar[str] = "softmax_collapse"
     threshold: float = 0.01
     cooldown: int = 100
 
     def detect(self, step, row):
-        value = row.get("softmax_collapse_fraction")
-        if not _finite(value) or value <= self.threshold:
-            return []
-        return [self.event(step, "warning",
-                           f"softmax collapse in {value:.2%} of samples (> {self.threshold:.2%}). Likely "
-                           "fix: StableMax or float64 softmax, orthogonal gradient (perpGrad).",
-                           value=value, threshold=self.threshold)]
+        lost, value = row.get("softmax_collapse_lost_fraction"), row.get("softmax_collapse_fraction")
+        if _finite(lost) and lost > self.threshold:
+            return [self.event(step, "warning",
+                               f"softmax collapse with material probability lost in {lost:.2%} of samples "
+                               f"(> {self.threshold:.2%}): the loss's precision rounds their gradient "
+                               "away. Likely fix: compute the loss in float32, StableMax, or "
+                               "orthogonal gradient (perpGrad).", value=lost, collapsed=value,
+                               threshold=self.threshold)]
+        if _finite(value) and value > self.threshold:
+            return [self.event(step, "info",
+                               f"{value:.2%} of samples are confidently classified to exactly zero "
+                               "loss (softmax collapse in float32 precision; no training signal from "
+                               "them). Expected after 100% train accuracy.", value=value,
+                               threshold=self.threshold)]
+        return []
 
 
 @dataclass
 class EpsFloor(Detector):
     """Gradient RMS of a weight matrix below `factor` x AdamW's eps: the update m / (sqrt(v) + eps)
-    shrinks (Wortsman et al. 2023 section 3.4). Tensors whose gradient is exactly 0 are ignored."""
+    shrinks (Wortsman et al. 2023 section 3.4). Tensors whose gradient is exactly 0 are ignored.
+    Severity info: a converged model's gradients shrink too; this explains slow progress, it does
+    not predict a failure."""
 
     kind: ClassVar[str] = "eps_floor"
     factor: float = 10.0
@@ -313,7 +456,7 @@ class EpsFloor(Detector):
         if not _finite(value) or value >= self.factor:
             return []
         where = row.get("eps_param")
-        return [self.event(step, "warning",
+        return [self.event(step, "info",
                            f"gradient RMS of {where} is {value:.3g} x eps (< {self.factor:g} x eps): "
                            "AdamW's update is damped. Likely fix: lower eps (e.g. 1e-15), or rescale the loss.",
                            ratio=value, threshold=self.factor, parameter=where)]
@@ -348,8 +491,8 @@ class EdgeOfStability(Detector):
 
 
 DETECTORS: dict[str, type[Detector]] = {
-    cls.kind: cls for cls in (NonFinite, LossSpike, GradSpike, AttnLogitGrowth, LogitDivergence,
-                              SoftmaxCollapse, UpdateRatio, EpsFloor, EdgeOfStability)
+    cls.kind: cls for cls in (NonFinite, GradOutlier, GradSpike, LossSpike, LossRise, UpdateRatio,
+                              AttnLogitGrowth, LogitDivergence, SoftmaxCollapse, EpsFloor, EdgeOfStability)
 }
 
 
@@ -371,6 +514,21 @@ def build_detectors(overrides: dict[str, Any] | None = None) -> list[Detector]:
         setting = overrides.get(kind, {})
         if setting is False:
             continue
+        if setting is True:
+            setting = {}
+        if not isinstance(setting, dict):
+            raise UsageError(f"settings for detector {kind!r} must be a dict or False, got {setting!r}")
+        defaults = {f.name: f.default for f in fields(cls)}
+        for name, value in setting.items():
+            default = defaults.get(name)
+            numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
+            if numeric and (isinstance(value, bool) or not isinstance(value, (int, float))
+                            or (isinstance(default, int) and not isinstance(default, bool)
+                                and isinstance(value, float) and not value.is_integer()
+                                and not isinstance(default, float))):
+                raise UsageError(f"detector {kind!r} setting {name!r} must be a number, got {value!r}")
+            if numeric and value < 0:
+                raise UsageError(f"detector {kind!r} setting {name!r} must be >= 0, got {value!r}")
         try:
             built.append(cls(**(setting or {})))
         except TypeError as error:

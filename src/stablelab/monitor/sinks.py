@@ -22,6 +22,9 @@ class Sink:
     def events(self, events: Sequence[Event]) -> None:
         pass
 
+    def incidents(self, opened: Sequence[Any], closed: Sequence[Any]) -> None:
+        """Incidents (stablelab.monitor.incidents.Incident) that opened or closed since the last call."""
+
     def close(self, summary: dict[str, Any]) -> None:
         pass
 
@@ -44,11 +47,15 @@ class RunStoreSink(Sink):
             self.writer.event(event.to_dict())
 
     def close(self, summary):
+        from stablelab.store.files import atomic_write_json
+
+        atomic_write_json(self.writer.run_dir / "incidents.json", summary.get("incidents", []))
         self.writer.finish(summary)
 
 
 class ConsoleSink(Sink):
-    """Prints events (not rows) with rich, coloured by severity, to stderr."""
+    """Prints incidents (not rows, not every raw event) with rich, coloured by severity, to stderr:
+    one line when an incident opens (its first event's diagnosis), one when it closes."""
 
     STYLES = {"info": "cyan", "warning": "yellow", "critical": "bold red"}
 
@@ -61,12 +68,20 @@ class ConsoleSink(Sink):
         self.min_rank = SEVERITIES.index(min_severity)
         self._ranks = {s: i for i, s in enumerate(SEVERITIES)}
 
-    def events(self, events):
-        for event in events:
-            if self._ranks[event.severity] >= self.min_rank:
-                style = self.STYLES[event.severity]
-                self.console.print(f"[{style}]stablelab monitor[/] step {event.step} "
-                                   f"[{style}]{event.kind}[/]: {event.message}", highlight=False)
+    def incidents(self, opened, closed):
+        for incident, moment in [(i, "opened") for i in opened] + [(i, "closed") for i in closed]:
+            if self._ranks[incident.severity] < self.min_rank:
+                continue
+            style = self.STYLES[incident.severity]
+            if moment == "opened":
+                first = incident.events[0] if incident.events else None
+                caused = f" (after {incident.cause})" if incident.cause else ""
+                text = f"{first.message}" if first else ""
+                self.console.print(f"[{style}]stablelab monitor[/] step {incident.start} incident opened: "
+                                   f"[{style}]{incident.kind}[/]{caused}: {text}", highlight=False)
+            else:
+                self.console.print(f"[{style}]stablelab monitor[/] incident closed: {incident.summary()}",
+                                   highlight=False)
 
 
 def _numeric(row: dict[str, Any]) -> dict[str, float]:

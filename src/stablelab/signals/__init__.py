@@ -4,7 +4,8 @@ from stablelab.signals.attention import attention_logit_max, attention_logits
 from stablelab.signals.gradients import global_norm, rms, update_rms
 from stablelab.signals.logits import output_log_z, output_log_z_stats, z_loss
 from stablelab.signals.collapse import (
-    cosine_similarity, nlm_alignment, softmax_collapse_fraction, softmax_collapse_mask, zero_loss_fraction,
+    cosine_similarity, nlm_alignment, softmax_collapse_fraction, softmax_collapse_lost_fraction,
+    softmax_collapse_mask, zero_loss_fraction,
 )
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "output_log_z", "output_log_z_stats", "z_loss",
 ]
 __all__ += [
-    "cosine_similarity", "nlm_alignment", "softmax_collapse_fraction", "softmax_collapse_mask",
+    "cosine_similarity", "nlm_alignment", "softmax_collapse_fraction", "softmax_collapse_lost_fraction",
+    "softmax_collapse_mask",
     "zero_loss_fraction",
 ]

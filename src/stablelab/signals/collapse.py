@@ -22,12 +22,34 @@ def softmax_collapse_mask(logits: torch.Tensor, dtype: torch.dtype = torch.float
     return torch.exp(shifted).sum(dim=dim) == 1
 
 
-def softmax_collapse_fraction(logits: torch.Tensor, dtype: torch.dtype = torch.float32, dim: int = -1) -> float:
-    """Fraction of samples in softmax collapse, in [0, 1] (Prieto et al. 2025, SC; classes on `dim`)."""
+def softmax_collapse_fraction(logits: torch.Tensor, dtype: torch.dtype = torch.float32, dim: int = -1,
+                              as_tensor: bool = False) -> float | torch.Tensor:
+    """Fraction of samples in softmax collapse, in [0, 1] (Prieto et al. 2025, SC; classes on `dim`).
+    `as_tensor`: a 0-d float32 tensor on the logits' device (no host sync)."""
     mask = softmax_collapse_mask(logits, dtype=dtype, dim=dim)
     if mask.numel() == 0:
-        return 0.0
-    return float(mask.float().mean())
+        return torch.zeros((), device=logits.device) if as_tensor else 0.0
+    fraction = mask.float().mean()
+    return fraction if as_tensor else float(fraction)
+
+
+@torch.no_grad()
+def softmax_collapse_lost_fraction(logits: torch.Tensor, dtype: torch.dtype, mass_floor: float = 1e-4,
+                                   dim: int = -1) -> torch.Tensor:
+    """Fraction of samples whose softmax collapses in `dtype` although, in float32, the probability
+    mass outside the top class is at least `mass_floor`: the loss and gradient that precision
+    rounded away are material. 0-d tensor, no host sync.
+
+    A sample that collapses in float32 has non-top mass below float32's resolution (< 2^-24 per
+    class), so a float32 loss never counts here: collapse of a confidently correct prediction is
+    information, not an instability. In bfloat16 (8 significant bits) a sample collapses with up
+    to ~2^-9 of its mass per class lost (Prieto et al. 2025, section 3, on low precision)."""
+    collapsed = softmax_collapse_mask(logits, dtype=dtype, dim=dim)
+    if collapsed.numel() == 0:
+        return torch.zeros((), device=logits.device)
+    probabilities = torch.softmax(logits.detach().float(), dim=dim)
+    non_top = 1.0 - probabilities.amax(dim=dim)
+    return (collapsed & (non_top >= mass_floor)).float().mean()
 
 
 def zero_loss_fraction(

@@ -1,0 +1,1 @@
+"""Detection-quality benchmark for the training-instability monitor: labelled scenarios and anchors."""

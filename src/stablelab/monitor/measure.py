@@ -1,0 +1,379 @@
+"""Device-side measurement: the monitor's signals as tensors on the parameters' device, computed by
+the pure functions in `stablelab.signals`, with no host sync.
+
+Every step: loss, per-tensor and global gradient norm, the per-tensor spike ratio against the
+optimizer's second moment, a non-finite flag, and the extreme-outlier flag of the guard's skip rule
+(global gradient norm against a running typical norm kept on the device). Sampled steps (every
+`sync_every`-th): attention logits and output-logit statistics (forward hooks armed for that step
+only), cos(grad, w), gradient RMS against eps and SPAM's element-wise spike fraction. Through the
+optimizer's own step hooks: the update-to-weight ratio of every weight matrix."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from stablelab.errors import UsageError
+from stablelab.monitor.attention import find_attention
+from stablelab.signals.collapse import softmax_collapse_fraction, softmax_collapse_lost_fraction
+from stablelab.signals.logits import output_log_z_stats
+from stablelab.signals.spikes import spike_fraction, tensor_spike_ratio
+from stablelab.signals.weights import gradient_weight_cosine
+
+FAST = ("loss", "grad_norm", "spike_ratio_max", "spike_index", "nonfinite", "outlier", "grad_norm_typical")
+_EMA_BETA = 0.99        # running estimate of mean(g^2) per tensor when the optimizer keeps no v
+_TYPICAL_BETA = 0.9     # EMA of log ||g||: the typical gradient norm the outlier rule compares to
+TASKS = ("auto", "classification", "regression")
+_CLASSIFICATION_NODES = ("NllLoss", "LogSoftmax", "Softmax", "CrossEntropy", "BinaryCrossEntropy")
+_REGRESSION_NODES = ("MseLoss", "L1Loss", "SmoothL1Loss", "HuberLoss")
+
+
+def stack_norms(norms: list[torch.Tensor]) -> torch.Tensor:
+    """0-d tensors -> one float32 vector (norms of bf16 and fp32 tensors may be mixed)."""
+    if all(n.dtype == norms[0].dtype for n in norms):
+        return torch.stack(norms).float()
+    return torch.stack([n.float() for n in norms])
+
+
+def find_logits_module(model: nn.Module, name: str | None = None) -> tuple[str, nn.Module] | None:
+    """The module whose output is the logits: `name` if given, else the last nn.Linear registered."""
+    if name is not None:
+        try:
+            return name, model.get_submodule(name)
+        except AttributeError:
+            raise UsageError(f"logits_module {name!r} is not a submodule of the model") from None
+    last = None
+    for module_name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and not isinstance(module, nn.modules.linear.NonDynamicallyQuantizableLinear):
+            last = (module_name, module)
+    return last
+
+
+def infer_task(loss: Any, max_nodes: int = 256) -> str | None:
+    """'classification' or 'regression' from the loss's autograd graph (a softmax / NLL node, or an
+    MSE / L1 / Huber node, within the first `max_nodes` nodes); None when neither is found."""
+    node = getattr(loss, "grad_fn", None)
+    stack, seen = [node], 0
+    while stack and seen < max_nodes:
+        node = stack.pop()
+        if node is None:
+            continue
+        seen += 1
+        name = type(node).__name__
+        if name.startswith(_CLASSIFICATION_NODES):
+            return "classification"
+        if name.startswith(_REGRESSION_NODES):
+            return "regression"
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return None
+
+
+def loss_dtype(logits: torch.Tensor) -> torch.dtype:
+    """The dtype the cross-entropy of these logits is computed in: float32 under autocast (it is on
+    autocast's float32 list), otherwise the logits' own dtype."""
+    if torch.is_autocast_enabled(logits.device.type) and logits.dtype in (torch.float16, torch.bfloat16):
+        return torch.float32
+    return logits.dtype
+
+
+class _Recorder:
+    """Collects a per-layer maximum from forward hooks during sampled steps."""
+
+    def __init__(self, measurer: "Measurer", layer: int):
+        self.measurer, self.layer = measurer, layer
+
+    @property
+    def active(self) -> bool:
+        return self.measurer.sampling
+
+    def __call__(self, value: torch.Tensor) -> None:
+        store = self.measurer.attn_values
+        previous = store.get(self.layer)
+        store[self.layer] = value if previous is None else torch.maximum(previous, value)
+
+    def error(self, error: Exception) -> None:
+        self.measurer.on_error(error)
+
+
+class Measurer:
+    """Holds the device-side state of the monitor's signals and computes one step's entry."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, on_error: Callable,
+                 attention: bool, logits_module: str | None | bool, task: str, update_sample: int,
+                 elementwise_spikes: bool, outlier_factor: float, outlier_warmup: int,
+                 collapse_mass_floor: float, loss_dtype_override: torch.dtype | None):
+        if task not in TASKS:
+            raise UsageError(f"task must be one of {TASKS}, got {task!r}")
+        if not (isinstance(outlier_factor, (int, float)) and outlier_factor > 1):
+            raise UsageError(f"outlier_factor must be a number > 1, got {outlier_factor!r}")
+        self.model, self.optimizer, self.on_error = model, optimizer, on_error
+        self.update_sample, self.elementwise_spikes = update_sample, elementwise_spikes
+        self.log_outlier = math.log(outlier_factor)
+        self.outlier_warmup = outlier_warmup
+        self.collapse_mass_floor = collapse_mass_floor
+        self.loss_dtype_override = loss_dtype_override
+        self.task = task if task != "auto" else None
+        self._task_inferred = task != "auto"
+
+        names = {id(p): n for n, p in model.named_parameters()}
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+        self.params = params
+        self.names = [names.get(id(p), f"param{i}") for i, p in enumerate(params)]
+        self.device = params[0].device if params else torch.device("cpu")
+        self.numels = torch.tensor([float(p.numel()) for p in params], device=self.device)
+        self.matrices = [i for i, p in enumerate(params) if p.dim() >= 2]
+        group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+        self.groups = [group_of[id(p)] for p in params]
+        self._g2_ema = torch.zeros(len(params), device=self.device)
+        self._ema_count = 0
+        self._log_typical = torch.zeros((), device=self.device)
+        self._typical_count = 0
+        self._v_scale: torch.Tensor | None = None
+        self._inv_weight_norms: torch.Tensor | None = None
+        self._weight_norm_step = 0
+        self._prev_weights: list[torch.Tensor] | None = None
+        self._views: list[torch.Tensor] | None = None
+        self._view_pointers: list[int] = []
+        self.update_entry: dict[str, Any] | None = None
+        self.norm_history: deque[float] = deque(maxlen=128)
+
+        self.sampling = True  # step 0 is a sampled step
+        self.attn_values: dict[int, torch.Tensor] = {}
+        self.logit_stats: list[torch.Tensor] | None = None
+        self.attention_layers = find_attention(model) if attention else []
+        self._recorders = [_Recorder(self, i) for i in range(len(self.attention_layers))]
+        found = None if logits_module is False else find_logits_module(model, logits_module or None)
+        self.logits_module_name = found[0] if found else None
+        self._logits_module = found[1] if found else None
+        self._logits_handle = None
+
+    # -- every step ------------------------------------------------------------------------
+    @torch.no_grad()
+    def measure(self, t: int, loss, lr: float) -> dict[str, Any]:
+        """The every-step signals, as device tensors (about a dozen small ops, no host sync)."""
+        if not self._task_inferred and isinstance(loss, torch.Tensor) and loss.grad_fn is not None:
+            self.task, self._task_inferred = infer_task(loss), True
+        grads = [p.grad for p in self.params]
+        present = [i for i, g in enumerate(grads) if g is not None]
+        if len(present) == len(grads) and grads:
+            norms = stack_norms(torch._foreach_norm(grads, 2))
+        else:
+            norms = torch.zeros(len(grads), device=self.device)
+            if present:
+                norms[present] = stack_norms(torch._foreach_norm([grads[i] for i in present], 2))
+        g2 = norms * norms
+        global_norm = g2.sum().sqrt()  # = ||concatenation of all gradients||
+        has_loss = loss is not None
+        if isinstance(loss, torch.Tensor):
+            loss_t = loss.detach()
+            loss_t = (loss_t.mean() if loss_t.numel() != 1 else loss_t.reshape(())).float().to(self.device)
+        else:
+            loss_t = torch.tensor(float(loss) if has_loss else float("nan"), device=self.device)
+        bad = ~torch.isfinite(global_norm + loss_t if has_loss else global_norm)
+        ratio = self._spike_ratio(g2)
+        if len(ratio):
+            spike_max, spike_index = ratio.max(0)
+        else:
+            spike_max, spike_index = torch.ones((), device=self.device), torch.zeros((), device=self.device)
+        outlier, typical = self._outlier(global_norm, bad)
+        fast = torch.stack([loss_t, global_norm, spike_max, spike_index.float(), bad.float(),
+                            outlier.float(), typical])
+        return {"step": t, "fast": fast, "norms": norms, "has_loss": has_loss, "lr": float(lr),
+                "done": set(), "sampled": {}, "host": {}}
+
+    def _outlier(self, global_norm: torch.Tensor, bad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The skip rule, on the device: log ||g|| above the EMA of log ||g|| by log(outlier_factor),
+        after `outlier_warmup` steps (OLMo-core skips on a running mean + 6 sigma; a ratio to the
+        typical norm is scale-free and needs no variance estimate). Outliers and non-finite norms do
+        not enter the EMA, so a run of spikes keeps being judged against the norm before them."""
+        log_norm = torch.log(global_norm.clamp_min(1e-30))
+        typical = torch.exp(self._log_typical)
+        if self._typical_count < self.outlier_warmup:
+            outlier = torch.zeros((), dtype=torch.bool, device=self.device)
+        else:
+            outlier = (log_norm - self._log_typical > self.log_outlier) & ~bad
+        keep = bad | outlier
+        if self._typical_count == 0:
+            updated = torch.where(bad, self._log_typical, log_norm)
+        else:
+            updated = _TYPICAL_BETA * self._log_typical + (1 - _TYPICAL_BETA) * log_norm
+        self._log_typical = torch.where(keep, self._log_typical, updated)
+        self._typical_count += 1
+        return outlier, typical
+
+    def _spike_ratio(self, g2: torch.Tensor) -> torch.Tensor:
+        """Per-tensor mean(g^2) / mean(v) (SPAM's spike test g^2 > theta v, taken per tensor).
+
+        v: the optimizer's bias-corrected second moment, its per-tensor mean refreshed on sampled
+        steps (v moves slowly: by at most a factor beta2^sync_every between refreshes); tensors
+        without history get 0. Without a second moment in the optimizer: a running EMA of mean(g^2)."""
+        if self._v_scale is not None:
+            return g2 * self._v_scale  # = (||g||^2 / n) / mean(v), precomputed 1 / (n mean(v))
+        mean_g2 = g2 / self.numels
+        if self._ema_count:
+            estimate = self._g2_ema / (1 - _EMA_BETA ** self._ema_count)
+            ratio = tensor_spike_ratio(g2, self.numels, estimate)
+        else:
+            ratio = torch.ones_like(mean_g2)
+        self._g2_ema = torch.where(torch.isfinite(mean_g2),
+                                   _EMA_BETA * self._g2_ema + (1 - _EMA_BETA) * mean_g2, self._g2_ema)
+        self._ema_count += 1
+        return ratio
+
+    @torch.no_grad()
+    def drop_gradients(self, entry: dict[str, Any]) -> None:
+        """The device-side skip: zero every gradient when this step is non-finite or an outlier,
+        without reading the flag on the host (masked_fill_ also clears NaN and inf)."""
+        mask = (entry["fast"][4] + entry["fast"][5]) > 0
+        for p in self.params:
+            if p.grad is not None:
+                p.grad.masked_fill_(mask, 0)
+
+    @torch.no_grad()
+    def refresh_second_moments(self) -> None:
+        """mean(v) / (1 - beta2^t) per tensor from the optimizer state (None: no second moment)."""
+        vs, index, steps, betas = [], [], [], []
+        for i, p in enumerate(self.params):
+            state = self.optimizer.state.get(p)
+            v = state.get("exp_avg_sq") if state else None
+            group_betas = self.groups[i].get("betas")
+            if v is None or group_betas is None or "step" not in state:
+                continue
+            vs.append(v)
+            index.append(i)
+            steps.append(float(state["step"]))
+            betas.append(float(group_betas[1]))
+        if not vs:
+            self._v_scale = None
+            return
+        v_sum = torch.stack([v.float().sum() for v in vs]).to(self.device)
+        correction = torch.tensor([1 - b ** t for b, t in zip(betas, steps)], device=self.device)
+        v_mean = torch.zeros(len(self.params), device=self.device)
+        v_mean[index] = v_sum / self.numels[index] / correction.clamp_min(1e-12)  # Adam bias correction
+        self._v_scale = torch.where(v_mean > 0, 1.0 / (self.numels * v_mean).clamp_min(1e-38),
+                                    torch.zeros_like(v_mean))
+
+    def reset_history(self) -> None:
+        """Forget the running estimates (after a rollback or a moment reset)."""
+        self._g2_ema.zero_()
+        self._ema_count = 0
+        self._v_scale = None
+
+    # -- sampled steps -----------------------------------------------------------------------
+    @torch.no_grad()
+    def measure_sampled(self, entry: dict[str, Any]) -> None:
+        sampled = entry["sampled"]
+        if self.attn_values:
+            layers = len(self.attention_layers)
+            nan = torch.tensor(float("nan"), device=self.device)
+            sampled["attn"] = torch.stack([self.attn_values.get(i, nan).float().to(self.device)
+                                           for i in range(layers)])
+        if self.logit_stats is not None and self.task != "regression":
+            sampled["logits"] = torch.stack([s.float().to(self.device) for s in self.logit_stats])
+        present = [i for i, p in enumerate(self.params) if p.grad is not None]
+        if present:
+            cos = torch.full((len(self.params),), float("nan"), device=self.device)
+            cos[present] = gradient_weight_cosine([self.params[i].grad for i in present],
+                                                  [self.params[i] for i in present]).to(self.device)
+            sampled["cos"] = cos
+        eps = [self.groups[i].get("eps") for i in self.matrices]
+        if self.matrices and all(isinstance(e, (int, float)) and e > 0 for e in eps):
+            rms = entry["norms"][self.matrices] / self.numels[self.matrices].sqrt()
+            ratio = rms / torch.tensor(eps, device=self.device)  # RMS(g) / eps
+            sampled["eps_ratio"] = torch.where(rms > 0, ratio, torch.full_like(ratio, float("inf")))
+        pairs = [(p.grad, self.optimizer.state[p]["exp_avg_sq"]) for p in self.params
+                 if p.grad is not None and "exp_avg_sq" in self.optimizer.state.get(p, {})]
+        if pairs and self.elementwise_spikes:
+            sampled["spike_fraction"] = spike_fraction([g for g, _ in pairs], [v for _, v in pairs]
+                                                       ).reshape(1).to(self.device)
+
+    def _on_logits(self, _module, _inputs, output) -> None:
+        if not (self.sampling and torch.is_grad_enabled()):
+            return
+        try:
+            logits = output if isinstance(output, torch.Tensor) else getattr(output, "logits", output[0])
+            if logits.shape[-1] < 2:  # a softmax over one output is not a classifier
+                return
+            dtype = self.loss_dtype_override or loss_dtype(logits)
+            with torch.no_grad():
+                detached = logits.detach()
+                stats = list(output_log_z_stats(detached))
+                stats.append(softmax_collapse_fraction(detached, dtype, as_tensor=True))
+                stats.append(softmax_collapse_lost_fraction(detached, dtype, self.collapse_mass_floor))
+            self.logit_stats = stats
+        except Exception as error:  # noqa: BLE001
+            self.on_error(error)
+
+    def arm(self) -> None:
+        try:
+            for layer, recorder in zip(self.attention_layers, self._recorders):
+                layer.arm(recorder)
+            if self._logits_module is not None and self._logits_handle is None:
+                self._logits_handle = self._logits_module.register_forward_hook(self._on_logits)
+        except Exception as error:  # noqa: BLE001
+            self.on_error(error)
+
+    def disarm(self) -> None:
+        for layer in self.attention_layers:
+            layer.disarm()
+        if self._logits_handle is not None:
+            self._logits_handle.remove()
+            self._logits_handle = None
+
+    def next_step(self, sampling: bool) -> None:
+        self.sampling = sampling
+        self.attn_values, self.logit_stats = {}, None
+        if sampling:  # forward hooks exist only for sampled steps' forwards
+            self.arm()
+        else:
+            self.disarm()
+
+    # -- update-to-weight ratio, through the optimizer's own step hooks ---------------------------
+    def _update_views(self) -> list[torch.Tensor]:
+        """Each weight matrix as a view on every k-th row, about `update_sample` elements: the RMS
+        ratio of a fixed row sample estimates the whole matrix's at a fraction of the copy cost."""
+        pointers = [self.params[i].data_ptr() for i in self.matrices]
+        if self._views is not None and pointers == self._view_pointers:
+            return self._views
+        views = []
+        for i in self.matrices:
+            w = self.params[i].detach()
+            rows = w.reshape(w.shape[0], -1)
+            sample = self.update_sample if self.update_sample > 0 else w.numel()
+            stride = max(1, (w.numel() + sample - 1) // sample)
+            views.append(rows[::stride] if stride < rows.shape[0] else rows[:1])
+        self._views, self._view_pointers = views, pointers  # rebuilt if a parameter moves
+        return views
+
+    def before_update(self, _optimizer, _args, _kwargs) -> None:
+        if self.update_entry is None:
+            return
+        try:
+            weights = self._update_views()
+            if self._prev_weights is None:
+                self._prev_weights = [w.clone() for w in weights]
+            else:
+                torch._foreach_copy_(self._prev_weights, weights)
+        except Exception as error:  # noqa: BLE001
+            self.update_entry = None
+            self.on_error(error)
+
+    def after_update(self, _optimizer, _args, _kwargs) -> None:
+        entry, self.update_entry = self.update_entry, None
+        if entry is None:
+            return
+        try:
+            views = self._update_views()
+            if self._inv_weight_norms is None or entry["step"] - self._weight_norm_step >= 10:
+                # ||w|| moves slowly: refreshed every 10 steps only
+                self._inv_weight_norms = 1.0 / stack_norms(torch._foreach_norm(views, 2)).clamp_min(1e-30)
+                self._weight_norm_step = entry["step"]
+            torch._foreach_sub_(self._prev_weights, views)  # now w_before - w_after, in place
+            # ||delta w|| / ||w|| per matrix (signals.weights.update_to_weight_ratio, in place)
+            entry["update"] = stack_norms(torch._foreach_norm(self._prev_weights, 2)) * self._inv_weight_norms
+        except Exception as error:  # noqa: BLE001
+            self.on_error(error)
