@@ -47,6 +47,7 @@ def test_run_store_and_report_page(tmp_path):
     assert main(["report", str(run_dir)]) == 0
     html = (run_dir / "report.html").read_text()
     assert "grad_outlier" in html and "data:image/png;base64," in html
+    assert "<h2>Incidents</h2>" in html and "extreme gradient outlier" in html
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["events"] == dict(Counter(e.kind for e in monitor.events))
     assert summary["first_step_by_kind"] == {"grad_outlier": 30}

@@ -76,7 +76,7 @@ def summarise(rows: list[dict[str, Any]], events: list[dict[str, Any]]) -> dict[
 
 
 def render(run_dir: Path, rows: list[dict[str, Any]], events: list[dict[str, Any]],
-           config: dict[str, Any], max_events: int = 200):
+           config: dict[str, Any], max_events: int = 200, incidents: list[dict[str, Any]] | None = None):
     from stablelab.report.html import Page, plt
 
     summary = summarise(rows, events)
@@ -128,7 +128,16 @@ def render(run_dir: Path, rows: list[dict[str, Any]], events: list[dict[str, Any
         fig.tight_layout()
         page.heading("Signals (events marked: red critical, orange warning, blue dashed intervention)")
         page.figure(fig, "signals with events")
-    page.heading("Events")
+    page.heading("Incidents")
+    if incidents:
+        page.table(["kind", "severity", "start", "peak", "end", "events", "after", "guard", "diagnosis"],
+                   [[i.get("kind"), i.get("severity"), i.get("start"), i.get("peak"), i.get("end"),
+                     i.get("n_events"), i.get("cause"), ", ".join(i.get("actions") or []),
+                     i.get("first_message")] for i in incidents])
+    else:
+        page.paragraph("none" if incidents is not None else "no incidents.json (a run of an older version)")
+    summary["incidents"] = len(incidents or [])
+    page.heading("Events (raw)")
     if events:
         shown = events[:max_events]
         page.table(["step", "kind", "severity", "message"],
@@ -162,7 +171,8 @@ def run(args) -> int:
     events = load_events(run_dir)
     config = read_json(run_dir / CONFIG) if (run_dir / CONFIG).exists() else {}
     out = Path(args.out) if args.out else run_dir
-    page, summary = render(run_dir, rows, events, config, args.max_events)
+    incidents = read_json(run_dir / "incidents.json") if (run_dir / "incidents.json").exists() else None
+    page, summary = render(run_dir, rows, events, config, args.max_events, incidents)
     page.write(out / "report.html")
     atomic_write_json(out / "summary.json", {"run_dir": str(run_dir), **summary})
     print(f"wrote {out / 'report.html'} and {out / 'summary.json'}")
