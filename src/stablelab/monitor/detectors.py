@@ -180,9 +180,9 @@ class LossRise(Detector):
 
     kind: ClassVar[str] = "loss_rise"
     every_step: ClassVar[bool] = True
-    window: int = 16
-    rise: float = 0.2
-    floor: float = 0.05
+    window: int = 32
+    rise: float = 0.3
+    floor: float = 0.1
     cooldown: int = 100
 
     def __post_init__(self):
@@ -245,15 +245,17 @@ class GradOutlier(Detector):
 
 @dataclass
 class GradSpike(Detector):
-    """A gradient spike below the outlier level: the global gradient norm above `factor` x its
-    running typical value, or one tensor's mean(g^2) / mean(v) above `ratio` (SPAM's ratio taken
-    per tensor; v is the optimizer's bias-corrected second moment, or a running estimate).
-    Outliers are reported by grad_outlier instead."""
+    """A gradient spike below the outlier level, on any of three readings: every tensor's gradient
+    norm at least `coherent` x its own typical value at once (`grad_norm_ratio_min`: a gradient
+    scaled as a whole, which a hard batch does not do), the global norm above `factor` x its
+    typical value, or one tensor's mean(g^2) / mean(v) above `ratio` (SPAM's ratio taken per
+    tensor). Outliers are reported by grad_outlier instead. Calibrated with detect-bench."""
 
     kind: ClassVar[str] = "grad_spike"
     every_step: ClassVar[bool] = True
     warmup: int = 20
-    factor: float = 5.0
+    coherent: float = 4.0
+    factor: float = 12.0
     ratio: float = 1000.0
 
     def detect(self, step, row):
@@ -261,17 +263,21 @@ class GradSpike(Detector):
             return []
         norm, typical = row.get("grad_norm"), row.get("grad_norm_typical")
         global_ratio = norm / typical if _finite(norm) and _finite(typical) and typical > 0 else 0.0
+        coherent = row.get("grad_norm_ratio_min")
+        coherent = coherent if _finite(coherent) else 0.0
         value = row.get("spike_ratio_max")
         tensor_spike = _finite(value) and value > self.ratio
-        if global_ratio <= self.factor and not tensor_spike:
+        if global_ratio <= self.factor and coherent <= self.coherent and not tensor_spike:
             return []
         where = row.get("spike_param")
         return [self.event(
             step, "warning",
-            f"gradient spike: global norm {norm:.4g} = {global_ratio:.3g}x its typical value; "
-            f"largest per-tensor mean(g^2)/mean(v) {value:.4g} (in {where}). Likely fix: clip or skip "
-            "the step (policy grad_spike: clip or skip), or reset the optimizer moments (SPAM).",
-            ratio=global_ratio, spike_ratio=value, threshold=self.factor, parameter=where, grad_norm=norm)]
+            f"gradient spike: global norm {norm:.4g} = {global_ratio:.3g}x its typical value, every "
+            f"tensor's at least {coherent:.3g}x its own; largest per-tensor mean(g^2)/mean(v) "
+            f"{value:.4g} (in {where}). Likely fix: clip or skip the step (policy grad_spike: clip "
+            "or skip), or reset the optimizer moments (SPAM).",
+            ratio=global_ratio, coherent_ratio=coherent, spike_ratio=value, threshold=self.factor,
+            parameter=where, grad_norm=norm)]
 
 
 @dataclass
@@ -283,7 +289,7 @@ class UpdateRatio(Detector):
 
     kind: ClassVar[str] = "update_ratio"
     every_step: ClassVar[bool] = False
-    factor: float = 4.0
+    factor: float = 8.0
     window: int = 100
     min_values: int = 20
     threshold: float = 1.0

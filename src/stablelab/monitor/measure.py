@@ -24,7 +24,8 @@ from stablelab.signals.logits import output_log_z_stats
 from stablelab.signals.spikes import spike_fraction, tensor_spike_ratio
 from stablelab.signals.weights import gradient_weight_cosine
 
-FAST = ("loss", "grad_norm", "spike_ratio_max", "spike_index", "nonfinite", "outlier", "grad_norm_typical")
+FAST = ("loss", "grad_norm", "spike_ratio_max", "spike_index", "nonfinite", "outlier", "grad_norm_typical",
+        "grad_norm_ratio_min")
 _EMA_BETA = 0.99        # running estimate of mean(g^2) per tensor when the optimizer keeps no v
 _TYPICAL_BETA = 0.9     # EMA of log ||g||: the typical gradient norm the outlier rule compares to
 TASKS = ("auto", "classification", "regression")
@@ -130,7 +131,8 @@ class Measurer:
         self.groups = [group_of[id(p)] for p in params]
         self._g2_ema = torch.zeros(len(params), device=self.device)
         self._ema_count = 0
-        self._log_typical = torch.zeros((), device=self.device)
+        self._log_typical_all = torch.zeros(len(params) + 1, device=self.device)
+        self._seen = torch.zeros(len(params) + 1, dtype=torch.bool, device=self.device)
         self._typical_count = 0
         self._v_scale: torch.Tensor | None = None
         self._inv_weight_norms: torch.Tensor | None = None
@@ -179,31 +181,41 @@ class Measurer:
             spike_max, spike_index = ratio.max(0)
         else:
             spike_max, spike_index = torch.ones((), device=self.device), torch.zeros((), device=self.device)
-        outlier, typical = self._outlier(global_norm, bad)
+        outlier, typical, coherent = self._typical_norms(norms, global_norm, bad)
         fast = torch.stack([loss_t, global_norm, spike_max, spike_index.float(), bad.float(),
-                            outlier.float(), typical])
+                            outlier.float(), typical, coherent])
         return {"step": t, "fast": fast, "norms": norms, "has_loss": has_loss, "lr": float(lr),
                 "done": set(), "sampled": {}, "host": {}}
 
-    def _outlier(self, global_norm: torch.Tensor, bad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The skip rule, on the device: log ||g|| above the EMA of log ||g|| by log(outlier_factor),
-        after `outlier_warmup` steps (OLMo-core skips on a running mean + 6 sigma; a ratio to the
-        typical norm is scale-free and needs no variance estimate). Outliers and non-finite norms do
-        not enter the EMA, so a run of spikes keeps being judged against the norm before them."""
-        log_norm = torch.log(global_norm.clamp_min(1e-30))
-        typical = torch.exp(self._log_typical)
+    def _typical_norms(self, norms: torch.Tensor, global_norm: torch.Tensor, bad: torch.Tensor):
+        """The skip rule and the coherent-growth reading, on the device, from one EMA of log norms
+        over [every tensor's norm, the global norm]:
+
+        - outlier: log ||g|| above the EMA of log ||g|| by log(outlier_factor), after
+          `outlier_warmup` steps (OLMo-core skips on a running mean + 6 sigma; a ratio to the
+          typical norm is scale-free and needs no variance estimate);
+        - coherent ratio: min over tensors of ||g_i|| / typical_i, how much every tensor's gradient
+          grew at once (a hard batch raises some layers' gradients; a gradient multiplied as a
+          whole, by a loss-scale or reduction bug or a corrupted step, raises all of them).
+        Outliers and non-finite steps do not enter the EMA, so a run of spikes keeps being judged
+        against the norms before them; tensors without a gradient are left out."""
+        log_norms = torch.log(torch.cat([norms, global_norm.reshape(1)]).clamp_min(1e-30))
+        typical_all, seen = self._log_typical_all, self._seen
+        diff = log_norms - typical_all
+        typical = torch.exp(typical_all[-1])
         if self._typical_count < self.outlier_warmup:
             outlier = torch.zeros((), dtype=torch.bool, device=self.device)
         else:
-            outlier = (log_norm - self._log_typical > self.log_outlier) & ~bad
-        keep = bad | outlier
-        if self._typical_count == 0:
-            updated = torch.where(bad, self._log_typical, log_norm)
-        else:
-            updated = _TYPICAL_BETA * self._log_typical + (1 - _TYPICAL_BETA) * log_norm
-        self._log_typical = torch.where(keep, self._log_typical, updated)
+            outlier = seen[-1] & (diff[-1] > self.log_outlier) & ~bad
+        usable = torch.cat([(norms > 0) & seen[:-1], torch.zeros(1, dtype=torch.bool, device=self.device)])
+        lowest = torch.where(usable, diff, math.inf).min()
+        coherent = torch.where(torch.isfinite(lowest), torch.exp(lowest.clamp(-60, 60)), torch.ones_like(lowest))
+        valid = torch.isfinite(log_norms) & ~bad & ~outlier
+        updated = torch.where(seen, typical_all + (1 - _TYPICAL_BETA) * diff, log_norms)
+        self._log_typical_all = torch.where(valid, updated, typical_all)
+        self._seen = seen | valid
         self._typical_count += 1
-        return outlier, typical
+        return outlier, typical, coherent
 
     def _spike_ratio(self, g2: torch.Tensor) -> torch.Tensor:
         """Per-tensor mean(g^2) / mean(v) (SPAM's spike test g^2 > theta v, taken per tensor).

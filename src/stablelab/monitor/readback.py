@@ -38,7 +38,8 @@ def fast_row(entry: dict[str, Any], values: Sequence[float], names: Sequence[str
     """The every-step columns of one step from its FAST values."""
     fast = dict(zip(FAST, values))
     row = {"step": entry["step"], "lr": entry["lr"], "grad_norm": fast["grad_norm"],
-           "grad_norm_typical": fast["grad_norm_typical"], "spike_ratio_max": fast["spike_ratio_max"],
+           "grad_norm_typical": fast["grad_norm_typical"], "grad_norm_ratio_min": fast["grad_norm_ratio_min"],
+           "spike_ratio_max": fast["spike_ratio_max"],
            "spike_param": names[int(fast["spike_index"])] if names else None,
            "nonfinite": bool(fast["nonfinite"]), "outlier": bool(fast["outlier"])}
     if entry["has_loss"]:

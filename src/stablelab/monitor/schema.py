@@ -24,6 +24,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("loss", "training loss passed to observe()"),
     Column("grad_norm", "global gradient norm (before clipping)", log_scale=True),
     Column("grad_norm_typical", "running typical gradient norm (EMA of log norm, on the device)", log_scale=True),
+    Column("grad_norm_ratio_min", "min over tensors of ||g_i|| / its typical value: every tensor's gradient "
+           "grew at least this much at once", log_scale=True),
     Column("spike_ratio_max", "max over tensors of mean(g^2) / mean(v) (SPAM's ratio, per tensor)", log_scale=True),
     Column("spike_param", "tensor with the largest spike ratio"),
     Column("nonfinite", "1 if the loss or a gradient was NaN or infinite"),
