@@ -129,10 +129,10 @@ class LossSpike(Detector):
 
     kind: ClassVar[str] = "loss_spike"
     every_step: ClassVar[bool] = True
-    window: int = 128
+    window: int = 32
     min_values: int = 32
     z: float = 6.0
-    floor: float = 0.25
+    floor: float = 0.1
 
     def __post_init__(self):
         super().__post_init__()
@@ -254,7 +254,7 @@ class GradSpike(Detector):
     kind: ClassVar[str] = "grad_spike"
     every_step: ClassVar[bool] = True
     warmup: int = 20
-    coherent: float = 4.0
+    coherent: float = 7.0
     factor: float = 12.0
     ratio: float = 1000.0
 
@@ -289,8 +289,8 @@ class UpdateRatio(Detector):
 
     kind: ClassVar[str] = "update_ratio"
     every_step: ClassVar[bool] = False
-    factor: float = 8.0
-    window: int = 100
+    factor: float = 5.0
+    window: int = 200
     min_values: int = 20
     threshold: float = 1.0
     cooldown: int = 50

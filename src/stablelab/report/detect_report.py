@@ -26,6 +26,11 @@ def _f(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _finite(x: Any) -> float:
+    """A stored loss for plotting: null (non-finite when stored) and inf become NaN (a gap)."""
+    return x if isinstance(x, (int, float)) and math.isfinite(x) else float("nan")
+
+
 def detector_rows(summary: dict[str, Any]) -> list[list[str]]:
     return [[name, d["action"], _f(d["recall"]), _f(d["false_warnings_per_1k"]), _f(d["median_lead_steps"]),
              _f(d["damage_ratio_default_policy"]), _f(d["median_damage_ratio_point_faults"])]
@@ -80,9 +85,9 @@ def _fault_figure(scenario_rows_: Sequence[dict[str, Any]], runs: dict[str, dict
         run = runs[s["name"]]
         losses = run["warn_only"]["losses"]
         guarded = run["default"]["losses"]
-        ax.plot(range(len(losses)), [x if math.isfinite(x) else float("nan") for x in losses],
+        ax.plot(range(len(losses)), [_finite(x) for x in losses],
                 color="grey", lw=0.8, label="no intervention")
-        ax.plot(range(len(guarded)), [x if math.isfinite(x) else float("nan") for x in guarded],
+        ax.plot(range(len(guarded)), [_finite(x) for x in guarded],
                 color="black", lw=0.8, label="stablelab default policy")
         ax.axvline(s["fault_step"], color="black", ls=":", lw=1)
         for name in names:
