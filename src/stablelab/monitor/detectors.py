@@ -102,13 +102,6 @@ class _Window:
     def __len__(self) -> int:
         return len(self.values)
 
-    def stats(self) -> tuple[float, float]:
-        """(mean, sample standard deviation)."""
-        n = len(self.values)
-        mean = sum(self.values) / n
-        var = sum((v - mean) ** 2 for v in self.values) / max(n - 1, 1)
-        return mean, math.sqrt(var)
-
     def median_mad(self) -> tuple[float, float]:
         """(median, 1.4826 x median absolute deviation): a standard deviation estimate that one
         outlier cannot move (Hampel's scale; 1.4826 makes it consistent for a normal)."""

@@ -76,7 +76,8 @@ class ConsoleSink(Sink):
             if moment == "opened":
                 first = incident.events[0] if incident.events else None
                 caused = f" (after {incident.cause})" if incident.cause else ""
-                text = f"{first.message}" if first else ""
+                acted = sorted({a.kind for a in incident.actions})
+                text = (first.message if first else "") + (f" [guard: {', '.join(acted)}]" if acted else "")
                 self.console.print(f"[{style}]stablelab monitor[/] step {incident.start} incident opened: "
                                    f"[{style}]{incident.kind}[/]{caused}: {text}", highlight=False)
             else:
@@ -168,21 +169,21 @@ class MLflowSink(Sink):
             self.mlflow.end_run()
 
 
-SINKS = {"store": RunStoreSink, "console": ConsoleSink, "tensorboard": TensorBoardSink,
-         "wandb": WandbSink, "mlflow": MLflowSink}
+def _tensorboard(log_dir: str | Path | None) -> Sink:
+    if log_dir is None:
+        raise UsageError("the tensorboard sink needs log_dir (or pass TensorBoardSink(path))")
+    return TensorBoardSink(Path(log_dir) / "tensorboard")
+
+
+# name -> factory(log_dir): the sinks a Monitor can be given by name (the run store is added when
+# log_dir is given)
+SINKS = {"console": lambda log_dir: ConsoleSink(), "tensorboard": _tensorboard,
+         "wandb": lambda log_dir: WandbSink(), "mlflow": lambda log_dir: MLflowSink()}
 
 
 def make_sink(name: str, log_dir: str | Path | None) -> Sink:
     """Build a sink from its name ("console", "tensorboard", "wandb", "mlflow")."""
-    if name == "console":
-        return ConsoleSink()
-    if name == "tensorboard":
-        if log_dir is None:
-            raise UsageError("the tensorboard sink needs log_dir (or pass TensorBoardSink(path))")
-        return TensorBoardSink(Path(log_dir) / "tensorboard")
-    if name == "wandb":
-        return WandbSink()
-    if name == "mlflow":
-        return MLflowSink()
-    raise UsageError(f"unknown sink {name!r}; available: console, tensorboard, wandb, mlflow "
-                     "(the run store is used when log_dir is given)")
+    if name not in SINKS:
+        raise UsageError(f"unknown sink {name!r}; available: {', '.join(SINKS)} "
+                         "(the run store is used when log_dir is given)")
+    return SINKS[name](log_dir)
