@@ -140,3 +140,49 @@ def test_edge_of_stability_uses_two_over_lr():
     assert detector.check(30, {"sharpness_adam_ratio": 0.5, "sharpness_lambda_max": 1e9,
                                "sharpness_gd_threshold": 20.0}) == []
     assert math.isfinite(event.data["threshold"])
+
+
+def test_target_false_alarm_rate_reads_the_calibration_curve():
+    from stablelab.monitor.calibration import CURVES, calibration_curves, replay, thresholds_for
+
+    curves = {"loss_spike": {"setting": "z", "points": [
+        {"value": 3.0, "false_warnings_per_1k": 2.0, "recall": 0.9},
+        {"value": 6.0, "false_warnings_per_1k": 0.04, "recall": 0.8},
+        {"value": 10.0, "false_warnings_per_1k": 0.0, "recall": 0.5}]}}
+    # 2 per 1k = 2e-3 per step; 0.04 per 1k = 4e-5 per step
+    assert thresholds_for(1e-2, curves) == {"loss_spike": {"z": 3.0}}
+    assert thresholds_for(5e-5, curves) == {"loss_spike": {"z": 6.0}}
+    assert thresholds_for(1e-6, curves) == {"loss_spike": {"z": 10.0}}
+    for bad in (0, 1, 1.5, -0.1, "0.01", True, float("nan")):
+        with pytest.raises(UsageError, match="false-alarm rate"):
+            thresholds_for(bad, curves)
+    # the shipped table covers the calibrated detectors, and a stricter rate never loosens them
+    assert set(CURVES) >= {"grad_spike", "loss_spike", "update_ratio"}
+    strict, loose = thresholds_for(1e-6), thresholds_for(1e-2)
+    for kind, setting in strict.items():
+        (name, value), = setting.items()
+        assert value >= loose[kind][name]
+    # replay by hand: z = 3 on a window of 1.0s with one 10.0 (MAD 0 -> scale floor 1e-3)
+    rows = [{"step": t, "loss": 1.0 + 0.01 * (t % 3)} for t in range(40)] + [{"step": 40, "loss": 10.0}]
+    assert replay("loss_spike", {"z": 3.0, "floor": 0.1}, rows) == [40]
+    result = calibration_curves([rows[:40]], [(40, 5, rows)])
+    assert result["healthy_steps"] == 40 and result["faults"] == 1
+    assert result["curves"]["loss_spike"]["points"][0]["recall"] == 1.0
+
+
+def test_monitor_takes_a_target_false_alarm_rate():
+    import torch
+
+    from stablelab.monitor import Monitor
+    from stablelab.monitor.calibration import thresholds_for
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = Monitor(model, optimizer, sinks=(), target_false_alarm_rate=1e-6)
+    chosen = thresholds_for(1e-6)
+    for detector in monitor.detectors:
+        for name, value in chosen.get(detector.kind, {}).items():
+            assert getattr(detector, name) == value
+    monitor.close()
+    with pytest.raises(UsageError, match="false-alarm rate"):
+        Monitor(model, optimizer, sinks=(), target_false_alarm_rate=5)

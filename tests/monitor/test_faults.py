@@ -321,3 +321,39 @@ def test_mixed_precision_parameters():
     train_classifier(model, optimizer, monitor, x, y, g, 7)
     monitor.close()
     assert monitor.internal_errors == 0 and monitor.events == []
+
+
+def test_gradscaler_overflow_is_information_and_costs_no_healthy_step():
+    """float16 autocast + GradScaler starting at a scale that overflows: GradScaler skips those
+    steps and lowers its scale. With grad_scaler= the monitor calls them info, not warnings, and
+    never skips a step GradScaler takes (a skip meant for a step the scaler dropped is not carried
+    over to the next one)."""
+    x, y, g = classification_task()
+    model = mlp()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 100, growth_interval=10 ** 6)
+    monitor = Monitor(model, optimizer, sinks=(), grad_scaler=scaler)
+    taken = 0
+    for step in range(60):
+        xb, yb = _batch(x, y, g)
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = F.cross_entropy(model(xb), yb)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        monitor.observe(loss)
+        before = [p.detach().clone() for p in model.parameters()]
+        scale = scaler.get_scale()
+        scaler.step(optimizer)
+        scaler.update()
+        moved = any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+        overflowed = scaler.get_scale() < scale
+        assert moved != overflowed, f"step {step}: moved={moved}, scaler overflow={overflowed}"
+        taken += moved
+        optimizer.zero_grad()
+    monitor.close()
+    overflows = [e for e in monitor.events if e.kind == "nonfinite"]
+    assert overflows and all(e.severity == "info" and e.data["amp_overflow"] for e in overflows)
+    assert warnings_of(monitor.events) == [] and monitor.incidents == []
+    assert taken == 60 - len(overflows)
+    with pytest.raises(Exception, match="GradScaler"):
+        Monitor(model, optimizer, sinks=(), grad_scaler=object())

@@ -82,6 +82,8 @@ class Monitor:
     outlier_factor, outlier_warmup: the device-side skip rule: global gradient norm above
         `outlier_factor` x its running typical value, after `outlier_warmup` steps.
     incident_gap: steps without an event after which an incident closes.
+    grad_scaler: the run's torch.amp.GradScaler, if any: its own overflow steps (finite loss,
+        non-finite gradients) are then info events, not warnings.
     sharpness_every, sharpness_loss_fn, sharpness_batch: the scheduled edge-of-stability slot.
     config: extra fields recorded in the run's config.json."""
 
@@ -93,7 +95,7 @@ class Monitor:
                  task: str = "auto", loss_dtype: torch.dtype | None = None,
                  attention: bool = True, update_ratio_every: int = 1, update_sample: int = 4096,
                  elementwise_spikes: bool = False, outlier_factor: float = 50.0,
-                 outlier_warmup: int = 20, incident_gap: int = 50,
+                 outlier_warmup: int = 20, incident_gap: int = 50, grad_scaler: Any = None,
                  sharpness_every: int = 0, sharpness_loss_fn: Callable | None = None,
                  sharpness_batch: Any = None, config: dict[str, Any] | None = None):
         if not isinstance(sync_every, int) or sync_every < 1:
@@ -111,6 +113,12 @@ class Monitor:
             from stablelab.monitor.calibration import thresholds_for
 
             detectors = {**thresholds_for(target_false_alarm_rate), **(detectors or {})}
+        if grad_scaler is not None:
+            if not hasattr(grad_scaler, "unscale_"):
+                raise UsageError(f"grad_scaler must be a torch.amp.GradScaler, got {type(grad_scaler).__name__}")
+            detectors = dict(detectors or {})
+            if detectors.get("nonfinite", {}) is not False:
+                detectors["nonfinite"] = {"grad_scaler": True, **(detectors.get("nonfinite") or {})}
         self.detectors: list[Detector] = build_detectors(detectors)
         self.step = 0
         self.events: list[Event] = []
@@ -190,6 +198,10 @@ class Monitor:
 
     def _observe(self, loss) -> None:
         t = self.step
+        if self.guard.skip_next:  # the step it was meant for was never taken (GradScaler skipped it)
+            self.guard.skip_next = False
+            self.skipped_steps.append(t - 1)
+            self._skipped.add(t - 1)
         if t % self.sync_every == 0 and self._pending:
             self._flush_quietly()
         lr = max((effective_lr(g) for g in self.optimizer.param_groups), default=float("nan"))

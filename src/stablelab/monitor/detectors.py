@@ -64,16 +64,24 @@ class Detector:
 @dataclass
 class NonFinite(Detector):
     """Loss or any gradient is NaN or infinite. Names the first parameter (in model order) whose
-    gradient is non-finite."""
+    gradient is non-finite. With `grad_scaler` (Monitor(grad_scaler=scaler)), a finite loss with
+    non-finite gradients is float16 overflow that GradScaler answers itself (it skips the step and
+    lowers its scale): an info event, not a warning."""
 
     kind: ClassVar[str] = "nonfinite"
     every_step: ClassVar[bool] = True
+    grad_scaler: bool = False
 
     def detect(self, step, row):
         if not row.get("nonfinite"):
             return []
         where = row.get("nonfinite_param")
         loss = row.get("loss")
+        if self.grad_scaler and _finite(loss):
+            return [self.event(step, "info", f"float16 gradient overflow (loss {loss:.4g} finite, "
+                               f"first non-finite gradient in {where}): GradScaler skips this step and "
+                               "lowers its scale; expected now and then under AMP.",
+                               loss=loss, parameter=where, amp_overflow=True)]
         first = f"; first parameter with a non-finite gradient: {where}" if where else ""
         return [self.event(
             step, "critical",
