@@ -197,8 +197,8 @@ class Measurer:
         - coherent ratio: min over tensors of ||g_i|| / typical_i, how much every tensor's gradient
           grew at once (a hard batch raises some layers' gradients; a gradient multiplied as a
           whole, by a loss-scale or reduction bug or a corrupted step, raises all of them).
-        Outliers and non-finite steps do not enter the EMA, so a run of spikes keeps being judged
-        against the norms before them; tensors without a gradient are left out."""
+        Non-finite steps do not enter the EMA and outliers enter it clipped; tensors without a
+        gradient are left out."""
         log_norms = torch.log(torch.cat([norms, global_norm.reshape(1)]).clamp_min(1e-30))
         typical_all, seen = self._log_typical_all, self._seen
         diff = log_norms - typical_all
@@ -210,8 +210,12 @@ class Measurer:
         usable = torch.cat([(norms > 0) & seen[:-1], torch.zeros(1, dtype=torch.bool, device=self.device)])
         lowest = torch.where(usable, diff, math.inf).min()
         coherent = torch.where(torch.isfinite(lowest), torch.exp(lowest.clamp(-60, 60)), torch.ones_like(lowest))
-        valid = torch.isfinite(log_norms) & ~bad & ~outlier
-        updated = torch.where(seen, typical_all + (1 - _TYPICAL_BETA) * diff, log_norms)
+        valid = torch.isfinite(log_norms) & ~bad
+        # An outlier enters the EMA clipped to typical + log(outlier_factor) (ZClip updates its EMA
+        # with the clipped norm too): one spike barely moves it, a lasting shift (a new LR) is
+        # accepted within a few steps instead of being skipped for ever.
+        step = torch.where(outlier, diff.clamp(max=self.log_outlier), diff)
+        updated = torch.where(seen, typical_all + (1 - _TYPICAL_BETA) * step, log_norms)
         self._log_typical_all = torch.where(valid, updated, typical_all)
         self._seen = seen | valid
         self._typical_count += 1
