@@ -1,5 +1,5 @@
 """The once-per-window read-back: every pending step's device tensors to the host in one transfer,
-then one row per step in the columns of `stablelab.monitor.schema`."""
+then one row per step in the columns of `stablelab.store.columns`."""
 
 from __future__ import annotations
 

@@ -13,19 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from stablelab.errors import UsageError
+from stablelab.store.columns import BY_NAME
 
-# (column or column prefix, panel title, log scale); a prefix ending in "_l" plots every layer.
+# the columns drawn, in order (titles and scales from stablelab.store.columns); a family ending
+# in "_l" plots every layer
+_PANEL_COLUMNS = ("loss", "grad_norm", "spike_ratio_max", "update_ratio_max", "attn_logit_max_l",
+                  "log_z_mean", "softmax_collapse_fraction", "eps_ratio_min", "lr")
 PANELS: list[tuple[str, str, bool]] = [
-    ("loss", "training loss", False),
-    ("grad_norm", "global gradient norm (before clipping)", True),
-    ("spike_ratio_max", "gradient spike ratio max mean(g^2)/mean(v)", True),
-    ("update_ratio_max", "update-to-weight ratio (max over weight matrices)", True),
-    ("attn_logit_max_l", "max attention logit per layer", True),
-    ("log_z_mean", "output log Z (mean; max |log Z| dotted)", False),
-    ("softmax_collapse_fraction", "softmax collapse fraction", False),
-    ("eps_ratio_min", "min gradient RMS / AdamW eps", True),
-    ("lr", "learning rate", True),
-]
+    (name, BY_NAME[name].description + ("; max |log Z| dotted" if name == "log_z_mean" else ""),
+     BY_NAME[name].log_scale or name == "lr") for name in _PANEL_COLUMNS]
 SEVERITY_COLOURS = {"critical": "#dc2626", "warning": "#f59e0b", "info": "#2563eb"}
 
 

@@ -19,6 +19,7 @@ from stablelab.models.size import count_parameters
 from stablelab.models.variants import VARIANTS
 from stablelab.report.proxy_report import write_proxy_report
 from stablelab.run.proxy_run import ProxyRunConfig, train
+from stablelab.store.columns import layer_column
 from stablelab.store.files import atomic_write_json, read_json
 from stablelab.store.query import query
 from stablelab.store.run_store import is_done, load_result
@@ -198,8 +199,9 @@ def run_sweep(grid: ProxyGrid, out: Path, workers: int | None, address: str | No
 
 def early_attention_logits(runs_dir: Path, step: int) -> dict[str, float]:
     """run_id -> layer-0 max attention logit at the logged step nearest to `step` (DuckDB query)."""
-    table = query(runs_dir, "SELECT run, arg_min(attn_logit_max_l0, abs(step - %d)) AS z FROM metrics "
-                            "WHERE attn_logit_max_l0 IS NOT NULL GROUP BY run" % int(step)).to_pylist()
+    column = layer_column("attn_logit_max_l", 0)
+    table = query(runs_dir, f"SELECT run, arg_min({column}, abs(step - {int(step)})) AS z FROM metrics "
+                            f"WHERE {column} IS NOT NULL GROUP BY run").to_pylist()
     return {row["run"]: row["z"] for row in table}
 
 

@@ -1,5 +1,6 @@
-"""One schema for the monitor's per-step rows: the row writer, the detectors, the run page and the
-proxy study's SQL all use these names.
+"""One schema for the per-step rows of a run (the monitor's, and so the proxy study's): the row
+writer, the detectors, the run page and the proxy study's SQL all use these names. It lives with
+the store, below the monitor and the report, so both can read it.
 
 A row is one optimizer step. Columns marked `sampled` exist only on sampled steps (every
 `sync_every`-th step); columns ending in `/` or `_l` are families with one column per parameter or
@@ -52,6 +53,13 @@ COLUMNS: tuple[Column, ...] = (
 )
 
 BY_NAME = {column.name: column for column in COLUMNS}
+
+
+def layer_column(family: str, layer: int) -> str:
+    """The per-layer column of a family, e.g. layer_column("attn_logit_max_l", 0)."""
+    if family not in BY_NAME or not family.endswith("_l"):
+        raise KeyError(f"{family!r} is not a per-layer column family")
+    return f"{family}{layer}"
 
 
 def describe(name: str) -> str:
