@@ -61,23 +61,22 @@ def parse_detectors(text: str | Sequence[str] | None) -> list[str]:
 
 
 # -- one scenario: the runs ----------------------------------------------------------------------
-class _Rows:
-    """A monitor sink keeping the per-step loss and gradient norm, and the events."""
+class _RowSink:
+    """A monitor sink keeping the REPLAY_COLUMNS of every row (built on first use: the Sink base
+    class lives in the monitor, imported lazily with torch)."""
 
-    def __init__(self):
+    @staticmethod
+    def create():
         from stablelab.monitor import Sink
 
-        class _Sink(Sink):
-            def __init__(inner):
-                inner.rows_list, inner.event_list = [], []
+        class RowSink(Sink):
+            def __init__(self):
+                self.rows_list = []
 
-            def rows(inner, rows):
-                inner.rows_list.extend({k: r[k] for k in REPLAY_COLUMNS if k in r} for r in rows)
+            def rows(self, rows):
+                self.rows_list.extend({k: r[k] for k in REPLAY_COLUMNS if k in r} for r in rows)
 
-            def events(inner, events):
-                inner.event_list.extend(events)
-
-        self.sink = _Sink()
+        return RowSink()
 
 
 class MonitorHook:
@@ -85,7 +84,7 @@ class MonitorHook:
 
     def __init__(self, policy=None, **monitor_kwargs):
         self.policy, self.kwargs = policy, monitor_kwargs
-        self.rows = _Rows().sink
+        self.rows = _RowSink.create()
         self.monitor = None
 
     def attach(self, model, optimizer):

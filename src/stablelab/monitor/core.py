@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import time
 import traceback
 import types
@@ -276,8 +277,7 @@ class Monitor:
 
     def _note_norm(self, row: dict[str, Any]) -> None:
         value = row.get("grad_norm")
-        if isinstance(value, float) and value == value and value != float("inf") and not row.get("nonfinite") \
-                and not row.get("outlier"):
+        if isinstance(value, float) and math.isfinite(value) and not (row.get("nonfinite") or row.get("outlier")):
             self.measurer.norm_history.append(value)
 
     def _flush(self) -> None:

@@ -17,6 +17,10 @@ from stablelab.errors import UsageError
 from stablelab.monitor.events import SEVERITIES, Event
 
 
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
 def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
@@ -528,13 +532,13 @@ def build_detectors(overrides: dict[str, Any] | None = None) -> list[Detector]:
         defaults = {f.name: f.default for f in fields(cls)}
         for name, value in setting.items():
             default = defaults.get(name)
-            numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
-            if numeric and (isinstance(value, bool) or not isinstance(value, (int, float))
-                            or (isinstance(default, int) and not isinstance(default, bool)
-                                and isinstance(value, float) and not value.is_integer()
-                                and not isinstance(default, float))):
+            if not _number(default):
+                continue
+            if not _number(value):
                 raise UsageError(f"detector {kind!r} setting {name!r} must be a number, got {value!r}")
-            if numeric and value < 0:
+            if isinstance(default, int) and isinstance(value, float) and not value.is_integer():
+                raise UsageError(f"detector {kind!r} setting {name!r} must be a whole number, got {value!r}")
+            if value < 0:
                 raise UsageError(f"detector {kind!r} setting {name!r} must be >= 0, got {value!r}")
         try:
             built.append(cls(**(setting or {})))

@@ -40,13 +40,14 @@ class Incident:
     actions: list[Event] = field(default_factory=list)
     cause: str | None = None
     closed: bool = False
+    _peak_magnitude: float = field(default=-1.0, repr=False)
 
     def add(self, event: Event) -> None:
         if event.severity == "info":
             self.actions.append(event)
             return
-        if not self.events or _magnitude(event) > max(_magnitude(e) for e in self.events):
-            self.peak = event.step
+        if _magnitude(event) > self._peak_magnitude:
+            self.peak, self._peak_magnitude = event.step, _magnitude(event)
         if SEVERITIES.index(event.severity) > SEVERITIES.index(self.severity):
             self.severity = event.severity
         self.events.append(event)
