@@ -8,7 +8,9 @@ load from other processes hits both alike): one bare, one with `Monitor(...)` ob
 step. Blocks of `--block` steps (one sync window) alternate, A B then B A; the ratio reported
 is the median over block pairs of monitored time / bare time (robust to load that drifts); on
 CPU the process's CPU-time ratio (total monitored / total bare) is reported beside it, since it
-is nearly blind to other processes on a shared machine. Variants:
+is nearly blind to other processes on a shared machine; and the attributed ratio, 1 + (time inside
+`observe()` and the monitor's step hooks) / bare step time, which load from other processes barely
+moves (CPU only: it times synchronous ops). Variants:
 `default` (sync_every as given, default policy: reads 5 numbers per step for the non-finite skip),
 `warn_only` (policy that only warns: no per-step host read), `store` (default + the run store
 on disk), and for diagnosis `no_attention` and `no_update_ratio` (default without those signals). Cockpit's comparable figure (economy instruments every step): 1.51x."""
@@ -53,20 +55,30 @@ def measure(variant: str, args, device: torch.device) -> dict:
     batches = [torch.randint(0, 256, (args.batch, args.seq_len + 1), generator=generator).to(device)
                for _ in range(16)]
 
+    inside = {"observe": 0.0, "bare_step": 0.0, "monitored_step": 0.0}  # seconds, timed blocks only
+    timing = [False]
+
     def step(model, optimizer, i, monitored):
         tokens = batches[i % len(batches)]
         logits = model(tokens[:, :-1])
         loss = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
         loss.backward()
+        start = time.perf_counter()
         if monitored:
             monitor.observe(loss)
-        optimizer.step()
+        middle = time.perf_counter()
+        optimizer.step()  # the monitored one runs the update-ratio hooks and the guard's wrapper
+        end = time.perf_counter()
+        if timing[0]:
+            inside["observe"] += middle - start
+            inside["monitored_step" if monitored else "bare_step"] += end - middle
         optimizer.zero_grad(set_to_none=True)
 
     for i in range(args.warmup):  # compile kernels, allocate, fill Adam state
         step(bare_model, bare_opt, i, False)
         step(monitored_model, monitored_opt, i, True)
     bare_times, monitored_times, bare_cpu, monitored_cpu = [], [], [], []
+    timing[0] = True
     i = args.warmup
     pairs = ((bare_model, bare_opt, False, bare_times, bare_cpu),
              (monitored_model, monitored_opt, True, monitored_times, monitored_cpu))
@@ -88,7 +100,14 @@ def measure(variant: str, args, device: torch.device) -> dict:
     # CPU time of this process: what the monitor costs in work, nearly blind to other processes'
     # load on a shared machine (1 thread; on a GPU the wall-clock ratio is the one that counts).
     cpu_ratios = [m / b for b, m in zip(bare_cpu, monitored_cpu)]
+    # The monitor's own time, attributed: inside observe() plus what its hooks add to
+    # optimizer.step(), over the bare step's total time (immune to load that differs between
+    # blocks; blind to what the monitor costs the rest of the step through the caches).
+    # Meaningful where ops run synchronously (CPU); on a GPU the wall-clock ratio is the figure.
+    steps = args.blocks * args.block  # each block runs both copies
+    attributed_ms = 1e3 * (inside["observe"] + inside["monitored_step"] - inside["bare_step"]) / steps
     return {"variant": variant, "bare_ms": 1e3 * bare, "monitored_ms": 1e3 * monitored,
+            "attributed_ms": attributed_ms, "attributed_ratio": 1 + attributed_ms / (1e3 * statistics.mean(bare_times)),
             "ratio": statistics.median(pair_ratios), "ratio_of_medians": monitored / bare,
             "pair_ratio_quartiles": statistics.quantiles(pair_ratios, n=4),
             "cpu_ratio": sum(monitored_cpu) / sum(bare_cpu),
@@ -132,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['ratio_of_medians']:.3f})\n{'':>12}CPU time: bare {r['bare_cpu_ms']:.2f} ms/step, monitored "
               f"{r['monitored_cpu_ms']:.2f} ms/step, ratio {r['cpu_ratio']:.3f}x (pair median "
               f"{r['cpu_pair_ratio_median']:.3f}, quartiles {c1:.3f}-{c3:.3f}); events {r['events']}, "
-              f"internal errors {r['internal_errors']}")
+              f"internal errors {r['internal_errors']}\n{'':>12}attributed: {r['attributed_ms']:.2f} ms/step "
+              f"inside the monitor, ratio {r['attributed_ratio']:.3f}x")
     if args.out:
         from stablelab.store.files import atomic_write_json
 

@@ -131,13 +131,15 @@ class Measurer:
         self.groups = [group_of[id(p)] for p in params]
         self._g2_ema = torch.zeros(len(params), device=self.device)
         self._ema_count = 0
-        self._log_typical_all = torch.zeros(len(params) + 1, device=self.device)
-        self._seen = torch.zeros(len(params) + 1, dtype=torch.bool, device=self.device)
+        self._log_typical_all = torch.full((len(params) + 1,), math.nan, device=self.device)
+        self._false = torch.zeros((), dtype=torch.bool, device=self.device)
+        self._one = torch.ones((), device=self.device)
         self._typical_count = 0
         self._v_scale: torch.Tensor | None = None
         self._inv_weight_norms: torch.Tensor | None = None
         self._weight_norm_step = 0
-        self._prev_weights: list[torch.Tensor] | None = None
+        self._flat: list[torch.Tensor] = []
+        self._slices: list[list[torch.Tensor]] = []
         self._views: list[torch.Tensor] | None = None
         self._view_pointers: list[int] = []
         self.update_entry: dict[str, Any] | None = None
@@ -175,12 +177,13 @@ class Measurer:
             loss_t = (loss_t.mean() if loss_t.numel() != 1 else loss_t.reshape(())).float().to(self.device)
         else:
             loss_t = torch.tensor(float(loss) if has_loss else float("nan"), device=self.device)
-        bad = ~torch.isfinite(global_norm + loss_t if has_loss else global_norm)
+        total = global_norm + loss_t if has_loss else global_norm
+        bad = (total - total) != 0  # = ~isfinite(total) in 2 ops (inf - inf and NaN - NaN are NaN)
         ratio = self._spike_ratio(g2)
         if len(ratio):
             spike_max, spike_index = ratio.max(0)
         else:
-            spike_max, spike_index = torch.ones((), device=self.device), torch.zeros((), device=self.device)
+            spike_max, spike_index = self._one, self._one * 0
         outlier, typical, coherent = self._typical_norms(norms, global_norm, bad)
         fast = torch.stack([loss_t, global_norm, spike_max, spike_index.float(), bad.float(),
                             outlier.float(), typical, coherent])
@@ -198,26 +201,28 @@ class Measurer:
           grew at once (a hard batch raises some layers' gradients; a gradient multiplied as a
           whole, by a loss-scale or reduction bug or a corrupted step, raises all of them).
         Non-finite steps do not enter the EMA and outliers enter it clipped; tensors without a
-        gradient are left out."""
-        log_norms = torch.log(torch.cat([norms, global_norm.reshape(1)]).clamp_min(1e-30))
-        typical_all, seen = self._log_typical_all, self._seen
+        gradient are left out. A NaN in the EMA marks a tensor not seen yet (NaN compares False,
+        so an unseen tensor is never an outlier). About 20 small ops: this runs every step."""
+        typical_all = self._log_typical_all
+        log_norms = torch.cat([norms, global_norm.reshape(1)]).clamp_min_(1e-30).log_()
         diff = log_norms - typical_all
         typical = torch.exp(typical_all[-1])
         if self._typical_count < self.outlier_warmup:
-            outlier = torch.zeros((), dtype=torch.bool, device=self.device)
+            outlier, step = self._false, diff
         else:
-            outlier = seen[-1] & (diff[-1] > self.log_outlier) & ~bad
-        usable = torch.cat([(norms > 0) & seen[:-1], torch.zeros(1, dtype=torch.bool, device=self.device)])
-        lowest = torch.where(usable, diff, math.inf).min()
-        coherent = torch.where(torch.isfinite(lowest), torch.exp(lowest.clamp(-60, 60)), torch.ones_like(lowest))
-        valid = torch.isfinite(log_norms) & ~bad
-        # An outlier enters the EMA clipped to typical + log(outlier_factor) (ZClip updates its EMA
-        # with the clipped norm too): one spike barely moves it, a lasting shift (a new LR) is
-        # accepted within a few steps instead of being skipped for ever.
-        step = torch.where(outlier, diff.clamp(max=self.log_outlier), diff)
-        updated = torch.where(seen, typical_all + (1 - _TYPICAL_BETA) * step, log_norms)
-        self._log_typical_all = torch.where(valid, updated, typical_all)
-        self._seen = seen | valid
+            outlier = (diff[-1] > self.log_outlier) & ~bad
+            # An outlier enters the EMA clipped to typical + log(outlier_factor) (ZClip updates its
+            # EMA with the clipped norm too): one spike barely moves it, a lasting shift (a new LR)
+            # is accepted within a few steps instead of being skipped for ever.
+            step = torch.where(outlier, diff.clamp(max=self.log_outlier), diff)
+        if len(norms):
+            lowest = diff[:-1].masked_fill(norms == 0, math.inf).nan_to_num_(nan=math.inf, posinf=math.inf)
+            # no tensor to compare (all unseen or without gradient): ratio 1
+            coherent = lowest.amin().nan_to_num_(posinf=0.0).clamp_(-60, 60).exp_()
+        else:
+            coherent = self._one
+        updated = torch.where(typical_all.isnan(), log_norms, typical_all.add(step, alpha=1 - _TYPICAL_BETA))
+        self._log_typical_all = torch.where(bad, typical_all, updated)  # a non-finite step is left out
         self._typical_count += 1
         return outlier, typical, coherent
 
@@ -294,7 +299,8 @@ class Measurer:
         if present:
             cos = torch.full((len(self.params),), float("nan"), device=self.device)
             cos[present] = gradient_weight_cosine([self.params[i].grad for i in present],
-                                                  [self.params[i] for i in present]).to(self.device)
+                                                  [self.params[i] for i in present],
+                                                  entry["norms"][present]).to(self.device)
             sampled["cos"] = cos
         eps = [self.groups[i].get("eps") for i in self.matrices]
         if self.matrices and all(isinstance(e, (int, float)) and e > 0 for e in eps):
@@ -351,7 +357,9 @@ class Measurer:
     # -- update-to-weight ratio, through the optimizer's own step hooks ---------------------------
     def _update_views(self) -> list[torch.Tensor]:
         """Each weight matrix as a view on every k-th row, about `update_sample` elements: the RMS
-        ratio of a fixed row sample estimates the whole matrix's at a fraction of the copy cost."""
+        ratio of a fixed row sample estimates the whole matrix's at a fraction of the copy cost.
+        Built with two flat float32 buffers (before, after the step) whose slices take each view's
+        shape: the difference of the two samples is one op."""
         pointers = [self.params[i].data_ptr() for i in self.matrices]
         if self._views is not None and pointers == self._view_pointers:
             return self._views
@@ -363,17 +371,21 @@ class Measurer:
             stride = max(1, (w.numel() + sample - 1) // sample)
             views.append(rows[::stride] if stride < rows.shape[0] else rows[:1])
         self._views, self._view_pointers = views, pointers  # rebuilt if a parameter moves
+        sizes = [v.numel() for v in views]
+        self._flat = [torch.empty(sum(sizes), device=self.device) for _ in range(2)]
+        self._slices = [[part.view(v.shape) for part, v in zip(flat.split(sizes), views)] for flat in self._flat]
         return views
+
+    def _segment_norms(self, slices: list[torch.Tensor]) -> torch.Tensor:
+        """Per-matrix L2 norms of a flat sample's slices (one foreach norm)."""
+        return stack_norms(torch._foreach_norm(slices, 2))
 
     def before_update(self, _optimizer, _args, _kwargs) -> None:
         if self.update_entry is None:
             return
         try:
-            weights = self._update_views()
-            if self._prev_weights is None:
-                self._prev_weights = [w.clone() for w in weights]
-            else:
-                torch._foreach_copy_(self._prev_weights, weights)
+            views = self._update_views()
+            torch._foreach_copy_(self._slices[0], views)  # the sample before the step
         except Exception as error:  # noqa: BLE001
             self.update_entry = None
             self.on_error(error)
@@ -383,13 +395,16 @@ class Measurer:
         if entry is None:
             return
         try:
-            views = self._update_views()
+            if self._views is None or [self.params[i].data_ptr() for i in self.matrices] != self._view_pointers:
+                return  # a parameter moved during the step: no "before" to compare with
+            before, after = self._flat
+            torch._foreach_copy_(self._slices[1], self._views)
             if self._inv_weight_norms is None or entry["step"] - self._weight_norm_step >= 10:
                 # ||w|| moves slowly: refreshed every 10 steps only
-                self._inv_weight_norms = 1.0 / stack_norms(torch._foreach_norm(views, 2)).clamp_min(1e-30)
+                self._inv_weight_norms = 1.0 / self._segment_norms(self._slices[1]).clamp_min(1e-30)
                 self._weight_norm_step = entry["step"]
-            torch._foreach_sub_(self._prev_weights, views)  # now w_before - w_after, in place
-            # ||delta w|| / ||w|| per matrix (signals.weights.update_to_weight_ratio, in place)
-            entry["update"] = stack_norms(torch._foreach_norm(self._prev_weights, 2)) * self._inv_weight_norms
+            # ||delta w|| / ||w|| per matrix (signals.weights.update_to_weight_ratio, on one flat sample)
+            before.sub_(after)
+            entry["update"] = self._segment_norms(self._slices[0]) * self._inv_weight_norms
         except Exception as error:  # noqa: BLE001
             self.on_error(error)

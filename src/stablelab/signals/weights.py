@@ -23,13 +23,17 @@ def update_to_weight_ratio(before: Sequence[torch.Tensor], after: Sequence[torch
 
 
 @torch.no_grad()
-def gradient_weight_cosine(grads: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Per tensor cos(grad, w) = <g, w> / (||g|| ||w||) (1-d tensor).
+def gradient_weight_cosine(grads: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
+                           grad_norms: torch.Tensor | None = None) -> torch.Tensor:
+    """Per tensor cos(grad, w) = <g, w> / (||g|| ||w||) (1-d tensor); `grad_norms`, if the caller
+    has them already, saves one pass over the gradients.
 
     The naive-loss-minimisation (NLM) direction of Prieto et al. 2025 (arXiv 2501.04697): a gradient
     aligned with the weights only scales the logits; cos rises towards ~0.9 in output layers."""
-    dots = torch.stack([(g.detach().float() * w.detach().float()).sum() for g, w in zip(grads, weights)])
-    return dots / (_norms(grads) * _norms(weights)).clamp_min(1e-30)
+    dots = torch.stack([torch.vdot(g.detach().reshape(-1).float(), w.detach().reshape(-1).float())
+                        for g, w in zip(grads, weights)])
+    g_norms = _norms(grads) if grad_norms is None else grad_norms.to(dots.device)
+    return dots / (g_norms * _norms(weights)).clamp_min(1e-30)
 
 
 def gradient_rms(grad_norms: torch.Tensor, numels: torch.Tensor) -> torch.Tensor:
