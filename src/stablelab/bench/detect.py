@@ -324,7 +324,7 @@ def detection_benchmark(out: str | Path, *, quick: bool = False, detectors: str 
     """Run (or resume) the benchmark into `out`; returns the summary (also DIR/summary.json,
     DIR/summary.md and DIR/report.html)."""
     from stablelab.bench.scenarios import suite
-    from stablelab.store.files import atomic_write_json, read_json
+    from stablelab.io import atomic_write_json, read_json
 
     names = parse_detectors(detectors)
     if workers is not None and (not isinstance(workers, int) or workers < 0):

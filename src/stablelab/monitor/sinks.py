@@ -47,7 +47,7 @@ class RunStoreSink(Sink):
             self.writer.event(event.to_dict())
 
     def close(self, summary):
-        from stablelab.store.files import atomic_write_json
+        from stablelab.io import atomic_write_json
 
         atomic_write_json(self.writer.run_dir / "incidents.json", summary.get("incidents", []))
         self.writer.finish(summary)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from stablelab.report.html import Page, plt
-from stablelab.store.files import atomic_write_bytes
+from stablelab.io import atomic_write_bytes
 
 HEADER = ("detectors", "action", "recall", "false warnings / 1k healthy steps", "median lead (runaway LR)",
           "damage 1000x spike", "median damage, point faults")

@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: reports are rendered on machines without a display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from stablelab.store.files import atomic_write_bytes  # noqa: E402
+from stablelab.io import atomic_write_bytes  # noqa: E402
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;

@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from stablelab.report.html import Page
-from stablelab.store.files import atomic_write_bytes, atomic_write_json
+from stablelab.io import atomic_write_bytes, atomic_write_json
 
 FIGURES = "figures"
 

@@ -1,59 +1,6 @@
-"""Crash-safe file writes: write to a temporary name in the same folder, fsync, rename."""
+"""Crash-safe file writes: the implementation lives in `stablelab.io` (layer 0, shared with report/);
+these names stay importable from here."""
 
-from __future__ import annotations
+from stablelab.io import atomic_write_bytes, atomic_write_json, read_json, to_jsonable
 
-import json
-import math
-import os
-import tempfile
-from pathlib import Path
-from typing import Any
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp alone gives 0600
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, _FILE_MODE)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def to_jsonable(value: Any) -> Any:
-    """Plain JSON: NaN and infinities become null (strict JSON has no NaN)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
-        return to_jsonable(value.item())
-    return value
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    text = json.dumps(to_jsonable(obj), indent=2, sort_keys=False, allow_nan=False)
-    atomic_write_bytes(path, (text + "\n").encode("utf-8"))
-
-
-def read_json(path: str | Path) -> Any:
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+__all__ = ["atomic_write_bytes", "atomic_write_json", "read_json", "to_jsonable"]

@@ -23,7 +23,7 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stablelab.store.files import atomic_write_bytes, atomic_write_json, read_json, to_jsonable
+from stablelab.io import atomic_write_bytes, atomic_write_json, read_json, to_jsonable
 
 CONFIG, ATTEMPT, METRICS, EVENTS, PARQUET, RESULT, DONE = (
     "config.json", "attempt", "metrics.jsonl", "events.jsonl", "metrics.parquet", "result.json", "done",
