@@ -19,23 +19,7 @@ from torch.func import functional_call, grad, vmap
 
 from stablelab.continual.benchmarks import Benchmark
 from stablelab.continual.evaluator import ContinualEvaluator
-
-
-class MLP(nn.Module):
-    """Inputs -> [Linear -> ReLU] x depth -> Linear(n_classes): one shared head for all tasks."""
-
-    def __init__(self, n_inputs: int = 64, hidden: int = 256, depth: int = 2, n_classes: int = 10):
-        super().__init__()
-        layers: list[nn.Module] = []
-        width = n_inputs
-        for _ in range(depth):
-            layers += [nn.Linear(width, hidden), nn.ReLU()]
-            width = hidden
-        layers.append(nn.Linear(width, n_classes))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+from stablelab.nn.mlp import MLP  # the one MLP of the package; re-exported as continual.MLP
 
 
 class FineTuning:
@@ -173,7 +157,6 @@ class EWC(FineTuning):
             self.quadratic[name] = (a + f, b + f * optimum, c + f * optimum * optimum)
 
 
-LEARNERS = {"finetune": FineTuning, "replay": ExperienceReplay, "ewc": EWC}
 
 
 @dataclass
@@ -191,15 +174,19 @@ class StreamConfig:
     device: str = "cpu"
 
 
-def make_learner(name: str, model: nn.Module, config: StreamConfig):
-    if name == "finetune":
-        return FineTuning(model, lr=config.lr, momentum=config.momentum)
-    if name == "replay":
-        return ExperienceReplay(model, lr=config.lr, momentum=config.momentum,
-                                memory_size=config.memory_size, seed=config.seed)
-    if name == "ewc":
-        return EWC(model, lr=config.lr, momentum=config.momentum, ewc_lambda=config.ewc_lambda)
-    raise KeyError(f"unknown learner {name!r}; choose from {', '.join(LEARNERS)}")
+# name -> factory(model, config): the learners the stream loop and the gap study know by name
+LEARNERS: dict[str, Callable[[nn.Module, "StreamConfig"], FineTuning]] = {
+    "finetune": lambda model, c: FineTuning(model, lr=c.lr, momentum=c.momentum),
+    "replay": lambda model, c: ExperienceReplay(model, lr=c.lr, momentum=c.momentum,
+                                                memory_size=c.memory_size, seed=c.seed),
+    "ewc": lambda model, c: EWC(model, lr=c.lr, momentum=c.momentum, ewc_lambda=c.ewc_lambda),
+}
+
+
+def make_learner(name: str, model: nn.Module, config: StreamConfig) -> FineTuning:
+    if name not in LEARNERS:
+        raise KeyError(f"unknown learner {name!r}; choose from {', '.join(LEARNERS)}")
+    return LEARNERS[name](model, config)
 
 
 def run_stream(benchmark: Benchmark, learner_name: str, config: StreamConfig,
@@ -211,7 +198,8 @@ def run_stream(benchmark: Benchmark, learner_name: str, config: StreamConfig,
     .training_task / .metrics() hold the results)."""
     torch.manual_seed(config.seed)
     device = torch.device(config.device)
-    model = MLP(benchmark.n_inputs, config.hidden, 2, benchmark.n_classes).to(device)
+    # 2 hidden ReLU layers with biases, one shared head for all tasks
+    model = MLP(benchmark.n_inputs, benchmark.n_classes, hidden=(config.hidden,) * 2, bias=True).to(device)
     learner = make_learner(learner_name, model, config)
     if on_learner is not None:
         on_learner(learner)
