@@ -152,3 +152,58 @@ def test_llama_style_attention_with_grouped_query_heads():
             k = k[:, [0, 0, 1, 1]]              # query heads 0,1 share kv head 0; 2,3 share 1
             # documented estimate: q and k before the rotary embedding
             assert row[f"attn_logit_max_l{i}"] == pytest.approx(_max_abs_logit(q, k, causal=True), rel=1e-4)
+
+
+class DeclaredAttention(MyAttention):
+    """A user's attention that opts in by what it exposes: `monitor_qk` names per-head q and k."""
+
+    monitor_qk = ("q_heads", "k_heads")
+    is_causal = False
+
+    def __init__(self, d=8, heads=2):
+        super().__init__(d, heads)
+        self.q_heads, self.k_heads = nn.Identity(), nn.Identity()
+
+    def forward(self, x):
+        b, t, d = x.shape
+        split = lambda y: y.view(b, t, self.heads, d // self.heads).transpose(1, 2)  # noqa: E731
+        q, k = self.q_heads(split(self.to_q(x))), self.k_heads(split(self.to_k(x)))
+        y = F.scaled_dot_product_attention(q, k, split(self.to_v(x)))
+        return self.out(y.transpose(1, 2).reshape(b, t, d))
+
+
+def test_attention_declared_by_monitor_qk_without_registration(monkeypatch):
+    monkeypatch.setattr(attention_module, "_ADAPTERS", [])
+    torch.manual_seed(0)
+    model = DeclaredAttention()
+    x = torch.randn(2, 4, 8)
+    monitor, row = _one_step(model, x, lambda out: out.pow(2).mean())
+    assert [layer.name for layer in monitor.attention_layers] == [""]
+    q = model.to_q(x).view(2, 4, 2, 4).transpose(1, 2)
+    k = model.to_k(x).view(2, 4, 2, 4).transpose(1, 2)
+    assert row["attn_logit_max_l0"] == pytest.approx(_max_abs_logit(q, k, causal=False), rel=1e-5)
+
+
+class OwnHooksAttention(MyAttention):
+    """Full control: the module installs its own hooks and reports a value it computes."""
+
+    def monitor_attention_hooks(self, record):
+        def hook(_module, _inputs, output):
+            if getattr(record, "active", True):
+                record(torch.tensor(7.0))
+        return [self.to_k.register_forward_hook(hook)]
+
+
+def test_attention_with_its_own_hooks_is_armed_and_disarmed(monkeypatch):
+    monkeypatch.setattr(attention_module, "_ADAPTERS", [])
+    model = OwnHooksAttention()
+    monitor, row = _one_step(model, torch.randn(2, 4, 8), lambda out: out.pow(2).mean())
+    assert row["attn_logit_max_l0"] == 7.0
+    assert not model.to_k._forward_hooks  # closed monitor: the module's hooks are gone
+
+
+def test_reference_attention_is_found_by_protocol_not_by_class():
+    from stablelab.models.transformer import Attention, TransformerConfig
+
+    layers = attention_module.find_attention(Attention(TransformerConfig(d_model=16, d_head=8)))
+    assert [(layer.name, layer.attach) for layer in layers] == [("", attention_module._declared_qk)]

@@ -44,7 +44,11 @@ class Attention(nn.Module):
     """Causal self-attention, logits scaled by 1/sqrt(d_head), optional qk-layernorm.
 
     q and k pass through `q_norm` / `k_norm` (nn.Identity without qk-norm), so a forward hook on
-    those modules sees them (this is how stablelab.monitor reads attention logits)."""
+    those modules sees them per head, (B, H, T, D). `monitor_qk` names them for stablelab.monitor,
+    which reads attention logits from any module that declares it (see monitor/attention.py)."""
+
+    monitor_qk = ("q_norm", "k_norm")  # the monitor's attention protocol: q and k, (B, H, T, D)
+    is_causal = True
 
     def __init__(self, config: TransformerConfig):
         super().__init__()
@@ -58,7 +62,7 @@ class Attention(nn.Module):
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)
         q, k = self.q_norm(q), self.k_norm(k)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.is_causal)
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
 
 

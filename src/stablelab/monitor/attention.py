@@ -1,14 +1,26 @@
 """Reading attention logits from models the monitor did not write: forward hooks on the modules
 that produce q and k, never model edits.
 
-Built in: stablelab's reference `Attention` (hooks on q_norm / k_norm), `torch.nn.MultiheadAttention`
-(so `nn.TransformerEncoderLayer`; a pre-hook re-projects q and k from its inputs), Hugging Face
-GPT-2 attention (a hook on `c_attn`), and LLaMA-style attention with `q_proj` / `k_proj` (logits
-from q and k before the rotary embedding: RoPE rotates q and k without changing their norms, which
-is what grows, so the maximum is an estimate, not the exact post-RoPE value).
+A module is recognised by what it exposes, never by its class (the monitor imports no model). In
+the order they are tried, first match wins:
 
-Describe your own module with `register_attention(MyAttention, q="to_q", k="to_k", n_heads="heads")`,
-or take full control with `register_attention_adapter(predicate, attach)`."""
+1. A module with a method `monitor_attention_hooks(record) -> list of hook handles`: full control.
+   Install forward hooks that, when `record.active` is true, call `record` with the max |attention
+   logit| of the forward (a 0-d tensor); the monitor removes the handles when it disarms.
+2. A module with `monitor_qk = ("q_name", "k_name")`: dotted names of the two submodules whose
+   outputs are q and k per head, shaped (B, H, T, D); optional attributes `is_causal` (default
+   True) and `scaling` (default 1/sqrt(D)). stablelab's reference `Attention` opts in this way
+   (its q_norm / k_norm, nn.Identity without qk-norm).
+3. `torch.nn.MultiheadAttention` (so `nn.TransformerEncoderLayer`; a pre-hook re-projects q and k
+   from its inputs).
+4. Hugging Face GPT-2 attention (a hook on `c_attn`).
+5. LLaMA-style attention: `q_proj` / `k_proj` Linear layers and `head_dim` (logits from q and k
+   before the rotary embedding: RoPE rotates q and k without changing their norms, which is what
+   grows, so the maximum is an estimate, not the exact post-RoPE value).
+
+For a module you cannot edit, describe it from outside with
+`register_attention(MyAttention, q="to_q", k="to_k", n_heads="heads")`, or take full control with
+`register_attention_adapter(predicate, attach)`; registrations are tried before the protocol."""
 
 from __future__ import annotations
 
@@ -126,10 +138,28 @@ def _pair_hooks(q_module: nn.Module, k_module: nn.Module, record: Record,
             k_module.register_forward_hook(_safe(record, on_k))]
 
 
-# -- built-in adapters -------------------------------------------------------------------------
-def _reference(module: nn.Module, record: Record) -> list:
-    # stablelab.models.Transformer: q_norm / k_norm (Identity without qk-norm) see (B, H, T, D).
-    return _pair_hooks(module.q_norm, module.k_norm, record, lambda x: x, lambda x: x, True, None)
+# -- the protocol and the built-in adapters ----------------------------------------------------
+def _has_own_hooks(module: nn.Module) -> bool:
+    return callable(getattr(module, "monitor_attention_hooks", None))
+
+
+def _own_hooks(module: nn.Module, record: Record) -> list:
+    return list(module.monitor_attention_hooks(record))
+
+
+def _declares_qk(module: nn.Module) -> bool:
+    names = getattr(module, "monitor_qk", None)
+    return (isinstance(names, (tuple, list)) and len(names) == 2
+            and all(isinstance(name, str) for name in names))
+
+
+def _declared_qk(module: nn.Module, record: Record) -> list:
+    # the declared submodules output per-head q and k, (B, H, T, D): no reshaping needed
+    q_name, k_name = module.monitor_qk
+    causal = bool(getattr(module, "is_causal", True))
+    scale = getattr(module, "scaling", None)
+    return _pair_hooks(_resolve(module, q_name), _resolve(module, k_name), record,
+                       lambda x: x, lambda x: x, causal, scale)
 
 
 def _multihead(module: nn.MultiheadAttention, record: Record) -> list:
@@ -201,16 +231,9 @@ def _llama(module: nn.Module, record: Record) -> list:
                        causal, scale)
 
 
-def _is_reference(module: nn.Module) -> bool:
-    try:
-        from stablelab.models.transformer import Attention
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(module, Attention)
-
-
 _BUILTIN: list[tuple[Matcher, Attach]] = [
-    (_is_reference, _reference),
+    (_has_own_hooks, _own_hooks),
+    (_declares_qk, _declared_qk),
     (lambda m: isinstance(m, nn.MultiheadAttention), _multihead),
     (_is_gpt2, _gpt2),
     (_is_llama_style, _llama),
