@@ -17,7 +17,6 @@ Runs are stored one folder each (stablelab.store); a finished run is not repeate
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,8 +30,9 @@ from stablelab.models.mlp import MLP
 from stablelab.nn import stable_max_cross_entropy
 from stablelab.optim.orthogonal import OrthogonalGradient
 from stablelab.signals.collapse import nlm_alignment, softmax_collapse_fraction, zero_loss_fraction
+from stablelab.run.loop import open_run, read_finished, train_loop
+from stablelab.run.progress import progress_bar
 from stablelab.store.files import atomic_write_json
-from stablelab.store.run_store import RunWriter, is_done, load_config, load_metrics, load_result
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "softmax_adamw": {"loss": "softmax", "weight_decay": False, "orthogonal": False},
@@ -135,49 +135,49 @@ def steps_to_target(rows: list[dict[str, Any]], key: str = "test_acc",
 
 def train_variant(config: GrokConfig, variant: str, device: str = "cpu", run_dir: str | Path | None = None,
                   on_step: Callable[[int], None] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Train one variant; returns (result, logged rows). Writes a run folder when run_dir is given."""
+    """Train one variant through stablelab.run.loop; returns (result, logged rows). Writes a run
+    folder when run_dir is given. The last row (step `steps`) describes the final weights."""
     task = build_task(config, device)
     model = build_model(config, task, device)
     optimizer = build_optimizer(config, variant, model)
     loss_fn = loss_function(variant)
     softmax_dtype = LOSS_DTYPES[config.softmax_dtype or config.dtype]
-    writer = RunWriter(run_dir, {"variant": variant, **asdict(config)}).start() if run_dir else None
-    rows: list[dict[str, Any]] = []
+    writer = open_run(run_dir, {"variant": variant, **asdict(config)})
+    forward: dict[str, torch.Tensor] = {}
+
+    def compute_loss(step: int) -> torch.Tensor:
+        forward["logits"] = logits = model(task.x_train) * config.logit_scale
+        # the loss is computed in softmax_dtype (as the official code's cross_entropy_float16/64)
+        return loss_fn(logits.to(softmax_dtype), task.y_train).to(logits.dtype)
+
+    def on_log(step: int, loss: torch.Tensor) -> dict[str, Any]:
+        row = _log_row(step, model, task, config, forward["logits"], loss, loss_fn, softmax_dtype)
+        # cos(grad, w) of the raw gradient, before any projection
+        return {**row, **{f"nlm_alignment/{name}": value for name, value in nlm_alignment(model).items()}}
+
     start = time.perf_counter()
-    diverged = False
     try:
-        for step in range(config.steps + 1):
-            log_now = step % config.eval_every == 0 or step == config.steps
-            logits = model(task.x_train) * config.logit_scale
-            # the loss is computed in softmax_dtype (as the official code's cross_entropy_float16/64)
-            loss = loss_fn(logits.to(softmax_dtype), task.y_train).to(logits.dtype)
-            if log_now:
-                row = _log_row(step, model, task, config, logits, loss, loss_fn, softmax_dtype)
-            if step == config.steps:  # the last row describes the final weights: no update after it
-                rows.append(row)
-                if writer:
-                    writer.log(row)
-                break
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if log_now:
-                # cos(grad, w) of the raw gradient, before any projection
-                for name, value in nlm_alignment(model).items():
-                    row[f"nlm_alignment/{name}"] = value
-                rows.append(row)
-                if writer:
-                    writer.log(row)
-            if not math.isfinite(float(loss.detach())):
-                diverged = True
-                break
-            optimizer.step()
-            if on_step:
-                on_step(1)
+        loop = train_loop(config.steps, compute_loss, optimizer, log_every=config.eval_every, on_log=on_log,
+                          writer=writer, advance=on_step)
+        rows = loop.rows
+        if not loop.diverged:  # the final weights: a forward and a row, no update after it
+            loss = compute_loss(config.steps)
+            rows.append(_log_row(config.steps, model, task, config, forward["logits"], loss, loss_fn,
+                                 softmax_dtype))
+            if writer:
+                writer.log(rows[-1])
     finally:
         if writer:
             writer.close()
+    result = _result(variant, rows, loop.diverged, time.perf_counter() - start)
+    if writer:
+        writer.finish(result)
+    return result, rows
+
+
+def _result(variant: str, rows: list[dict[str, Any]], diverged: bool, seconds: float) -> dict[str, Any]:
     final = rows[-1]
-    result = {
+    return {
         "variant": variant,
         "final_train_acc": final["train_acc"],
         "final_test_acc": final["test_acc"],
@@ -193,11 +193,8 @@ def train_variant(config: GrokConfig, variant: str, device: str = "cpu", run_dir
                                                 rows[-2].get("nlm_alignment/output.weight") if len(rows) > 1 else None),
         "steps": int(final["step"]),
         "diverged": diverged,
-        "seconds": time.perf_counter() - start,
+        "seconds": seconds,
     }
-    if writer:
-        writer.finish(result)
-    return result, rows
 
 
 @torch.no_grad()
@@ -222,38 +219,23 @@ def _log_row(step: int, model: torch.nn.Module, task: ClassificationTask, config
 
 
 # -- the study ----------------------------------------------------------------------------------
-def run_study(config: GrokConfig, out: Path, device: str = "cpu", progress: bool = True
-              ) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
+def train_variants(config: GrokConfig, out: Path, device: str = "cpu", progress: bool = True
+                   ) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
     """All four variants, one run folder each under out/runs; finished runs with the same config
     are read back instead of retrained."""
     runs_dir = out / "runs"
     results: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
-    pending = []
     for variant in VARIANTS:
-        run_dir = runs_dir / variant
-        if is_done(run_dir) and load_config(run_dir) == _jsonable_config(variant, config):
-            results[variant] = (load_result(run_dir), load_metrics(run_dir))
-        else:
-            pending.append(variant)
+        finished = read_finished(runs_dir / variant, {"variant": variant, **asdict(config)})
+        if finished is not None:
+            results[variant] = finished
+    pending = [v for v in VARIANTS if v not in results]
     if pending:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
-
-        columns = [TextColumn("[bold]grok[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("steps"), TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn()]
-        with Progress(*columns, disable=not progress, transient=False) as bar:
-            task_id = bar.add_task("", total=len(pending) * config.steps)
+        with progress_bar("grok", len(pending) * config.steps, enabled=progress) as bar:
             for variant in pending:
-                bar.update(task_id, description=variant)
-                results[variant] = train_variant(config, variant, device, runs_dir / variant,
-                                                 on_step=lambda n: bar.advance(task_id, n))
+                bar.update(description=variant)
+                results[variant] = train_variant(config, variant, device, runs_dir / variant, on_step=bar.advance)
     return {v: results[v] for v in VARIANTS}
-
-
-def _jsonable_config(variant: str, config: GrokConfig) -> dict[str, Any]:
-    import json
-
-    return json.loads(json.dumps({"variant": variant, **asdict(config)}))
 
 
 def summary(config: GrokConfig, results, preset: str, device: str) -> dict[str, Any]:
@@ -271,95 +253,16 @@ def summary(config: GrokConfig, results, preset: str, device: str) -> dict[str, 
 
 
 def write_report(config: GrokConfig, results, out: Path, preset: str, device: str) -> Path:
-    import matplotlib.pyplot as plt
+    from stablelab.report.grok_figures import write_page
 
-    from stablelab.report.html import Page
-
-    task_name = _task_title(config)
-    page = Page("Softmax collapse and grokking",
-                f"{task_name}; train fraction {config.train_fraction}; MLP {list(config.hidden)}; "
+    subtitle = (f"{_task_title(config)}; train fraction {config.train_fraction}; MLP {list(config.hidden)}; "
                 f"AdamW lr {config.lr}, betas (0.9, {config.beta2}), eps {config.adam_eps}; "
                 f"full batch, {config.steps} steps, {config.dtype} (loss in "
                 f"{config.softmax_dtype or config.dtype}); preset {preset}; device {device}")
-    page.heading("Findings")
-    lines, warn = [], []
-    for variant, (result, _) in results.items():
-        reached = result["steps_to_95_test"]
-        when = f"reached 95% test accuracy at step {reached}" if reached is not None else \
-            f"never reached 95% test accuracy within {result['steps']} steps"
-        lines.append(f"{LABELS[variant]}: {when}; final train {result['final_train_acc']:.1%}, "
-                     f"test {result['final_test_acc']:.1%}; collapse of its normaliser up to "
-                     f"{result['max_softmax_collapse']:.1%} of training samples (softmax collapse of its "
-                     f"logits up to {result['max_softmax_collapse_of_logits']:.1%}).")
-        warn.append(reached is None)
-    page.findings(lines, warn)
-    page.table(
-        ["variant", "final train acc", "final test acc", "steps to 95% test", "max collapse (own normaliser)",
-         "max softmax collapse of logits", "max zero-loss fraction", "cos(grad, w) output layer (last)",
-         "seconds"],
-        [[v, r["final_train_acc"], r["final_test_acc"],
-          r["steps_to_95_test"] if r["steps_to_95_test"] is not None else f"never within {r['steps']}",
-          r["max_softmax_collapse"], r["max_softmax_collapse_of_logits"], r["max_zero_loss_fraction"],
-          r["final_nlm_alignment_output"],
-          r["seconds"]] for v, (r, _) in results.items()])
-
-    page.heading("Accuracy")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
-    for variant, (_, rows) in results.items():
-        steps = [r["step"] for r in rows]
-        axes[0].plot(steps, [r["train_acc"] for r in rows], label=LABELS[variant])
-        axes[1].plot(steps, [r["test_acc"] for r in rows], label=LABELS[variant])
-    for ax, title in zip(axes, ("train accuracy", "test accuracy")):
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        ax.axhline(TARGET_TEST_ACC, color="0.7", lw=0.8, ls="--")
-    axes[1].legend(fontsize=8)
-    page.figure(fig, "train and test accuracy per variant")
-
-    page.heading("Softmax collapse and naive loss minimisation")
-    page.paragraph("Collapse: for the softmax runs, the fraction of training samples whose sum of "
-                   "exp(logit - max) is "
-                   f"exactly 1 in {config.softmax_dtype or config.dtype} (for the StableMax run: of its "
-                   "logits, dotted, although it never takes their softmax; its own collapse is a StableMax "
-                   "loss of exactly 0). Zero loss: fraction of training samples whose own loss "
-                   "is exactly 0. NLM alignment: cos(grad, w) of the output layer; under naive loss "
-                   "minimisation the gradient points against the weights, so it falls towards -1.")
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-    for variant, (_, rows) in results.items():
-        steps = [r["step"] for r in rows]
-        if VARIANTS[variant]["loss"] == "stablemax":
-            line, = axes[0].plot(steps, [r["zero_loss_fraction"] for r in rows], label=LABELS[variant])
-            axes[0].plot(steps, [r["softmax_collapse"] for r in rows], ls=":", color=line.get_color(),
-                         label="softmax of the StableMax logits (not used in training)")
-        else:
-            axes[0].plot(steps, [r["softmax_collapse"] for r in rows], label=LABELS[variant])
-        axes[1].plot(steps, [r["zero_loss_fraction"] for r in rows], label=LABELS[variant])
-        nlm = [(r["step"], r.get("nlm_alignment/output.weight")) for r in rows]
-        nlm = [(s, c) for s, c in nlm if c is not None]
-        axes[2].plot([s for s, _ in nlm], [c for _, c in nlm], label=LABELS[variant])
-    axes[0].legend(fontsize=7)
-    for ax, title in zip(axes, ("collapse of the normaliser trained with", "zero-loss fraction",
-                                "cos(grad, w), output layer")):
-        ax.set_title(title)
-        ax.set_xlabel("step")
-    axes[2].legend(fontsize=8)
-    page.figure(fig, "softmax collapse, zero-loss fraction and NLM alignment per variant")
-
-    page.heading("Logit and weight scale")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    for variant, (_, rows) in results.items():
-        steps = [r["step"] for r in rows]
-        axes[0].semilogy(steps, [max(r["logit_max_abs"], 1e-12) for r in rows], label=LABELS[variant])
-        axes[1].plot(steps, [r["weight_norm"] for r in rows], label=LABELS[variant])
-    axes[0].set_title("max |logit| on the training set")
-    axes[1].set_title("weight norm")
-    for ax in axes:
-        ax.set_xlabel("step")
-    axes[1].legend(fontsize=8)
-    page.figure(fig, "logit and weight scale per variant")
-    page.paragraph("Reproduce: stablelab grok " + " ".join(_cli_flags(config, preset)) + " --out DIR",
-                   css_class="meta")
-    return page.write(out / "report.html")
+    return write_page(out / "report.html", subtitle, results, LABELS,
+                      stablemax={v for v, spec in VARIANTS.items() if spec["loss"] == "stablemax"},
+                      target=TARGET_TEST_ACC, loss_dtype=config.softmax_dtype or config.dtype,
+                      reproduce="stablelab grok " + " ".join(_cli_flags(config, preset)) + " --out DIR")
 
 
 def _task_title(config: GrokConfig) -> str:
@@ -441,6 +344,7 @@ def config_from_args(args: argparse.Namespace) -> GrokConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    """The CLI shim: flags -> GrokConfig, then `run_study`."""
     config = config_from_args(args)
     try:
         torch.device(args.device)
@@ -448,19 +352,27 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown device {args.device!r}") from None
     if args.threads < 1:
         raise UsageError(f"--threads must be positive, got {args.threads}")
-    out = Path(args.out)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
+    run_study(config, Path(args.out), preset=args.preset, device=args.device, threads=args.threads,
+          progress=not args.no_progress)
+    return 0
+
+
+def run_study(config: GrokConfig, out: Path, preset: str = "default", device: str = "cpu", threads: int = 1,
+              progress: bool = True) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """The whole study: train (or read back) the four variants, write summary.json and report.html,
+    print one line per variant. Torch's thread count is restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
-        results = run_study(config, out, device=args.device, progress=not args.no_progress)
+        results = train_variants(config, out, device=device, progress=progress)
     finally:
-        torch.set_num_threads(threads)
-    atomic_write_json(out / "summary.json", summary(config, results, args.preset, args.device))
-    report = write_report(config, results, out, args.preset, args.device)
+        torch.set_num_threads(previous)
+    atomic_write_json(out / "summary.json", summary(config, results, preset, device))
+    report = write_report(config, results, out, preset, device)
     for variant, (result, _) in results.items():
         reached = result["steps_to_95_test"]
         print(f"{variant:26s} train {result['final_train_acc']:6.1%}  test {result['final_test_acc']:6.1%}  "
               f"95% test at {reached if reached is not None else 'never':>5}  "
               f"max collapse {result['max_softmax_collapse']:.1%}")
     print(f"report: {report}")
-    return 0
+    return results
