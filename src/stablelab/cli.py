@@ -1,5 +1,7 @@
-"""The `stablelab` command. It only parses arguments and dispatches; every command lives in its
-study or report module, which provides `configure(parser)` and `run(args) -> int`."""
+"""The `stablelab` command. It only parses arguments and dispatches. A command's module is imported
+only when that command runs (`stablelab --help` imports neither torch nor any study); the module
+provides `COMMAND` (a `stablelab.config.Command`: flags derived from its settings dataclass) or,
+for commands that are not studies, `configure(parser)` and `run(args) -> int`."""
 
 from __future__ import annotations
 
@@ -22,27 +24,36 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit status 2 (argparse's own convention)
-        self.exit(2, f"stablelab: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="stablelab", description=__doc__.splitlines()[0])
+def load_command(name: str):
+    """(configure, run) of command `name`, importing its module. A module missing from the table's
+    entry is an error (ModuleNotFoundError), never a silently dropped command."""
+    module = importlib.import_module(COMMANDS[name][0])
+    command = getattr(module, "COMMAND", None)
+    if command is not None:
+        return command.configure, command.run
+    return module.configure, module.run
+
+
+def build_parser(load: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only command `load` (if any) gets its flags, which imports its module."""
+    parser = _Parser(prog="stablelab", description="find, predict and fix neural-network training instabilities")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for name, (module_name, help_text) in COMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name == module_name:  # command not built in this version
-                continue
-            raise
+    for name, (_, help_text) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
-        module.configure(command)
-        command.set_defaults(_run=module.run)
+        if name == load:
+            configure, run = load_command(name)
+            configure(command)
+            command.set_defaults(_run=run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    name = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(load=name if name in COMMANDS else None)
     args = parser.parse_args(argv)
     try:
         return int(args._run(args) or 0)

@@ -1,4 +1,5 @@
-"""A sweep grid: the product of its axes, each point one run configuration."""
+"""The proxy study's grid: the product of its axes, each point one run configuration
+(`stablelab.run.proxy_run.ProxyRunConfig`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from stablelab.errors import UsageError
-from stablelab.models.variants import VARIANTS
+from stablelab.models.variants import get_variant
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,7 @@ class ProxyGrid:
             if not axis:
                 raise UsageError(f"--{name} is empty")
         for v in self.variants:
-            if v not in VARIANTS:
-                raise UsageError(f"unknown variant {v!r}; known: {', '.join(VARIANTS)}")
+            get_variant(v)  # validated where variants are defined
         for lr in self.lrs:
             if not lr > 0:
                 raise UsageError(f"learning rates must be positive, got {lr:g}")
