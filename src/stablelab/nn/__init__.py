@@ -7,3 +7,10 @@ from stablelab.nn.stablemax import (
 )
 
 __all__ = ["MLP", "StableMax", "log_stable_max", "stable_max", "stable_max_cross_entropy", "stable_max_s"]
+
+# Low-bit and binary training (issue 13, parts 1-3)
+from stablelab.nn.estimators import RESTE_INTERVAL, RESTE_T, reste, reste_o_schedule, reste_slope, ste
+
+__all__ += [
+    "RESTE_INTERVAL", "RESTE_T", "reste", "reste_o_schedule", "reste_slope", "ste",
+]

@@ -17,3 +17,6 @@ __all__ += [
     "softmax_collapse_mask",
     "zero_loss_fraction",
 ]
+from stablelab.signals.binary import estimating_error, gradient_stability, power_estimator
+
+__all__ += ["estimating_error", "gradient_stability", "power_estimator"]
