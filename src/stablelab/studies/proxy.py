@@ -22,6 +22,7 @@ from stablelab.models.size import count_parameters
 from stablelab.models.variants import VARIANTS, get_variant
 from stablelab.report.proxy_report import write_proxy_report
 from stablelab.run.grid import ProxyGrid
+from stablelab.run.progress import progress_bar
 from stablelab.run.proxy_run import ProxyRunConfig, train
 from stablelab.store.columns import layer_column
 from stablelab.store.query import query
@@ -150,15 +151,9 @@ def run_sweep(grid: ProxyGrid, out: Path, workers: int | None, address: str | No
     results = {c.run_id: load_result(runs_dir / c.run_id) for c in configs if c not in pending}
     failures: list[str] = []
     if pending:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
-
         diverged = sum(1 for r in results.values() if r.get("diverged"))
-        columns = [TextColumn("[bold]proxy study"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("runs, {task.fields[diverged]} diverged"), TimeElapsedColumn(),
-                   TextColumn("left"), TimeRemainingColumn()]
-        with Progress(*columns, disable=not progress, transient=False) as bar:
-            task = bar.add_task("sweep", total=len(configs), completed=len(results), diverged=diverged)
+        with progress_bar("proxy study", total=len(configs), completed=len(results), unit="runs",
+                          fields={"diverged": diverged}, enabled=progress) as bar:
 
             def on_result(key: str, result: dict | None, error: BaseException | None) -> None:
                 nonlocal diverged
@@ -167,7 +162,7 @@ def run_sweep(grid: ProxyGrid, out: Path, workers: int | None, address: str | No
                     diverged += bool(result.get("diverged"))
                 else:
                     failures.append(f"{key}: {type(error).__name__}: {error}")
-                bar.update(task, advance=1, diverged=diverged)
+                bar.update(advance=1, diverged=diverged)
 
             driver_pid = None if address else os.getpid()
             with dask_client(address, workers) as client:
