@@ -1,0 +1,81 @@
+"""Detectors turn signals into events. One registry (`DETECTORS`), one class per kind.
+
+Every detector reads one step's row of host values (`check(step, row)`), keeps whatever history it
+needs, and returns the events it raises. Thresholds have documented defaults, a warm-up (steps or
+values seen before it may fire) and are set by keyword: `Monitor(..., detectors={"loss_spike":
+{"z": 8.0}, "eps_floor": False})`. Keys a detector needs that are missing from a row (a signal
+that was not sampled at that step) make it return nothing for that row.
+
+The classes live by what they read: base.py (the Detector base, robust statistics), loss.py,
+gradients.py, logits.py, curvature.py; this module holds the registry and re-exports them all."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
+
+from stablelab.errors import UsageError
+from stablelab.monitor.detectors.base import Detector, _finite, _median, _number, _Window
+from stablelab.monitor.detectors.curvature import EdgeOfStability
+from stablelab.monitor.detectors.gradients import EpsFloor, GradOutlier, GradSpike, UpdateRatio
+from stablelab.monitor.detectors.logits import AttnLogitGrowth, LogitDivergence, SoftmaxCollapse
+from stablelab.monitor.detectors.loss import LossRise, LossSpike, NonFinite
+
+__all__ = [
+    "DETECTORS", "Detector", "register_detector", "build_detectors", "default_settings",
+    "NonFinite", "LossSpike", "LossRise", "GradOutlier", "GradSpike", "UpdateRatio", "EpsFloor",
+    "AttnLogitGrowth", "LogitDivergence", "SoftmaxCollapse", "EdgeOfStability",
+    "_finite", "_median", "_number", "_Window",
+]
+
+
+DETECTORS: dict[str, type[Detector]] = {
+    cls.kind: cls for cls in (NonFinite, GradOutlier, GradSpike, LossSpike, LossRise, UpdateRatio,
+                              AttnLogitGrowth, LogitDivergence, SoftmaxCollapse, EpsFloor, EdgeOfStability)
+}
+
+
+def register_detector(cls: type[Detector]) -> type[Detector]:
+    """Add a detector class (usable as a decorator); its `kind` becomes a valid policy key."""
+    DETECTORS[cls.kind] = cls
+    return cls
+
+
+def build_detectors(overrides: dict[str, Any] | None = None) -> list[Detector]:
+    """All registered detectors with their defaults; `overrides[kind]` is a dict of settings, or
+    False to switch that detector off."""
+    overrides = dict(overrides or {})
+    unknown = set(overrides) - set(DETECTORS)
+    if unknown:
+        raise UsageError(f"unknown detector(s) {sorted(unknown)}; available: {sorted(DETECTORS)}")
+    built = []
+    for kind, cls in DETECTORS.items():
+        setting = overrides.get(kind, {})
+        if setting is False:
+            continue
+        if setting is True:
+            setting = {}
+        if not isinstance(setting, dict):
+            raise UsageError(f"settings for detector {kind!r} must be a dict or False, got {setting!r}")
+        defaults = {f.name: f.default for f in fields(cls)}
+        for name, value in setting.items():
+            default = defaults.get(name)
+            if not _number(default):
+                continue
+            if not _number(value):
+                raise UsageError(f"detector {kind!r} setting {name!r} must be a number, got {value!r}")
+            if isinstance(default, int) and isinstance(value, float) and not value.is_integer():
+                raise UsageError(f"detector {kind!r} setting {name!r} must be a whole number, got {value!r}")
+            if value < 0:
+                raise UsageError(f"detector {kind!r} setting {name!r} must be >= 0, got {value!r}")
+        try:
+            built.append(cls(**(setting or {})))
+        except TypeError as error:
+            raise UsageError(f"bad settings for detector {kind!r}: {error}") from None
+    return built
+
+
+def default_settings() -> dict[str, dict[str, Any]]:
+    """Every detector's default thresholds (for docs and the report)."""
+    return {kind: cls().settings() for kind, cls in DETECTORS.items()}
+
