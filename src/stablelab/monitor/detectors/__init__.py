@@ -78,4 +78,3 @@ def build_detectors(overrides: dict[str, Any] | None = None) -> list[Detector]:
 def default_settings() -> dict[str, dict[str, Any]]:
     """Every detector's default thresholds (for docs and the report)."""
     return {kind: cls().settings() for kind, cls in DETECTORS.items()}
-
