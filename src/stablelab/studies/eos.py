@@ -6,7 +6,9 @@ against 2/lr: it rises (progressive sharpening), reaches 2/lr and hovers there. 
 whose trace(H) at the end is compared with 2/lr (Wu & Su 2023: a linearly stable SGD minimum has
 trace(H) <= 2/lr), beside full-batch GD at the same LR.
 
-Outputs in --out: report.html (self-contained), summary.json, sharpness.png.
+Every run trains through stablelab.run.loop and is one store folder under --out/runs (a finished run
+with the same configuration is read back on a rerun). Outputs in --out: report.html
+(self-contained), summary.json, sharpness.png, runs/.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from torch import nn
 from stablelab.data.digits import Digits, load_digits
 from stablelab.errors import UsageError
 from stablelab.models.mlp import MLP
+from stablelab.run.loop import open_run, read_finished, train_loop
+from stablelab.run.progress import progress_bar
 from stablelab.signals.curvature import gd_threshold, hessian_trace, top_eigenvalues
 
 
@@ -94,8 +98,15 @@ def hover_statistics(steps: list[int], sharpness: list[float], lr: float, band: 
 
 
 def run_gradient_descent(loss_name: str, lr: float, steps: int, config: EosConfig, data: Digits,
-                         advance=lambda n: None) -> dict:
-    """Full-batch GD; sharpness (Lanczos) and loss every `check_every` steps. Divergence is a result."""
+                         advance=lambda n: None, run_dir: str | Path | None = None) -> dict:
+    """Full-batch GD through stablelab.run.loop; sharpness (Lanczos) and loss every `check_every`
+    steps and at the end. Divergence is a result. With run_dir, the run is a store folder: a finished
+    one with the same configuration is read back instead of retrained."""
+    run_config = {"kind": "gradient_descent", "loss": loss_name, "lr": lr, "steps": steps, **_run_fields(config)}
+    finished = read_finished(run_dir, run_config)
+    if finished is not None:
+        advance(steps)
+        return _readback(finished[0])
     device = torch.device(config.device)
     loss_fn = LOSSES[loss_name]
     batch = (data.x_train.to(device), data.y_train.to(device))
@@ -103,30 +114,37 @@ def run_gradient_descent(loss_name: str, lr: float, steps: int, config: EosConfi
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     record = {"loss": loss_name, "lr": lr, "steps": [], "sharpness": [], "train_loss": [], "products": 0,
               "diverged": False}
-    start, warm = time.perf_counter(), None
-    for step in range(steps + 1):
-        if step % config.check_every == 0 or step == steps:
+    warm = {"vector": None}
+
+    def check(step: int, loss: torch.Tensor) -> dict:
+        loss = float(loss.detach())
+        sharpness = float("nan")
+        if math.isfinite(loss):
+            # Warm start from the last top eigenvector: the Hessian drifts slowly between checks.
+            result = top_eigenvalues(model, loss_fn, batch, tol=config.tol, seed=config.seed,
+                                     return_result=True, start=warm["vector"])
+            record["products"] += result.products
+            sharpness, warm["vector"] = float(result.eigenvalues[0]), result.vector
+        for key, value in (("steps", step), ("sharpness", sharpness), ("train_loss", loss)):
+            record[key].append(value)
+        return {"step": step, "sharpness": sharpness, "train_loss": loss}
+
+    start = time.perf_counter()
+    writer = open_run(run_dir, run_config)
+    try:
+        loop = train_loop(steps, lambda step: loss_fn(model, batch), optimizer, log_every=config.check_every,
+                          on_log=check, diverge_on=("sharpness",), finite_every=0, writer=writer,
+                          advance=advance)
+        record["diverged"] = loop.diverged
+        if not loop.diverged:  # the final weights are checked too
             with torch.no_grad():
-                loss = float(loss_fn(model, batch))
-            sharpness = float("nan")
-            if math.isfinite(loss):
-                # Warm start from the last top eigenvector: the Hessian drifts slowly between checks.
-                result = top_eigenvalues(model, loss_fn, batch, tol=config.tol, seed=config.seed,
-                                         return_result=True, start=warm)
-                record["products"] += result.products
-                sharpness, warm = float(result.eigenvalues[0]), result.vector
-            record["steps"].append(step)
-            record["sharpness"].append(sharpness)
-            record["train_loss"].append(loss)
-            if not math.isfinite(loss) or not math.isfinite(sharpness):
-                record["diverged"] = True
-                break
-        if step == steps:
-            break
-        optimizer.zero_grad(set_to_none=True)
-        loss_fn(model, batch).backward()
-        optimizer.step()
-        advance(1)
+                row = check(steps, loss_fn(model, batch))
+            record["diverged"] = not (math.isfinite(row["train_loss"]) and math.isfinite(row["sharpness"]))
+            if writer:
+                writer.log(row)
+    finally:
+        if writer:
+            writer.close()
     with torch.no_grad():
         record["train_accuracy"] = float((model(batch[0]).argmax(1) == batch[1]).float().mean())
         record["test_accuracy"] = float(
@@ -135,84 +153,92 @@ def run_gradient_descent(loss_name: str, lr: float, steps: int, config: EosConfi
     record["gd_threshold"] = gd_threshold(lr)
     record.update(hover_statistics(record["steps"], record["sharpness"], lr, config.band))
     record["hovers"] = record["hovers"] and not record["diverged"]
+    if writer:
+        writer.finish(record)
     return record
 
 
-def run_sgd_trace(lr: float, config: EosConfig, data: Digits, advance=lambda n: None) -> dict:
+def run_sgd_trace(lr: float, config: EosConfig, data: Digits, advance=lambda n: None,
+                  run_dir: str | Path | None = None) -> dict:
     """Minibatch SGD (MSE) for `sgd_steps`, then trace(H) and lambda_max on the full training set,
-    beside full-batch GD at the same LR and number of steps."""
+    beside full-batch GD at the same LR and number of steps (both through stablelab.run.loop)."""
+    run_config = {"kind": "sgd_trace", "lr": lr, **_run_fields(config)}
+    finished = read_finished(run_dir, run_config)
+    if finished is not None:
+        advance(2 * config.sgd_steps)
+        return finished[0]
     device = torch.device(config.device)
     full = (data.x_train.to(device), data.y_train.to(device))
     out = {"lr": lr, "batch_size": config.sgd_batch_size, "steps": config.sgd_steps, "gd_threshold": gd_threshold(lr)}
     generator = torch.Generator().manual_seed(config.seed)  # minibatch order, independent of the global RNG
+    writer = open_run(run_dir, run_config)
     for name, batch_size in (("sgd", config.sgd_batch_size), ("gd", len(data.y_train))):
         model = make_mlp(config.width, config.depth, config.seed).to(device)
         optimizer = torch.optim.SGD(model.parameters(), lr=lr)
         n = len(data.y_train)
-        order = torch.randperm(n, generator=generator)
-        position = 0
-        for _ in range(config.sgd_steps):
-            if position + batch_size > n:
-                order, position = torch.randperm(n, generator=generator), 0
-            index = order[position: position + batch_size].to(device)
-            position += batch_size
-            optimizer.zero_grad(set_to_none=True)
-            mse_loss(model, (full[0][index], full[1][index])).backward()
-            optimizer.step()
-            advance(1)
+        order = {"index": torch.randperm(n, generator=generator), "position": 0}
+
+        def compute_loss(step: int) -> torch.Tensor:
+            if order["position"] + batch_size > n:
+                order["index"], order["position"] = torch.randperm(n, generator=generator), 0
+            index = order["index"][order["position"]: order["position"] + batch_size].to(device)
+            order["position"] += batch_size
+            return mse_loss(model, (full[0][index], full[1][index]))
+
+        train_loop(config.sgd_steps, compute_loss, optimizer, finite_every=0, advance=advance)
         with torch.no_grad():
             loss = float(mse_loss(model, full))
         trace = hessian_trace(model, mse_loss, full, n_products=config.trace_products, seed=config.seed)
         lam = float(top_eigenvalues(model, mse_loss, full, tol=config.tol, seed=config.seed)[0])
         out[name] = {"train_loss": loss, "trace": trace, "lambda_max": lam,
                      "trace_ratio": trace / gd_threshold(lr), "sharpness_ratio": lam / gd_threshold(lr)}
+        if writer:
+            writer.log({"method": name, **out[name]})
+    if writer:
+        writer.finish(out)
     return out
 
 
-def _figure(runs: list[dict]):
-    import matplotlib.pyplot as plt
-
-    losses = [name for name in LOSSES if any(r["loss"] == name for r in runs)]
-    fig, axes = plt.subplots(2, len(losses), figsize=(5.5 * len(losses), 6.5), squeeze=False, sharex="col")
-    for column, name in enumerate(losses):
-        top, bottom = axes[0][column], axes[1][column]
-        for i, run in enumerate(r for r in runs if r["loss"] == name):
-            color = f"C{i}"
-            top.plot(run["steps"], run["sharpness"], color=color, label=f"lr {run['lr']:g}")
-            top.axhline(run["gd_threshold"], color=color, linestyle="--", linewidth=1)
-            bottom.plot(run["steps"], run["train_loss"], color=color, label=f"lr {run['lr']:g}")
-        top.set_title(f"{name}: sharpness (solid) and 2/lr (dashed)")
-        top.set_ylabel("top Hessian eigenvalue")
-        top.legend()
-        bottom.set_yscale("log")
-        bottom.set_ylabel("train loss")
-        bottom.set_xlabel("gradient descent step")
-    fig.tight_layout()
-    return fig
+def _run_fields(config: EosConfig) -> dict:
+    """What one run depends on (not the list of runs, nor the thread count)."""
+    plan = ("mse_lrs", "cross_entropy_lrs", "mse_steps", "cross_entropy_steps", "sgd_lrs", "threads", "extra")
+    return {k: v for k, v in asdict(config).items() if k not in plan}
 
 
-def run_study(config: EosConfig, out_dir: Path) -> dict:
-    from rich.progress import Progress
+def _readback(record: dict) -> dict:
+    # strict JSON stores NaN and inf as null: a diverged run's last check reads back as NaN
+    for key in ("sharpness", "train_loss"):
+        record[key] = [float("nan") if v is None else v for v in record[key]]
+    return record
 
-    from stablelab.report.html import Page
+
+def run_study(config: EosConfig, out_dir: Path, progress: bool = True) -> dict:
+    """The whole study: GD runs, SGD-vs-GD traces (one store folder each under out_dir/runs, read
+    back when finished), then report.html, sharpness.png and summary.json. Torch's thread count is
+    restored afterwards."""
+    from stablelab.report.eos_figures import write_page
     from stablelab.store.files import atomic_write_bytes, atomic_write_json
 
-    torch.set_num_threads(config.threads)
     data = load_digits(seed=config.seed)
     plan = [(name, lr, config.mse_steps if name == "mse" else config.cross_entropy_steps)
             for name, lrs in (("mse", config.mse_lrs), ("cross_entropy", config.cross_entropy_lrs)) for lr in lrs]
     total = sum(s for _, _, s in plan) + 2 * config.sgd_steps * len(config.sgd_lrs)
+    runs_dir = out_dir / "runs"
     start = time.perf_counter()
     runs, sgd = [], []
-    with Progress(transient=True) as progress:
-        task = progress.add_task("edge of stability", total=total)
-        advance = lambda n: progress.advance(task, n)  # noqa: E731
-        for name, lr, steps in plan:
-            progress.update(task, description=f"GD {name} lr {lr:g}")
-            runs.append(run_gradient_descent(name, lr, steps, config, data, advance))
-        for lr in config.sgd_lrs:
-            progress.update(task, description=f"SGD vs GD lr {lr:g}")
-            sgd.append(run_sgd_trace(lr, config, data, advance))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        with progress_bar("eos", total, description="edge of stability", transient=True, enabled=progress) as bar:
+            for name, lr, steps in plan:
+                bar.update(description=f"GD {name} lr {lr:g}")
+                runs.append(run_gradient_descent(name, lr, steps, config, data, bar.advance,
+                                                 runs_dir / f"gd_{name}_lr{lr:g}"))
+            for lr in config.sgd_lrs:
+                bar.update(description=f"SGD vs GD lr {lr:g}")
+                sgd.append(run_sgd_trace(lr, config, data, bar.advance, runs_dir / f"sgd_lr{lr:g}"))
+    finally:
+        torch.set_num_threads(threads)
     seconds = time.perf_counter() - start
 
     hovering = [r for r in runs if r["hovers"]]
@@ -221,57 +247,11 @@ def run_study(config: EosConfig, out_dir: Path) -> dict:
         "hovering_runs": [f"{r['loss']} lr {r['lr']:g}" for r in hovering],
         "edge_of_stability_reproduced": len(hovering) >= 2,
     }
-
-    page = Page("Edge of stability: sharpness against 2/lr",
-                f"tanh MLP {config.depth} x {config.width} on digits (1347 images, full batch); "
+    subtitle = (f"tanh MLP {config.depth} x {config.width} on digits (1347 images, full batch); "
                 f"sharpness by Lanczos (relative error <= {config.tol:g}) every {config.check_every} steps; "
                 f"{seconds:.0f} s on {config.device} with {config.threads} thread(s)")
-    page.heading("Findings")
-    lines, warn = [], []
-    for r in runs:
-        if r["diverged"]:
-            lines.append(f"{r['loss']} lr {r['lr']:g}: diverged")
-        elif r["reached_step"] is None:
-            lines.append(f"{r['loss']} lr {r['lr']:g}: sharpness stayed below {1 - config.band:.0%} of 2/lr "
-                         f"(max {max(r['sharpness']):.3g} vs 2/lr = {r['gd_threshold']:.3g})")
-        else:
-            lines.append(
-                f"{r['loss']} lr {r['lr']:g}: sharpness {r['sharpness'][0]:.3g} -> reaches "
-                f"{1 - config.band:.0%} of 2/lr = {r['gd_threshold']:.3g} at step {r['reached_step']}, then median "
-                f"{r['median_ratio_after']:.3f} x 2/lr, {r['fraction_within_band_after']:.0%} of checks within "
-                f"{config.band:.0%}" + (" (hovers: edge of stability)" if r["hovers"] else ""))
-        warn.append(not r["hovers"])
-    for s in sgd:
-        lines.append(f"SGD lr {s['lr']:g} batch {s['batch_size']}: trace(H) = {s['sgd']['trace']:.3g} = "
-                     f"{s['sgd']['trace_ratio']:.2f} x 2/lr (Wu & Su: <= 1 at a linearly stable minimum); "
-                     f"lambda_max {s['sgd']['sharpness_ratio']:.2f} x 2/lr; full-batch GD: trace "
-                     f"{s['gd']['trace']:.3g}, lambda_max {s['gd']['lambda_max']:.3g} = "
-                     f"{s['gd']['sharpness_ratio']:.2f} x 2/lr")
-        warn.append(False)  # not a verdict: the bound holds at minima, see the note below
-    page.findings(lines, warn)
-    png = page.figure(_figure(runs), "sharpness against 2/lr over training")
+    png = write_page(out_dir / "report.html", subtitle, runs, sgd, config.band, config.trace_products)
     atomic_write_bytes(out_dir / "sharpness.png", png)
-    page.heading("Gradient descent runs")
-    page.table(
-        ["loss", "lr", "2/lr", "initial sharpness", "reached at step", "median ratio after", "within band",
-         "max ratio after", "final loss", "train acc", "test acc", "HVPs", "seconds"],
-        [[r["loss"], r["lr"], r["gd_threshold"], r["sharpness"][0], r["reached_step"], r["median_ratio_after"],
-          r["fraction_within_band_after"], r["max_ratio_after"], r["train_loss"][-1], r["train_accuracy"],
-          r["test_accuracy"], r["products"], r["seconds"]] for r in runs])
-    page.heading("SGD: trace(H) at the end against 2/lr")
-    page.table(["lr", "batch", "steps", "2/lr", "SGD trace", "SGD trace / (2/lr)", "SGD lambda_max",
-                "GD trace", "GD lambda_max / (2/lr)", "SGD loss", "GD loss"],
-               [[s["lr"], s["batch_size"], s["steps"], s["gd_threshold"], s["sgd"]["trace"], s["sgd"]["trace_ratio"],
-                 s["sgd"]["lambda_max"], s["gd"]["trace"], s["gd"]["sharpness_ratio"], s["sgd"]["train_loss"],
-                 s["gd"]["train_loss"]] for s in sgd])
-    page.paragraph(f"Trace by Hutch++ with {config.trace_products} Hessian-vector products on the full training "
-                   "set. Wu & Su's trace(H) <= 2/lr is a statement about linearly stable global minima (an "
-                   "interpolating model, batch 1 in its simplest form); this small MLP does not interpolate "
-                   "the MSE targets, so compare SGD's trace with GD's at the same LR rather than read the "
-                   "ratio as pass/fail. Cross-entropy runs: as the loss goes to 0 the sharpness falls (Cohen et al. 2021 "
-                   "note this late-training decline for cross-entropy), so hovering is expected only for MSE.",
-                   "meta")
-    page.write(out_dir / "report.html")
     atomic_write_json(out_dir / "summary.json", summary)
     return summary
 
