@@ -12,7 +12,9 @@ from typing import ClassVar
 import pytest
 
 from stablelab import cli, config
-from stablelab.config import Command, Runtime, csv, each, positive, setting
+from stablelab.config import Runtime, csv, each, positive, setting
+from stablelab.run.runtime import checked, threads_scope
+from stablelab.studies.command import Command
 from stablelab.errors import UsageError
 
 
@@ -82,13 +84,13 @@ def test_runtime_refuses_a_device_that_is_not_here():
     import torch
 
     with pytest.raises(UsageError, match="not a torch device"):
-        Runtime(device="gpu0").checked()
+        checked(Runtime(device="gpu0"))
     if not torch.cuda.is_available():
         with pytest.raises(UsageError, match="CUDA is not available"):
-            Runtime(device="cuda").checked()
+            checked(Runtime(device="cuda"))
     with pytest.raises(UsageError, match="--threads must be at least 1"):
-        Runtime(threads=0).checked()
-    assert Runtime(device="cpu").checked().device == "cpu"
+        checked(Runtime(threads=0))
+    assert checked(Runtime(device="cpu")).device == "cpu"
 
 
 def test_threads_are_restored_even_after_an_error():
@@ -97,7 +99,7 @@ def test_threads_are_restored_even_after_an_error():
     before = torch.get_num_threads()
     target = 1 if before != 1 else 2
     with pytest.raises(RuntimeError):
-        with Runtime(threads=target).threads_scope():
+        with threads_scope(target):
             assert torch.get_num_threads() == target
             raise RuntimeError("a failing study")
     assert torch.get_num_threads() == before
@@ -154,3 +156,7 @@ def test_config_module_is_standard_library_only():
     names |= {node.module for node in top_level if isinstance(node, ast.ImportFrom)}
     assert "torch" not in names and not any(n and n.startswith("stablelab.") and n != "stablelab.errors"
                                             for n in names)
+    inner = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    inner |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert inner <= {"__future__", "argparse", "dataclasses", "json", "os", "pathlib", "typing",
+                     "stablelab.errors", "stablelab.io"}, inner

@@ -12,8 +12,10 @@ parser and check, from which the CLI flags, `--help`, validation with one-line e
     settings = from_flags(MySettings, {"steps": "100"}, preset="quick")   # -> MySettings(...)
 
 Runtime options (where and how a study runs, never what it computes) are one type, `Runtime`,
-validated once by `Runtime.checked()`: a device that does not exist is refused before any work.
-`Runtime.threads_scope()` sets torch's thread count and restores it afterwards.
+validated once before any work (`stablelab.run.runtime.checked`: a device that does not exist is
+refused), and `stablelab.run.runtime.threads_scope` sets torch's thread count and restores it after.
+`stablelab.studies.command.Command` joins a settings class, its runtime options and the study's
+`main(settings, runtime)` into a CLI command.
 
 Standard library only: importing this module does not import torch (the CLI builds `--help` from
 it). Layer L0 in docs/design.md.
@@ -22,13 +24,12 @@ it). Layer L0 in docs/design.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from stablelab.errors import UsageError
 
@@ -140,6 +141,11 @@ def flag_name(f: dataclasses.Field) -> str:
 
 def _settings_fields(cls: type) -> list[dataclasses.Field]:
     return [f for f in fields(cls) if "help" in f.metadata]
+
+
+def setting_names(cls: type) -> list[str]:
+    """The names of the fields declared with `setting` (the study's flags)."""
+    return [f.name for f in _settings_fields(cls)]
 
 
 def _parser_for(f: dataclasses.Field) -> Callable[[str], Any]:
@@ -279,51 +285,13 @@ class Runtime:
     address: str | None = None
 
     def checked(self) -> "Runtime":
-        """Refuse bad values before any work: a device torch does not have, threads or workers < 1."""
+        """Refuse bad counts (threads or workers < 1). The device is checked by
+        `stablelab.run.runtime.checked`, which needs torch."""
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"--threads must be at least 1, got {self.threads}")
         if self.workers is not None and self.workers < 1:
             raise UsageError(f"--workers must be at least 1, got {self.workers}")
-        check_device(self.device)
         return self
-
-    @contextlib.contextmanager
-    def threads_scope(self) -> Iterator[None]:
-        """torch.set_num_threads(threads) for the block, the previous count restored after it."""
-        if self.threads is None:
-            yield
-            return
-        import torch
-
-        previous = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(previous)
-
-
-def check_device(name: str) -> None:
-    """UsageError unless torch can use device `name` here (imports torch, lazily)."""
-    import torch
-
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError) as error:
-        raise UsageError(f"--device: {name!r} is not a torch device ({error})") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {name}: CUDA is not available here (torch {torch.__version__})")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
-    elif device.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise UsageError(f"--device {name}: MPS is not available here")
-    elif device.type not in ("cpu", "meta"):
-        try:
-            torch.empty(1, device=device)
-        except Exception as error:  # noqa: BLE001 - any backend's refusal
-            raise UsageError(f"--device {name}: not usable here ({type(error).__name__})") from None
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser, options: tuple[str, ...],
@@ -356,30 +324,7 @@ def runtime_from_args(args: argparse.Namespace) -> Runtime:
     values = {name: getattr(args, name) for name in RUNTIME_OPTIONS if hasattr(args, name)}
     if values.get("out") is not None:
         values["out"] = Path(values["out"]).expanduser()
-    return Runtime(**values).checked()
-
-
-# -- a study's command, derived ------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Command:
-    """What the CLI needs to know of a study: its settings class, the runtime options it takes,
-    and `main(settings, runtime) -> exit status`."""
-
-    settings: type
-    main: Callable[[Any, Runtime], int]
-    runtime: tuple[str, ...] = ("out", "device", "progress")
-    out_required: bool = True
-
-    def configure(self, parser: argparse.ArgumentParser) -> None:
-        add_arguments(parser, self.settings)
-        add_runtime_arguments(parser, self.runtime, self.out_required)
-
-    def run(self, args: argparse.Namespace) -> int:
-        values = {f.name: getattr(args, f.name, None) for f in _settings_fields(self.settings)}
-        settings = from_flags(self.settings, values, getattr(args, "preset", "default"))
-        runtime = runtime_from_args(args)
-        with runtime.threads_scope():
-            return int(self.main(settings, runtime) or 0)
+    return Runtime(**values)
 
 
 def write_config(out: Path, settings: Any, runtime: Runtime, extra: dict | None = None) -> Path:

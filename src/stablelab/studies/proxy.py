@@ -14,7 +14,7 @@ from typing import ClassVar
 
 from stablelab import config
 from stablelab.analysis.proxy_summary import findings, summarize
-from stablelab.config import Command, Runtime, by, csv, each, non_negative, one_of, positive, setting
+from stablelab.config import Runtime, by, csv, each, non_negative, one_of, positive, setting
 from stablelab.data.corpus import BUILTIN, load_corpus
 from stablelab.errors import UsageError
 from stablelab.io import atomic_write_json, read_json
@@ -27,6 +27,7 @@ from stablelab.run.proxy_run import ProxyRunConfig, train
 from stablelab.store.columns import layer_column
 from stablelab.store.query import query
 from stablelab.store.run_store import is_done, load_result
+from stablelab.studies.command import Command
 from stablelab.sweep.executor import dask_client, default_workers, run_tasks
 
 PAPER_LRS = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)  # the paper's grid
