@@ -15,7 +15,8 @@ IntxFakeQuantizer(IntxFakeQuantizeConfig(torch.intN, group_size=g, is_symmetric=
 All 2^b levels are used; the largest positive value lands half a step past the top level and is
 clamped to it, which keeps the error within half a step. Backward: the identity (the STE of
 Bengio et al. 2013 / Jacob et al. 2018): the gradient reaches the master weight unchanged. torchao
-instead zeroes it where its clamp bites (that largest positive element of each group).
+instead zeroes it where its clamp bites: a positive group maximum whose x * (1/s) comes out as the
+tie 2^(b-1) - 1/2 in float and rounds up past the top level (tested).
 
 `quantize_model` swaps modules in place and keeps the same Parameter objects, so the masters stay
 in their dtype (float32 for a float32 model), optimizer state and weight tying survive, and
