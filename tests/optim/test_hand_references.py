@@ -32,7 +32,8 @@ def ref_spam(p, grads, lr, b1, b2, eps, wd, theta, interval, warmup, clip_after)
         m = b1 * m + (1 - b1) * g
         v = b2 * v + (1 - b2) * g ** 2
         c = t % interval
-        scale = 1 - 0.99 * (1 + math.cos(math.pi * (c + 1) / (warmup + 1))) / 2 if t >= interval and c < warmup else 1
+        # official CosineDecay(0.99, warmup).get_dr(c): CosineAnnealingLR(T_max=warmup+1).step(c), 0 once c >= warmup
+        scale = 1 - 0.99 * (1 + math.cos(math.pi * c / (warmup + 1))) / 2 if t >= interval and c < warmup else 1
         p = p - scale * lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t) * m / (np.sqrt(v) + eps)
         p = p - lr * wd * p
         out.append(p)

@@ -184,9 +184,11 @@ def clip_gradients(grads: list[torch.Tensor], total_norm: float, max_norm: float
     """Scale gradients so their global norm is at most max_norm; returns the factor applied."""
     if total_norm <= max_norm or total_norm == 0:
         return 1.0
-    factor = max_norm / (total_norm + 1e-6)  # same epsilon as torch.nn.utils.clip_grad_norm_
-    torch._foreach_mul_(grads, factor)
-    return factor
+    from stablelab.optim.transforms import clip_by_global_norm  # the one global-norm clip (proxy run's too)
+
+    # the norm is known (measured on the host): the transform applies min(1, max / (norm + 1e-6))
+    clip_by_global_norm(grads, max_norm, total_norm=torch.tensor(total_norm, dtype=torch.float64))
+    return max_norm / (total_norm + 1e-6)  # same epsilon as torch.nn.utils.clip_grad_norm_
 
 def intervention_event(action: str, cause: Event, message: str, **data: Any) -> Event:
     return Event(action, cause.step, "info", message, {"cause": cause.kind, **data})

@@ -10,7 +10,14 @@ import math
 
 import torch
 
-from stablelab.optim.base import StabilityOptimizer, adam_denominators, adam_moments_, bias_correction
+from stablelab.optim.base import (
+    StabilityOptimizer,
+    adam_denominators,
+    adam_moments_,
+    bias_correction,
+    column,
+    use_foreach,
+)
 
 
 def _cosines(param: torch.Tensor, grad: torch.Tensor, eps: float):
@@ -64,6 +71,61 @@ def radial_projection_no_sync(param: torch.Tensor, grad: torch.Tensor, update: t
     return projected, torch.where(invariant, ratio, 1.0)
 
 
+def adamp(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
+          exp_avg_sqs: list[torch.Tensor], *, step: int, lr: float, beta1: float, beta2: float, eps: float,
+          weight_decay: float, delta: float, wd_ratio: float, nesterov: bool, foreach: bool | None = None) -> None:
+    """One AdamP step, in place on `params`, `exp_avgs` and `exp_avg_sqs` (the functional core).
+
+    Args:
+        params, grads, exp_avgs, exp_avg_sqs: lists of tensors of equal length (grads not modified).
+        step: the step count t (from 1) of these tensors, this step included.
+        lr, beta1, beta2, eps: as in Adam (eps outside the bias-corrected square root, official).
+        weight_decay: decoupled, p -= lr * wd * ratio * p, ratio = `wd_ratio` for projected tensors.
+        delta: the cosine threshold of the scale-invariance test (`radial_projection`).
+        nesterov: use (b1 m + (1 - b1) g) instead of m.
+        foreach: the `_multi_tensor_adamp` path (default: where foreach kernels exist); it selects
+            the projection without a host sync, the per-tensor path branches on it.
+    """
+    path = _multi_tensor_adamp if use_foreach(foreach, params) else _single_tensor_adamp
+    path(params, grads, exp_avgs, exp_avg_sqs, step=step, beta1=beta1, beta2=beta2, eps=eps, decay=lr * weight_decay,
+         delta=delta, wd_ratio=wd_ratio, nesterov=nesterov, step_size=lr / bias_correction(beta1, step))
+
+
+def _single_tensor_adamp(params, grads, exp_avgs, exp_avg_sqs, *, step, beta1, beta2, eps, decay, delta, wd_ratio,
+                         nesterov, step_size):
+    for param, grad, exp_avg, exp_avg_sq in zip(params, grads, exp_avgs, exp_avg_sqs):
+        exp_avg.lerp_(grad, 1.0 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        denom = exp_avg_sq.sqrt().div_(math.sqrt(bias_correction(beta2, step))).add_(eps)
+        numerator = exp_avg.lerp(grad, 1.0 - beta1) if nesterov else exp_avg
+        update = numerator / denom
+        ratio = 1.0
+        if param.dim() > 1:
+            update, ratio = radial_projection(param, grad, update, delta, wd_ratio, eps)
+        if decay != 0.0:
+            param.mul_(1.0 - decay * ratio)
+        param.add_(update, alpha=-step_size)
+
+
+def _multi_tensor_adamp(params, grads, exp_avgs, exp_avg_sqs, *, step, beta1, beta2, eps, decay, delta, wd_ratio,
+                        nesterov, step_size):
+    adam_moments_(exp_avgs, exp_avg_sqs, grads, beta1, beta2)
+    denoms = adam_denominators(exp_avg_sqs, beta2, step, eps)
+    numerators = torch._foreach_lerp(exp_avgs, grads, 1.0 - beta1) if nesterov else exp_avgs
+    updates = list(torch._foreach_div(numerators, denoms))
+    for i, param in enumerate(params):
+        if param.dim() <= 1:
+            continue
+        updates[i], ratio = radial_projection_no_sync(param, grads[i], updates[i], delta, wd_ratio, eps)
+        if decay != 0.0:
+            param.mul_(1.0 - decay * ratio)
+    if decay != 0.0:
+        vectors = [p for p in params if p.dim() <= 1]
+        if vectors:
+            torch._foreach_mul_(vectors, 1.0 - decay)
+    torch._foreach_add_(params, updates, alpha=-step_size)
+
+
 class AdamP(StabilityOptimizer):
     """AdamP with the official defaults: lr 1e-3, betas (0.9, 0.999), eps 1e-8, delta 0.1,
     wd_ratio 0.1, nesterov False, decoupled decay p -= lr * wd * ratio * p (before the step,
@@ -72,75 +134,21 @@ class AdamP(StabilityOptimizer):
     Update u = m / (sqrt(v) / sqrt(1 - b2^t) + eps) (nesterov: (b1 m + (1 - b1) g) instead of m),
     projected by `radial_projection` for tensors with more than one dimension, then
     p -= lr / (1 - b1^t) * u. The fast path selects the projection without a host sync.
+    The math is the functional core `adamp`.
     """
 
     state_keys = ("exp_avg", "exp_avg_sq")
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, delta: float = 0.1, wd_ratio: float = 0.1, nesterov: bool = False,
-                 *, foreach: bool | None = None, compiled: bool = False):
+                 *, foreach: bool | None = None):
         if not 0.0 <= wd_ratio <= 1.0:
             raise ValueError(f"AdamP: invalid wd_ratio {wd_ratio!r} (must be in [0, 1])")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, delta=delta,
-                                      wd_ratio=wd_ratio, nesterov=nesterov, foreach=foreach, compiled=compiled))
+                                      wd_ratio=wd_ratio, nesterov=nesterov, foreach=foreach))
 
-    def _coefficients(self, group, step, states):
+    def _step_tensors(self, group, step, params, grads, states, foreach):
         beta1, beta2 = group["betas"]
-        return dict(beta1=beta1, beta2=beta2, eps=group["eps"], nesterov=float(group["nesterov"]),
-                    delta=group["delta"], wd_ratio=group["wd_ratio"], decay=group["lr"] * group["weight_decay"],
-                    step_size=group["lr"] / bias_correction(beta1, step),
-                    bias_correction2_sqrt=math.sqrt(bias_correction(beta2, step)))
-
-    @staticmethod
-    def _kernel(params, grads, states, c):
-        for p, g, m, v in zip(params, grads, states["exp_avg"], states["exp_avg_sq"]):
-            m.copy_(c["beta1"] * m + (1 - c["beta1"]) * g)
-            v.copy_(c["beta2"] * v + (1 - c["beta2"]) * g * g)
-            numerator = (1 - c["nesterov"]) * m + c["nesterov"] * (c["beta1"] * m + (1 - c["beta1"]) * g)
-            update = numerator / (v.sqrt() / c["bias_correction2_sqrt"] + c["eps"])
-            ratio = 1.0
-            if p.dim() > 1:
-                update, ratio = radial_projection_no_sync(p, g, update, c["delta"], c["wd_ratio"], c["eps"])
-            p.mul_(1 - c["decay"] * ratio)
-            p.sub_(c["step_size"] * update)
-
-    def _update(self, group, param, grad, state):
-        beta1, beta2 = group["betas"]
-        step = state["step"]
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        exp_avg.lerp_(grad, 1.0 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-        denom = exp_avg_sq.sqrt().div_(math.sqrt(bias_correction(beta2, step))).add_(group["eps"])
-        numerator = exp_avg.lerp(grad, 1.0 - beta1) if group["nesterov"] else exp_avg
-        update = numerator / denom
-        ratio = 1.0
-        if param.dim() > 1:
-            update, ratio = radial_projection(param, grad, update, group["delta"], group["wd_ratio"], group["eps"])
-        if group["weight_decay"] != 0.0:
-            param.mul_(1.0 - group["lr"] * group["weight_decay"] * ratio)
-        param.add_(update, alpha=-group["lr"] / bias_correction(beta1, step))
-
-    def _update_foreach(self, group, step, params, grads, states):
-        beta1, beta2 = group["betas"]
-        exp_avgs = [s["exp_avg"] for s in states]
-        exp_avg_sqs = [s["exp_avg_sq"] for s in states]
-        adam_moments_(exp_avgs, exp_avg_sqs, grads, beta1, beta2)
-        denoms = adam_denominators(exp_avg_sqs, beta2, step, group["eps"])
-        if group["nesterov"]:
-            numerators = torch._foreach_lerp(exp_avgs, grads, 1.0 - beta1)
-        else:
-            numerators = exp_avgs
-        updates = list(torch._foreach_div(numerators, denoms))
-        decay = group["lr"] * group["weight_decay"]
-        for i, param in enumerate(params):
-            if param.dim() <= 1:
-                continue
-            updates[i], ratio = radial_projection_no_sync(param, grads[i], updates[i], group["delta"],
-                                                          group["wd_ratio"], group["eps"])
-            if decay != 0.0:
-                param.mul_(1.0 - decay * ratio)
-        if decay != 0.0:
-            vectors = [p for p in params if p.dim() <= 1]
-            if vectors:
-                torch._foreach_mul_(vectors, 1.0 - decay)
-        torch._foreach_add_(params, updates, alpha=-group["lr"] / bias_correction(beta1, step))
+        adamp(params, grads, column(states, "exp_avg"), column(states, "exp_avg_sq"), step=step, lr=group["lr"],
+              beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"], delta=group["delta"],
+              wd_ratio=group["wd_ratio"], nesterov=group["nesterov"], foreach=foreach)

@@ -1,16 +1,18 @@
-"""What every stablelab optimizer shares: state layout, precision, paths, closures, state_dict.
+"""What every stablelab optimizer shares: state layout, precision, path choice, closures, state_dict.
 
-One algorithm, two speeds, one state format (the torch.optim pattern):
-  - `_update(group, param, grad, state)`: the per-tensor path, the readable specification;
-  - `_update_foreach(group, step, params, grads, states)`: the same math over lists of tensors
-    with `torch._foreach_*` kernels, tested against the per-tensor path.
-The path is chosen per device the way torch does it: foreach where foreach kernels exist (CUDA),
-the per-tensor loop elsewhere (on CPU torch's foreach ops fall back to a slower loop that streams
-every tensor through memory once per operation). `foreach=True/False` forces one.
-Opt-in third path, `compiled=True`: `_kernel(params, grads, states, coefficients)` written with
-plain tensor arithmetic and compiled once by `torch.compile`; every step-dependent number
-(bias corrections, lr, reset flags) is passed as a 0-d tensor from `_coefficients`, so changing
-them does not recompile. The first step pays the compilation (about a minute on a CPU).
+The torch.optim shape (torch/optim/adamw.py): per algorithm a functional core, e.g.
+`spam(params, grads, exp_avgs, exp_avg_sqs, *, step, lr, ..., foreach=None)`, usable without any
+class, which dispatches to
+  - `_single_tensor_<name>`: a loop over tensors, the readable specification, and
+  - `_multi_tensor_<name>`: the same math over lists with `torch._foreach_*` kernels,
+tested against each other. The class (`StabilityOptimizer` subclass) only holds `param_groups`
+and `state`, gathers the tensors of a group and calls its core, as torch.optim.AdamW does.
+`foreach=None` picks the path the way torch does: foreach where foreach kernels exist (CUDA), the
+per-tensor loop elsewhere (on CPU torch's foreach ops fall back to a loop that streams every
+tensor through memory once per operation). `foreach=True/False` forces one.
+
+There is no compiled path: the opt-in `torch.compile`d kernels of earlier versions were a third
+copy of the math per optimizer and were removed (see docs/optimizers.md, Speed).
 
 Precision: state tensors are float32 for float16/bfloat16 parameters (and the update is computed in
 float32, then rounded once into the parameter); float32/float64 parameters keep state in their
@@ -43,6 +45,15 @@ def _foreach_devices() -> tuple[str, ...]:
         return ("cuda",)
 
 
+def use_foreach(foreach: bool | None, tensors: list[torch.Tensor]) -> bool:
+    """The path a functional core takes: `foreach` if given, else foreach iff every tensor is on a
+    device with foreach kernels (torch's default)."""
+    if foreach is not None:
+        return bool(foreach)
+    devices = _foreach_devices()
+    return all(t.device.type in devices for t in tensors)
+
+
 class _KeepAsSaved:
     """Shields a saved state tensor from torch's cast-to-parameter-dtype in load_state_dict."""
 
@@ -53,7 +64,8 @@ class _KeepAsSaved:
 
 
 class StabilityOptimizer(Optimizer):
-    """Base class: subclasses set `state_keys` and implement `_update` and `_update_foreach`.
+    """Base class: subclasses set `state_keys` and implement `_step_tensors`, which calls the
+    algorithm's functional core on tensors that share device, dtype and step count.
 
     `state_keys` are zero-initialised tensors shaped like the parameter; `_scalar_state` returns
     extra per-tensor entries (0-d tensors or Python numbers). `state["step"]` (a Python int) counts
@@ -61,14 +73,9 @@ class StabilityOptimizer(Optimizer):
     """
 
     state_keys: tuple[str, ...] = ()
-    kernel_state_keys: tuple[str, ...] | None = None  # state passed to `_kernel` (default: state_keys)
 
     def __init__(self, params, defaults: dict[str, Any]):
         defaults.setdefault("foreach", None)
-        defaults.setdefault("compiled", False)
-        if defaults["compiled"] and type(self)._kernel is StabilityOptimizer._kernel:
-            raise ValueError(f"{type(self).__name__} has no compiled path yet; use compiled=False")
-        self._compiled_kernel = None
         for name in ("lr", "eps", "weight_decay"):
             if name in defaults and not defaults[name] >= 0.0:
                 raise ValueError(f"{type(self).__name__}: invalid {name} {defaults[name]!r} (must be >= 0)")
@@ -87,45 +94,10 @@ class StabilityOptimizer(Optimizer):
             state[key] = torch.zeros_like(param, dtype=state_dtype(param), memory_format=torch.preserve_format)
         state.update(self._scalar_state(param))
 
-    # -- the two paths -------------------------------------------------------------------------
-    def _update(self, group: dict, param: torch.Tensor, grad: torch.Tensor, state: dict) -> None:
-        """One tensor's update, in place on `param` and `state`; `grad` is read-only."""
+    def _step_tensors(self, group: dict, step: int, params: list[torch.Tensor], grads: list[torch.Tensor],
+                      states: list[dict], foreach: bool) -> None:
+        """Call the functional core on these tensors (in place on `params` and `states`)."""
         raise NotImplementedError
-
-    def _update_foreach(self, group: dict, step: int, params: list[torch.Tensor],
-                        grads: list[torch.Tensor], states: list[dict]) -> None:
-        """The same update over tensors that share device, dtype and step count."""
-        raise NotImplementedError
-
-    def _coefficients(self, group: dict, step: int, states: list[dict]) -> dict[str, float] | None:
-        """The step's scalars for `_kernel` (None: this bucket takes the foreach path instead)."""
-        raise NotImplementedError
-
-    @staticmethod
-    def _kernel(params: list[torch.Tensor], grads: list[torch.Tensor], states: dict[str, list[torch.Tensor]],
-                c: dict[str, torch.Tensor]) -> None:
-        """The update in plain tensor arithmetic, for torch.compile; `c` holds 0-d tensors."""
-        raise NotImplementedError
-
-    def _update_compiled(self, group: dict, step: int, params: list[torch.Tensor],
-                         grads: list[torch.Tensor], states: list[dict]) -> None:
-        coefficients = self._coefficients(group, step, states)
-        if coefficients is None:
-            self._update_foreach(group, step, params, grads, states)
-            return
-        dtype, device = states[0][self.state_keys[0]].dtype, params[0].device
-        c = {k: torch.tensor(float(v), dtype=dtype, device=device) for k, v in coefficients.items()}
-        if self._compiled_kernel is None:
-            self._compiled_kernel = torch.compile(type(self)._kernel)
-        keys = self.kernel_state_keys or self.state_keys
-        self._compiled_kernel(params, grads, {k: [s[k] for s in states] for k in keys}, c)
-
-    def _uses_foreach(self, group: dict, params: list[torch.Tensor]) -> bool:
-        choice = group.get("foreach")
-        if choice is not None:
-            return bool(choice)
-        devices = _foreach_devices()
-        return all(p.device.type in devices for p in params)
 
     # -- step ----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -151,28 +123,11 @@ class StabilityOptimizer(Optimizer):
                 state["step"] += 1
                 params.append(param)
                 grads.append(param.grad)
-            if not params:
-                continue
-            if group["compiled"]:
-                self._step_foreach(group, params, grads, self._update_compiled)
-            elif self._uses_foreach(group, params):
-                self._step_foreach(group, params, grads, self._update_foreach)
-            else:
-                for param, grad in zip(params, grads):
-                    self._step_one(group, param, grad)
+            if params:
+                self._step_group(group, params, grads, use_foreach(group.get("foreach"), params))
         return loss
 
-    def _step_one(self, group: dict, param: torch.Tensor, grad: torch.Tensor) -> None:
-        state = self.state[param]
-        if param.dtype not in _LOW_PRECISION:
-            self._update(group, param, grad, state)
-            return
-        work = param.float()  # compute in float32, round once into the parameter
-        self._update(group, work, grad.float(), state)
-        param.copy_(work)
-
-    def _step_foreach(self, group: dict, params: list[torch.Tensor], grads: list[torch.Tensor],
-                      update: Callable[..., None]) -> None:
+    def _step_group(self, group: dict, params: list[torch.Tensor], grads: list[torch.Tensor], foreach: bool) -> None:
         buckets: dict[tuple, list[int]] = defaultdict(list)
         for i, param in enumerate(params):
             buckets[(param.device, param.dtype, self.state[param]["step"])].append(i)
@@ -181,11 +136,16 @@ class StabilityOptimizer(Optimizer):
             gs = [grads[i] for i in indices]
             states = [self.state[p] for p in ps]
             if dtype not in _LOW_PRECISION:
-                update(group, step, ps, gs, states)
-                continue
-            work = [p.float() for p in ps]
-            update(group, step, work, [g.float() for g in gs], states)
-            torch._foreach_copy_(ps, work)
+                self._step_tensors(group, step, ps, gs, states, foreach)
+            elif foreach:
+                work = [p.float() for p in ps]  # compute in float32, round once into the parameter
+                self._step_tensors(group, step, work, [g.float() for g in gs], states, foreach)
+                torch._foreach_copy_(ps, work)
+            else:
+                for p, g, s in zip(ps, gs, states):  # one float32 copy at a time
+                    work = p.float()
+                    self._step_tensors(group, step, [work], [g.float()], [s], foreach)
+                    p.copy_(work)
 
     # -- state_dict ----------------------------------------------------------------------------
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -199,6 +159,11 @@ class StabilityOptimizer(Optimizer):
             for name, value in entry.items():
                 if isinstance(value, _KeepAsSaved):
                     entry[name] = value.tensor.to(device=param.device, copy=True)
+
+
+def column(states: list[dict], key: str) -> list:
+    """[state[key] for state in states]: one state entry of every tensor, for a functional core."""
+    return [state[key] for state in states]
 
 
 def adam_moments_(exp_avgs: list[torch.Tensor], exp_avg_sqs: list[torch.Tensor],

@@ -5,7 +5,8 @@ scales the logits (naive loss minimisation), and is rescaled to its original nor
 
     g_perp = g - (<w, g> / (<w, w> + eps)) w,      g <- g_perp * ||g|| / ||g_perp||
 
-`OrthogonalGradient(optimizer)` applies this before any torch optimizer's step. It fixes the two bugs
+`OrthogonalGradient(optimizer)` applies this (the transform `optim.transforms.orthogonal_projection`)
+before any torch optimizer's step. It fixes the two bugs
 of the official `OrthoGrad` wrapper: with a closure, the gradient the closure computes is projected
 (the official code re-evaluates the closure inside the base step, after projecting), and
 `state_dict()` / `load_state_dict()` carry the wrapped optimizer's state (the official one is empty).
@@ -17,19 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-
-def orthogonal_gradient(weight: torch.Tensor, grad: torch.Tensor, eps: float = 1e-30,
-                        rescale: bool = True) -> torch.Tensor:
-    """g - (<w, g> / (<w, w> + eps)) w, rescaled to ||g|| (official orthograd.py); pure function."""
-    w, g = weight.detach().flatten(), grad.detach().flatten()
-    # reduce in at least float32: the dot products of low-precision tensors lose the projection
-    compute = torch.promote_types(g.dtype, torch.float32)
-    w, g = w.to(compute), g.to(compute)
-    g_perp = g - (w @ g) / (w @ w + eps) * w
-    if rescale:
-        # official code: g_perp * (||g|| / (||g_perp|| + eps)), so the step length is unchanged
-        g_perp = g_perp * (torch.linalg.vector_norm(g) / (torch.linalg.vector_norm(g_perp) + eps))
-    return g_perp.view_as(grad).to(grad.dtype)
+from stablelab.optim.transforms import orthogonal_gradient, orthogonal_projection  # noqa: F401 (re-exported)
 
 
 class OrthogonalGradient(torch.optim.Optimizer):
@@ -63,13 +52,12 @@ class OrthogonalGradient(torch.optim.Optimizer):
     @torch.no_grad()
     def project_(self) -> None:
         """Replace each `.grad` by its orthogonal projection (in place)."""
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("OrthogonalGradient does not support sparse gradients")
-                p.grad.copy_(orthogonal_gradient(p, p.grad, eps=self.eps, rescale=self.rescale))
+        params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+        if any(p.grad.is_sparse for p in params):
+            raise RuntimeError("OrthogonalGradient does not support sparse gradients")
+        if params:
+            grads = [p.grad for p in params]
+            torch._foreach_copy_(grads, orthogonal_projection(grads, params, eps=self.eps, rescale=self.rescale))
 
     def step(self, closure: Callable[[], Any] | None = None):
         loss = None
