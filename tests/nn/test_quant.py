@@ -209,3 +209,21 @@ def test_round_trip_on_hugging_face_llama_from_a_config():
     assert all(type(m) is nn.Linear for m in model.modules() if isinstance(m, nn.Linear))
     assert all(torch.equal(trained[k], v) for k, v in model.state_dict().items())
     assert torch.isfinite(float_out).all()
+
+
+def test_copies_dtype_changes_and_checkpoints_of_a_quantised_model():
+    import copy
+
+    model = _reference_model()
+    quantize_model(model, 4, 8, 32)
+    # a deep copy is quantised on its own Parameters and dequantises to them
+    twin = dequantize_model(copy.deepcopy(model))
+    assert type(twin.head) is nn.Linear and twin.head.weight is not model.head.weight
+    assert torch.equal(twin.head.weight, model.head.weight)
+    # state_dict keys are those of the plain model: checkpoints load either way
+    plain = _reference_model()
+    plain.load_state_dict(model.state_dict())
+    # .to() converts the masters; dequantize_model restores the converted ones
+    model.to(torch.float64)
+    dequantize_model(model)
+    assert model.head.weight.dtype == torch.float64 and type(model.head) is nn.Linear
