@@ -10,7 +10,8 @@ one place where the guard decides.
         optimizer.zero_grad()
     monitor.close()
 
-The parts: `measure` (device-side signals, no host sync), `readback` (one host transfer per
+The parts: `measure` (device-side signals, no host sync; `model_info` finds the logits module and
+the task), `stepping` (the wrapped optimizer.step), `readback` (one host transfer per
 `sync_every` steps into rows of the `schema` columns), `detectors` (rows -> events), `guard`
 (events -> interventions, a registry), `incidents` (events -> incidents), `sinks` (where rows,
 events and incidents go). The default policy's skip (non-finite steps, extreme gradient outliers)
@@ -18,12 +19,10 @@ is decided on the device: on an accelerator it reads nothing back per step (Poli
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import time
 import traceback
-import types
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -32,28 +31,18 @@ import torch
 from torch import nn
 
 from stablelab.errors import UsageError
-from stablelab.monitor.detectors import Detector, build_detectors
+from stablelab.monitor.detectors import Detector, build_detectors, monitor_detector_settings
 from stablelab.monitor.events import Event, TrainingStopped
-from stablelab.monitor.guard import (DEVICE_DECIDED, Guard, Policy, Snapshot, applied_lr_backoff,
-                                     effective_lr)
+from stablelab.monitor.guard import DEVICE_DECIDED, Guard, Policy, Snapshot, effective_lr
 from stablelab.monitor.incidents import Incident, IncidentTracker
 from stablelab.monitor.measure import FAST, Measurer, find_logits_module
 from stablelab.monitor.readback import fast_row, first_nonfinite, read_back, step_row
 from stablelab.monitor.sinks import RunStoreSink, Sink, make_sink
+from stablelab.monitor.stepping import StepWrapper, inner_optimizer
 
 log = logging.getLogger("stablelab.monitor")
 
 __all__ = ["Monitor", "find_logits_module"]
-
-
-def _inner_optimizer(optimizer: Any) -> torch.optim.Optimizer:
-    """The torch optimizer that holds the state (unwraps accelerate's AcceleratedOptimizer)."""
-    inner = optimizer
-    while True:  # accelerate's AcceleratedOptimizer (.optimizer), LightningOptimizer (._optimizer)
-        wrapped = getattr(inner, "optimizer", None) or getattr(inner, "_optimizer", None)
-        if not isinstance(wrapped, torch.optim.Optimizer) or wrapped is inner:
-            return inner
-        inner = wrapped
 
 
 class Monitor:
@@ -104,23 +93,14 @@ class Monitor:
         if sharpness_every and (sharpness_loss_fn is None or sharpness_batch is None):
             raise UsageError("sharpness_every needs sharpness_loss_fn and sharpness_batch")
         self.model = model
-        self.optimizer = _inner_optimizer(optimizer)
+        self.optimizer = inner_optimizer(optimizer)
         self.policy = policy if isinstance(policy, Policy) else Policy(policy) if policy else Policy()
         self.sync_every = sync_every
         self.update_ratio_every = update_ratio_every
         self.sharpness_every = sharpness_every
         self.sharpness_loss_fn, self.sharpness_batch = sharpness_loss_fn, sharpness_batch
-        if target_false_alarm_rate is not None:
-            from stablelab.monitor.calibration import thresholds_for
-
-            detectors = {**thresholds_for(target_false_alarm_rate), **(detectors or {})}
-        if grad_scaler is not None:
-            if not hasattr(grad_scaler, "unscale_"):
-                raise UsageError(f"grad_scaler must be a torch.amp.GradScaler, got {type(grad_scaler).__name__}")
-            detectors = dict(detectors or {})
-            if detectors.get("nonfinite", {}) is not False:
-                detectors["nonfinite"] = {"grad_scaler": True, **(detectors.get("nonfinite") or {})}
-        self.detectors: list[Detector] = build_detectors(detectors)
+        self.detectors: list[Detector] = build_detectors(
+            monitor_detector_settings(detectors, target_false_alarm_rate, grad_scaler))
         self.step = 0
         self.events: list[Event] = []
         self.internal_errors = 0
@@ -156,9 +136,9 @@ class Monitor:
         if update_ratio_every and self.measurer.matrices:
             self._handles.append(self.optimizer.register_step_pre_hook(self.measurer.before_update))
             self._handles.append(self.optimizer.register_step_post_hook(self.measurer.after_update))
-        self._wrap_step()
+        self._step = StepWrapper(self.optimizer, self._take_skip, lambda: self._closed)
 
-    _inner = staticmethod(_inner_optimizer)
+    _inner = staticmethod(inner_optimizer)  # kept for integrations.lightning
 
     @property
     def incidents(self) -> list[Incident]:
@@ -219,24 +199,10 @@ class Monitor:
             if self.snapshot is not None:
                 self._maybe_snapshot(entry)
         if self.sharpness_every and t > 0 and t % self.sharpness_every == 0:
-            self._measure_sharpness(entry)
+            self.measurer.measure_sharpness(entry, self.sharpness_loss_fn, self.sharpness_batch)
         measure_update = (self.update_ratio_every and t % self.update_ratio_every == 0
                           and not self.guard.skip_next)
         self.measurer.update_entry = entry if measure_update else None
-
-    def _measure_sharpness(self, entry: dict[str, Any]) -> None:
-        from stablelab.signals.curvature import sharpness_check
-
-        saved = [None if p.grad is None else p.grad.clone() for p in self.params]
-        batch = self.sharpness_batch() if callable(self.sharpness_batch) else self.sharpness_batch
-        try:
-            result = sharpness_check(self.model, self.sharpness_loss_fn, batch, entry["lr"],
-                                     optimizer=self.optimizer)
-        finally:
-            for p, g in zip(self.params, saved):
-                p.grad = g
-        entry["host"].update({f"sharpness_{k}": float(v) for k, v in result.items()
-                              if isinstance(v, (int, float)) and v is not None})
 
     # -- host side: rows, detectors, guard -----------------------------------------------------
     def _decide_now(self, entry: dict[str, Any]) -> None:
@@ -368,35 +334,6 @@ class Monitor:
             self.measurer.update_entry = None
         return skip
 
-    def _wrap_step(self) -> None:
-        optimizer = self.optimizer
-        original = optimizer.step
-        self._had_step_attr = "step" in optimizer.__dict__
-        self._original_step = original
-        monitor = self
-
-        def step(_optimizer, closure=None, **kwargs):
-            if monitor._closed:
-                return original(closure, **kwargs) if closure is not None else original(**kwargs)
-            if closure is not None:
-                # Lightning runs forward, backward and our hook inside the closure: run it first,
-                # then decide (the optimizer would otherwise call it itself).
-                with torch.enable_grad():
-                    result = closure()
-                if monitor._take_skip():
-                    return result
-                with applied_lr_backoff(_optimizer):
-                    return original(**kwargs)
-            if monitor._take_skip():
-                return None
-            with applied_lr_backoff(_optimizer):
-                return original(**kwargs)
-
-        functools.update_wrapper(step, getattr(original, "__func__", original))
-        # A bound method, like the original: torch's LR schedulers re-wrap `step.__func__`.
-        self._step_wrapper = types.MethodType(step, optimizer)
-        optimizer.step = self._step_wrapper
-
     # -- errors, close --------------------------------------------------------------------------
     def _internal_error(self, error: BaseException) -> None:
         self.internal_errors += 1
@@ -437,11 +374,7 @@ class Monitor:
         self.measurer.disarm()
         for handle in self._handles:
             handle.remove()
-        if self.optimizer.__dict__.get("step") is self._step_wrapper:
-            if self._had_step_attr:
-                self.optimizer.step = self._original_step
-            else:
-                del self.optimizer.step
+        self._step.restore()
         summary = self.summary()
         for sink in self.sinks:
             try:

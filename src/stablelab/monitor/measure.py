@@ -19,6 +19,7 @@ from torch import nn
 
 from stablelab.errors import UsageError
 from stablelab.monitor.attention import find_attention
+from stablelab.monitor.model_info import TASKS, find_logits_module, infer_task, loss_dtype  # noqa: F401 (re-exported)
 from stablelab.signals.collapse import softmax_collapse_fraction, softmax_collapse_lost_fraction
 from stablelab.signals.logits import output_log_z_stats
 from stablelab.signals.spikes import spike_fraction, tensor_spike_ratio
@@ -28,9 +29,6 @@ FAST = ("loss", "grad_norm", "spike_ratio_max", "spike_index", "nonfinite", "out
         "grad_norm_ratio_min")
 _EMA_BETA = 0.99        # running estimate of mean(g^2) per tensor when the optimizer keeps no v
 _TYPICAL_BETA = 0.9     # EMA of log ||g||: the typical gradient norm the outlier rule compares to
-TASKS = ("auto", "classification", "regression")
-_CLASSIFICATION_NODES = ("NllLoss", "LogSoftmax", "Softmax", "CrossEntropy", "BinaryCrossEntropy")
-_REGRESSION_NODES = ("MseLoss", "L1Loss", "SmoothL1Loss", "HuberLoss")
 
 
 def stack_norms(norms: list[torch.Tensor]) -> torch.Tensor:
@@ -38,47 +36,6 @@ def stack_norms(norms: list[torch.Tensor]) -> torch.Tensor:
     if all(n.dtype == norms[0].dtype for n in norms):
         return torch.stack(norms).float()
     return torch.stack([n.float() for n in norms])
-
-
-def find_logits_module(model: nn.Module, name: str | None = None) -> tuple[str, nn.Module] | None:
-    """The module whose output is the logits: `name` if given, else the last nn.Linear registered."""
-    if name is not None:
-        try:
-            return name, model.get_submodule(name)
-        except AttributeError:
-            raise UsageError(f"logits_module {name!r} is not a submodule of the model") from None
-    last = None
-    for module_name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and not isinstance(module, nn.modules.linear.NonDynamicallyQuantizableLinear):
-            last = (module_name, module)
-    return last
-
-
-def infer_task(loss: Any, max_nodes: int = 256) -> str | None:
-    """'classification' or 'regression' from the loss's autograd graph (a softmax / NLL node, or an
-    MSE / L1 / Huber node, within the first `max_nodes` nodes); None when neither is found."""
-    node = getattr(loss, "grad_fn", None)
-    stack, seen = [node], 0
-    while stack and seen < max_nodes:
-        node = stack.pop()
-        if node is None:
-            continue
-        seen += 1
-        name = type(node).__name__
-        if name.startswith(_CLASSIFICATION_NODES):
-            return "classification"
-        if name.startswith(_REGRESSION_NODES):
-            return "regression"
-        stack.extend(next_node for next_node, _ in node.next_functions)
-    return None
-
-
-def loss_dtype(logits: torch.Tensor) -> torch.dtype:
-    """The dtype the cross-entropy of these logits is computed in: float32 under autocast (it is on
-    autocast's float32 list), otherwise the logits' own dtype."""
-    if torch.is_autocast_enabled(logits.device.type) and logits.dtype in (torch.float16, torch.bfloat16):
-        return torch.float32
-    return logits.dtype
 
 
 class _Recorder:
@@ -312,6 +269,21 @@ class Measurer:
         if pairs and self.elementwise_spikes:
             sampled["spike_fraction"] = spike_fraction([g for g, _ in pairs], [v for _, v in pairs]
                                                        ).reshape(1).to(self.device)
+
+    def measure_sharpness(self, entry: dict[str, Any], loss_fn: Callable, batch: Any) -> None:
+        """The scheduled edge-of-stability slot: sharpness against the stability edge at this lr,
+        with the training gradients put back afterwards. batch: a batch or a function returning one."""
+        from stablelab.signals.curvature import sharpness_check
+
+        saved = [None if p.grad is None else p.grad.clone() for p in self.params]
+        batch = batch() if callable(batch) else batch
+        try:
+            result = sharpness_check(self.model, loss_fn, batch, entry["lr"], optimizer=self.optimizer)
+        finally:
+            for p, g in zip(self.params, saved):
+                p.grad = g
+        entry["host"].update({f"sharpness_{k}": float(v) for k, v in result.items()
+                              if isinstance(v, (int, float)) and v is not None})
 
     def _on_logits(self, _module, _inputs, output) -> None:
         if not (self.sampling and torch.is_grad_enabled()):

@@ -23,6 +23,7 @@ from stablelab.monitor.detectors.loss import LossRise, LossSpike, NonFinite
 
 __all__ = [
     "DETECTORS", "Detector", "register_detector", "build_detectors", "default_settings",
+    "monitor_detector_settings",
     "NonFinite", "LossSpike", "LossRise", "GradOutlier", "GradSpike", "UpdateRatio", "EpsFloor",
     "AttnLogitGrowth", "LogitDivergence", "SoftmaxCollapse", "EdgeOfStability",
     "_finite", "_median", "_number", "_Window",
@@ -78,3 +79,20 @@ def build_detectors(overrides: dict[str, Any] | None = None) -> list[Detector]:
 def default_settings() -> dict[str, dict[str, Any]]:
     """Every detector's default thresholds (for docs and the report)."""
     return {kind: cls().settings() for kind, cls in DETECTORS.items()}
+
+
+def monitor_detector_settings(detectors: dict[str, Any] | None, target_false_alarm_rate: float | None,
+                              grad_scaler: Any) -> dict[str, Any] | None:
+    """The overrides a Monitor's arguments imply: thresholds read off the calibration curves for a
+    target false-alarm rate (explicit settings win), and GradScaler-aware non-finite events."""
+    if target_false_alarm_rate is not None:
+        from stablelab.monitor.calibration import thresholds_for
+
+        detectors = {**thresholds_for(target_false_alarm_rate), **(detectors or {})}
+    if grad_scaler is not None:
+        if not hasattr(grad_scaler, "unscale_"):
+            raise UsageError(f"grad_scaler must be a torch.amp.GradScaler, got {type(grad_scaler).__name__}")
+        detectors = dict(detectors or {})
+        if detectors.get("nonfinite", {}) is not False:
+            detectors["nonfinite"] = {"grad_scaler": True, **(detectors.get("nonfinite") or {})}
+    return detectors
