@@ -9,7 +9,7 @@ pytorch-optimizer's implementation of the same algorithm (its defaults and defau
 
     .venv/bin/python benchmarks/optim_step.py                       # CPU, 1 thread, ~1-2 minutes
     .venv/bin/python benchmarks/optim_step.py --params 10e6 --tensors 100 --rounds 40 --json out.json
-    .venv/bin/python benchmarks/optim_step.py --compiled --only AdEMAMix   # + compiled path (~1 min compile each)
+    .venv/bin/python benchmarks/optim_step.py --only SPAM,AdEMAMix          # a subset
 """
 
 from __future__ import annotations
@@ -40,9 +40,6 @@ ALGORITHMS = {
     "AdEMAMix": ("ademamix", "AdEMAMix", 1.5),
 }
 
-COMPILED = {"spam", "stable_spam", "adabelief", "diffgrad", "adamp", "laprop", "ademamix"}
-
-
 def make_parameters(n_params: float, n_tensors: int, device: torch.device, dtype: torch.dtype):
     """Blocks of (d x d weight, d bias, d gain) with d chosen so the total is ~n_params."""
     blocks = max(1, n_tensors // 3)
@@ -56,7 +53,7 @@ def make_parameters(n_params: float, n_tensors: int, device: torch.device, dtype
     return params, grads
 
 
-def candidates(params, device: torch.device, compiled: bool = False, only: set[str] | None = None):
+def candidates(params, device: torch.device, only: set[str] | None = None):
     """(label, algorithm, kind, factory) for everything timed; kind in torch/ours/ours_foreach/theirs."""
     out = [("torch AdamW foreach", "AdamW", "torch", lambda: torch.optim.AdamW(params, foreach=True)),
            ("torch AdamW for-loop", "AdamW", "torch", lambda: torch.optim.AdamW(params, foreach=False))]
@@ -77,9 +74,6 @@ def candidates(params, device: torch.device, compiled: bool = False, only: set[s
         other = "foreach" if device.type != "cuda" else "per-tensor"
         out.append((f"stablelab {name} ({other})", algorithm, "ours_other",
                     lambda name=name: optim.create(name, params, foreach=device.type != "cuda")))
-        if compiled and name in COMPILED:
-            out.append((f"stablelab {name} (compiled)", algorithm, "ours_compiled",
-                        lambda name=name: optim.create(name, params, compiled=True)))
         if pytorch_optimizer is not None:
             cls = getattr(pytorch_optimizer, theirs)
             out.append((f"pytorch-optimizer {theirs}", algorithm, "theirs", lambda cls=cls: cls(params)))
@@ -95,8 +89,6 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    parser.add_argument("--compiled", action="store_true",
-                        help="also time the opt-in torch.compile'd path (compiles once per optimizer)")
     parser.add_argument("--only", help="comma-separated algorithms to time (default all), e.g. SPAM,AdEMAMix")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
@@ -121,7 +113,7 @@ def main(argv=None) -> int:
                     p.grad.copy_(g)  # pytorch-optimizer edits gradients in place
 
     runs = []
-    for label, algorithm, kind, factory in candidates(params, device, args.compiled,
+    for label, algorithm, kind, factory in candidates(params, device,
                                                      set(args.only.split(",")) if args.only else None):
         optimizer = factory()
         stepper = optimizer.step
