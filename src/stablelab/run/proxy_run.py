@@ -21,6 +21,7 @@ from stablelab.models.transformer import Transformer, TransformerConfig
 from stablelab.models.variants import get_variant
 from stablelab.monitor import Monitor, Policy, Sink
 from stablelab.optim import create as create_optimizer
+from stablelab.optim.transforms import clip_by_global_norm
 from stablelab.run.schedule import parameter_groups, warmup_cosine
 from stablelab.signals.gradients import rms, update_rms
 from stablelab.signals.logits import output_log_z, z_loss
@@ -173,7 +174,7 @@ def train(config: ProxyRunConfig, run_dir: str | Path,
                 loss.backward()
                 monitor.observe(ce)  # gradients before clipping; the monitor logs the signals
                 if config.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+                    clip_by_global_norm(params, config.grad_clip)  # the one gradient transform for clipping
                 if log_now:
                     grad_rms_mlp0 = rms(model.first_mlp_weight().grad)
                     before = [p.detach().clone() for p in params]
