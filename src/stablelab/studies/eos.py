@@ -28,6 +28,7 @@ from stablelab.errors import UsageError
 from stablelab.models.mlp import MLP
 from stablelab.run.loop import open_run, read_finished, train_loop
 from stablelab.run.progress import progress_bar
+from stablelab.run.runtime import threads_scope
 from stablelab.signals.curvature import gd_threshold, hessian_trace, top_eigenvalues
 
 
@@ -226,9 +227,7 @@ def run_study(config: EosConfig, out_dir: Path, progress: bool = True) -> dict:
     runs_dir = out_dir / "runs"
     start = time.perf_counter()
     runs, sgd = [], []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    try:
+    with threads_scope(config.threads):
         with progress_bar("eos", total, description="edge of stability", transient=True, enabled=progress) as bar:
             for name, lr, steps in plan:
                 bar.update(description=f"GD {name} lr {lr:g}")
@@ -237,8 +236,6 @@ def run_study(config: EosConfig, out_dir: Path, progress: bool = True) -> dict:
             for lr in config.sgd_lrs:
                 bar.update(description=f"SGD vs GD lr {lr:g}")
                 sgd.append(run_sgd_trace(lr, config, data, bar.advance, runs_dir / f"sgd_lr{lr:g}"))
-    finally:
-        torch.set_num_threads(threads)
     seconds = time.perf_counter() - start
 
     hovering = [r for r in runs if r["hovers"]]

@@ -2,7 +2,10 @@
 
 Trains fine-tuning, experience replay and EWC through split-, permuted- and rotated-digits, evaluating
 every seen task after every iteration, and writes report.html (per-iteration accuracy per task, task
-switches marked, the metric table), summary.json and histories.npz into --out.
+switches marked, the metric table), summary.json and histories.npz into --out. Every run trains
+through stablelab.run.loop and is one store folder under --out/runs/BENCHMARK/LEARNER/seedN (its
+accuracy history as rows, its metrics as result.json); a finished run with the same configuration is
+read back on a rerun.
 """
 
 from __future__ import annotations
@@ -15,28 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from stablelab.continual.benchmarks import BENCHMARKS, make_benchmark
-from stablelab.continual.learners import LEARNERS, StreamConfig, run_stream
-from stablelab.continual.metrics import (
-    all_metrics,
-    stability_gap,
-    task_end_accuracy,
-    task_end_indices,
-)
+from stablelab.continual.benchmarks import BENCHMARKS, Benchmark, make_benchmark
+from stablelab.continual.evaluator import ContinualEvaluator
+from stablelab.continual.learners import LEARNERS, MLP, StreamConfig, make_learner
+from stablelab.continual.metrics import all_metrics, stability_gap, task_end_accuracy
 from stablelab.errors import UsageError
+from stablelab.run.loop import open_run, read_finished, train_loop
+from stablelab.run.progress import progress_bar
+from stablelab.run.runtime import threads_scope
 from stablelab.store.files import atomic_write_bytes, atomic_write_json
-
-METRIC_COLUMNS = [
-    ("average_accuracy", "final avg ACC"),
-    ("forgetting", "forgetting"),
-    ("task_end_acc", "task-end ACC (earlier tasks)"),
-    ("min_acc", "min-ACC"),
-    ("wc_acc", "WC-ACC"),
-    ("wf10", "WF^10"),
-    ("wf100", "WF^100"),
-    ("wp10", "WP^10"),
-    ("wp100", "WP^100"),
-]
 
 
 def _names(text: str, known, what: str) -> list[str]:
@@ -104,17 +94,55 @@ def _validate(args) -> tuple[list[str], list[str]]:
     return benchmarks, learners
 
 
-def _monitor_attacher(log_dir: Path, monitors: list, config: dict):
-    """An on_learner callback that attaches stablelab.monitor.Monitor to the learner."""
-    from stablelab.monitor import Monitor
+def train_run(benchmark: Benchmark, learner_name: str, config: StreamConfig, advance=None,
+              monitor_dir: str | Path | None = None, monitor_config: dict | None = None
+              ) -> tuple[ContinualEvaluator, dict | None]:
+    """One learner through the benchmark's tasks in order, through stablelab.run.loop (the learner's
+    `observe` takes the whole update), evaluating continually; returns the evaluator (.acc,
+    .training_task, .iterations) and the monitor's summary (None without one). With monitor_dir, stablelab.monitor.Monitor watches the run (after
+    backward, before optimizer.step(), through the learner's before_step) and writes a store folder
+    there. The same steps, in the same order, as stablelab.continual.learners.run_stream."""
+    import torch
 
-    def attach(learner) -> None:
-        monitor = Monitor(learner.model, learner.optimizer, log_dir=log_dir, sinks=(), attention=False,
-                          config={"study": "gap", **config})
-        learner.before_step = monitor.observe  # after backward, before optimizer.step()
-        monitors.append(monitor)
+    torch.manual_seed(config.seed)
+    device = torch.device(config.device)
+    # 2 hidden ReLU layers with biases, one shared head for all tasks (as run_stream)
+    model = MLP(benchmark.n_inputs, benchmark.n_classes, hidden=(config.hidden,) * 2, bias=True).to(device)
+    learner = make_learner(learner_name, model, config)
+    monitor = None
+    if monitor_dir is not None:
+        from stablelab.monitor import Monitor
 
-    return attach
+        monitor = Monitor(learner.model, learner.optimizer, log_dir=monitor_dir, sinks=(), attention=False,
+                          config={"study": "gap", **(monitor_config or {})})
+        learner.before_step = monitor.observe
+    evaluator = ContinualEvaluator(benchmark.test_sets, every=config.eval_every,
+                                   subset_size=config.eval_subset, device=device, seed=config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    per_task, current = config.iterations_per_task, {}
+
+    def step(i: int) -> float:
+        t, j = divmod(i, per_task)
+        if j == 0:
+            task = benchmark.tasks[t]
+            current["x"], current["y"] = task.x_train.to(device), task.y_train.to(device)
+            learner.start_task(t)
+            evaluator.start_task(t)
+        x, y = current["x"], current["y"]
+        pick = torch.randint(len(x), (config.batch_size,), generator=generator).to(device)
+        loss = learner.observe(x[pick], y[pick])
+        evaluator.after_iteration(model)
+        if j == per_task - 1:
+            learner.end_task(t, x, y)
+        return loss
+
+    monitor_summary = None
+    try:  # no divergence check: a continual run's history has a fixed length
+        train_loop(len(benchmark.tasks) * per_task, step, finite_every=0, advance=advance)
+    finally:
+        if monitor is not None:
+            monitor_summary = monitor.close()
+    return evaluator, monitor_summary
 
 
 def _run_metrics(acc: np.ndarray, training_task: np.ndarray) -> dict:
@@ -126,115 +154,47 @@ def _run_metrics(acc: np.ndarray, training_task: np.ndarray) -> dict:
     return out
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    a = np.asarray(values, dtype=float)
-    return float(np.mean(a)), float(np.std(a))
-
-
-def _cell(values: list[float]) -> str:
-    mean, std = _mean_std(values)
-    return f"{mean:.3f}" if len(values) == 1 else f"{mean:.3f} ± {std:.3f}"
-
-
-def _accuracy_figure(bench: str, learners: list[str], runs: dict, iterations_per_task: int):
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(learners), 1, figsize=(10, 2.4 * len(learners)), sharex=True, squeeze=False)
-    for ax, learner in zip(axes[:, 0], learners):
-        run = runs[(bench, learner, 0)]
-        acc, iters = run["acc"], run["iterations"]
-        for task in range(acc.shape[1]):
-            ax.plot(iters, acc[:, task], lw=1.0, label=f"task {task + 1}")
-        for switch in range(1, acc.shape[1]):
-            ax.axvline(switch * iterations_per_task + 0.5, color="k", ls="--", lw=0.7)
-        ax.axhline(run["metrics"]["min_acc"], color="r", ls=":", lw=1.0, label="min-ACC (final)")
-        ax.set_ylabel("accuracy")
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"{bench}, {learner} (seed 0)", fontsize=10)
-    axes[0, 0].legend(fontsize=7, ncol=6, loc="lower left")
-    axes[-1, 0].set_xlabel("training iteration (dashed: task switch)")
-    fig.tight_layout()
-    return fig
-
-
-def _zoom_figure(bench: str, learners: list[str], runs: dict, seeds: int, iterations_per_task: int):
-    """Task-1 accuracy around the switch to task 2, every seed: the stability gap up close."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(learners), figsize=(3.6 * len(learners), 2.8), sharey=True, squeeze=False)
-    lo, hi = iterations_per_task - 20, iterations_per_task + 80
-    for ax, learner in zip(axes[0], learners):
-        for seed in range(seeds):
-            run = runs[(bench, learner, seed)]
-            keep = (run["iterations"] >= lo) & (run["iterations"] <= hi)
-            ax.plot(run["iterations"][keep], run["acc"][keep, 0], lw=1.0, label=f"seed {seed}")
-        ax.axvline(iterations_per_task + 0.5, color="k", ls="--", lw=0.7)
-        ax.set_title(f"{learner}: task 1 around switch", fontsize=9)
-        ax.set_xlabel("iteration")
-        ax.set_ylim(-0.02, 1.02)
-    axes[0, 0].set_ylabel("task-1 accuracy")
-    axes[0, 0].legend(fontsize=7)
-    fig.suptitle(bench, fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
 def run(args) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from stablelab.report.html import Page
-
-    import torch
-
+    """The CLI shim: flags -> StreamConfig and the study's lists, then `run_study`."""
     benchmarks, learners = _validate(args)
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
     base = StreamConfig(
         iterations_per_task=args.iterations_per_task, batch_size=args.batch_size, lr=args.lr,
         momentum=args.momentum, hidden=args.hidden, memory_size=args.memory_size,
         ewc_lambda=args.ewc_lambda, eval_every=args.eval_every, eval_subset=args.eval_subset,
         device=args.device,
     )
-    total = len(benchmarks) * len(learners) * args.seeds * args.tasks * args.iterations_per_task
+    out = Path(args.out)
+    summary = run_study(base, benchmarks, learners, args.tasks, args.seeds, out, monitor=args.monitor,
+                        threads=args.threads)
+    print(f"wrote {out / 'report.html'}, {out / 'summary.json'}, {out / 'histories.npz'} in "
+          f"{summary['wall_seconds']:.0f} s")
+    return 0
+
+
+def run_study(base: StreamConfig, benchmarks: list[str], learners: list[str], tasks: int, seeds: int,
+              out: Path, monitor: bool = False, threads: int = 1, progress: bool = True) -> dict:
+    """Every benchmark x learner x seed (seeds 0 .. seeds-1 replace base.seed), then summary.json,
+    histories.npz and report.html in `out`; returns the summary. Torch's thread count is restored."""
+    total = len(benchmarks) * len(learners) * seeds * tasks * base.iterations_per_task
     runs: dict[tuple[str, str, int], dict] = {}
     started = time.perf_counter()
-    with Progress(TextColumn("[bold]gap[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), transient=False) as progress:
-        bar = progress.add_task("", total=total)
-        for bench in benchmarks:
-            benchmark = make_benchmark(bench, n_tasks=args.tasks)
-            for learner in learners:
-                for seed in range(args.seeds):
-                    progress.update(bar, description=f"{bench} {learner} seed {seed}")
-                    config = dataclasses.replace(base, seed=seed)
-                    monitors: list = []
-                    attach = None
-                    if args.monitor:
-                        attach = _monitor_attacher(out / "monitor" / bench / learner / f"seed{seed}",
-                                                   monitors, {"benchmark": bench, "learner": learner,
-                                                              "seed": seed})
-                    t0 = time.perf_counter()
-                    try:
-                        evaluator = run_stream(benchmark, learner, config, on_learner=attach,
-                                               on_iteration=lambda: progress.advance(bar))
-                    finally:
-                        for monitor in monitors:
-                            monitor.close()
-                    seconds = time.perf_counter() - t0
-                    acc, training_task = evaluator.acc, evaluator.training_task
-                    runs[(bench, learner, seed)] = {
-                        "acc": acc, "training_task": training_task, "iterations": evaluator.iterations,
-                        "metrics": _run_metrics(acc, training_task),
-                        "seconds": seconds, "eval_seconds": evaluator.eval_seconds,
-                    }
-                    if monitors:
-                        runs[(bench, learner, seed)]["metrics"]["monitor_events"] = len(monitors[0].events)
+    with threads_scope(threads):
+        with progress_bar("gap", total, unit="iterations", remaining=False, enabled=progress) as bar:
+            for bench in benchmarks:
+                benchmark = make_benchmark(bench, n_tasks=tasks)
+                for learner in learners:
+                    for seed in range(seeds):
+                        bar.update(description=f"{bench} {learner} seed {seed}")
+                        runs[(bench, learner, seed)] = _stored_run(
+                            benchmark, bench, learner, dataclasses.replace(base, seed=seed), tasks,
+                            out / "runs" / bench / learner / f"seed{seed}",
+                            out / "monitor" / bench / learner / f"seed{seed}" if monitor else None, bar.advance)
     wall = time.perf_counter() - started
 
     # -- summary.json and the raw histories --------------------------------------------------
     summary = {
         "command": "gap",
-        "config": {**dataclasses.asdict(base), "seeds": args.seeds, "tasks": args.tasks,
+        "config": {**dataclasses.asdict(base), "seeds": seeds, "tasks": tasks,
                    "benchmarks": benchmarks, "learners": learners},
         "wall_seconds": wall,
         "runs": [
@@ -253,78 +213,46 @@ def run(args) -> int:
     np.savez_compressed(buffer, **arrays)
     atomic_write_bytes(out / "histories.npz", buffer.getvalue())
 
-    # -- report ----------------------------------------------------------------------------------
-    page = Page(
-        "Continual evaluation: the stability gap",
-        f"{len(runs)} runs ({', '.join(benchmarks)} x {', '.join(learners)} x {args.seeds} seeds), "
-        f"{args.tasks} tasks x {args.iterations_per_task} iterations, SGD lr {args.lr} momentum "
-        f"{args.momentum}, batch {args.batch_size}, MLP 2x{args.hidden}, evaluation every "
-        f"{args.eval_every} iteration(s) on {args.eval_subset} test examples per task; {wall:.0f} s.",
-    )
-    page.heading("Findings")
-    lines, warn = [], []
-    for bench in benchmarks:
-        for learner in learners:
-            gaps = [runs[(bench, learner, s)]["metrics"]["task1_gap"] for s in range(args.seeds)]
-            mets = [runs[(bench, learner, s)]["metrics"] for s in range(args.seeds)]
-            end = _mean_std([g["task_end"] for g in gaps])[0]
-            low = _mean_std([g["minimum"] for g in gaps])[0]
-            rec = _mean_std([g["recovered"] for g in gaps])[0]
-            at = int(np.median([g["minimum_at"] for g in gaps]))
-            mins = _mean_std([m["min_acc"] for m in mets])[0]
-            ends = _mean_std([m["task_end_acc"] for m in mets])[0]
-            lines.append(
-                f"{bench}, {learner}: task-1 accuracy {end:.2f} at its end, lowest {low:.2f} during task 2 "
-                f"(median iteration {at} of task 2), {rec:.2f} at the end of task 2; min-ACC {mins:.2f} "
-                f"vs task-end accuracy {ends:.2f} (mean over {args.seeds} seeds)."
-            )
-            warn.append(bool(ends - mins > 0.1 and rec - low > 0.1))
-    page.findings(lines, warn)
-    page.paragraph(
-        "Highlighted lines show a stability gap: a transient drop (worst-case accuracy well below the "
-        "task-end accuracy) followed by recovery. Evaluating only at task ends would hide it."
-    )
-    page.heading("Metric table (at the end of the stream; mean ± std over seeds)")
-    rows = []
-    for bench in benchmarks:
-        for learner in learners:
-            mets = [runs[(bench, learner, s)]["metrics"] for s in range(args.seeds)]
-            rows.append([bench, learner] + [_cell([m[key] for m in mets]) for key, _ in METRIC_COLUMNS])
-    page.table(["benchmark", "learner"] + [label for _, label in METRIC_COLUMNS], rows)
-    page.paragraph(
-        "min-ACC: mean over earlier tasks of the lowest accuracy after that task ended. WC-ACC = "
-        "(1/k) acc(current) + (1 - 1/k) min-ACC. WF^w / WP^w: largest drop / rise within any w "
-        "consecutive evaluations (forgetting: earlier tasks, whole history; plasticity: each task while "
-        "trained), averaged over tasks. task-end ACC: accuracy of each earlier task at its own end."
-    )
-    for bench in benchmarks:
-        page.heading(f"{bench}: accuracy of every task at every iteration")
-        page.figure(_accuracy_figure(bench, learners, runs, args.iterations_per_task), f"{bench} accuracy")
-        page.figure(_zoom_figure(bench, learners, runs, args.seeds, args.iterations_per_task),
-                    f"{bench} task 1 around the switch")
-    if args.monitor:
-        page.heading("Monitor")
-        page.paragraph(
-            f"Every run was also watched by stablelab.monitor.Monitor (gradient, update and logit signals, "
-            f"detectors, default guard policy); run folders under {out / 'monitor'}, one per "
-            f"benchmark/learner/seed, readable with `stablelab report FOLDER`. Events per run: "
-            + ", ".join(f"{b}/{l}/seed{s}: {r['metrics'].get('monitor_events', 0)}"
-                        for (b, l, s), r in runs.items()) + "."
-        )
-    page.heading("Cost of continual evaluation")
-    cost_rows = []
-    for bench in benchmarks:
-        for learner in learners:
-            rs = [runs[(bench, learner, s)] for s in range(args.seeds)]
-            n_eval = sum(len(r["acc"]) for r in rs)
-            eval_s = sum(r["eval_seconds"] for r in rs)
-            run_s = sum(r["seconds"] for r in rs)
-            n_iter = args.seeds * args.tasks * args.iterations_per_task
-            cost_rows.append([bench, learner, n_eval, 1e3 * eval_s / n_eval,
-                              1e3 * (run_s - eval_s) / n_iter, f"{100 * eval_s / run_s:.0f}%"])
-    page.table(["benchmark", "learner", "evaluations", "ms per evaluation", "ms per training iteration",
-                "share of run time"], cost_rows)
-    page.paragraph("Wall-clock times on the machine that ran this report (shared CPUs make them noisy).")
-    page.write(out / "report.html")
-    print(f"wrote {out / 'report.html'}, {out / 'summary.json'}, {out / 'histories.npz'} in {wall:.0f} s")
-    return 0
+    from stablelab.report.gap_figures import write_page
+
+    subtitle = (f"{len(runs)} runs ({', '.join(benchmarks)} x {', '.join(learners)} x {seeds} seeds), "
+                f"{tasks} tasks x {base.iterations_per_task} iterations, SGD lr {base.lr} momentum "
+                f"{base.momentum}, batch {base.batch_size}, MLP 2x{base.hidden}, evaluation every "
+                f"{base.eval_every} iteration(s) on {base.eval_subset} test examples per task; {wall:.0f} s.")
+    write_page(out / "report.html", subtitle, runs, benchmarks, learners, seeds, tasks, base.iterations_per_task,
+               monitor_dir=out / "monitor" if monitor else None)
+    return summary
+
+
+def _stored_run(benchmark: Benchmark, bench: str, learner: str, config: StreamConfig, tasks: int,
+                run_dir: Path, monitor_dir: Path | None, advance) -> dict:
+    """One run as a store folder: rows = the accuracy history (one per evaluation), result = its
+    metrics and timings. A finished folder with the same configuration is read back."""
+    run_config = {"benchmark": bench, "learner": learner, "tasks": tasks, "monitor": monitor_dir is not None,
+                  **dataclasses.asdict(config)}
+    finished = read_finished(run_dir, run_config)
+    if finished is not None:
+        result, rows = finished
+        advance(tasks * config.iterations_per_task)
+        acc = np.array([[np.nan if v is None else v for v in r["acc"]] for r in rows], dtype=float)
+        return {"acc": acc, "training_task": np.array([r["training_task"] for r in rows]),
+                "iterations": np.array([r["iteration"] for r in rows]), **result}
+    writer = open_run(run_dir, run_config)
+    try:
+        t0 = time.perf_counter()
+        evaluator, monitor_summary = train_run(benchmark, learner, config, advance, monitor_dir,
+                              {"benchmark": bench, "learner": learner, "seed": config.seed})
+        seconds = time.perf_counter() - t0
+        acc, training_task = evaluator.acc, evaluator.training_task
+        run = {"acc": acc, "training_task": training_task, "iterations": evaluator.iterations,
+               "metrics": _run_metrics(acc, training_task), "seconds": seconds,
+               "eval_seconds": evaluator.eval_seconds}
+        if monitor_summary is not None:
+            run["metrics"]["monitor_events"] = sum(monitor_summary["events"].values())
+        for i in range(len(acc)):
+            writer.log({"iteration": int(evaluator.iterations[i]), "training_task": int(training_task[i]),
+                        "acc": [float(v) for v in acc[i]]})
+    finally:
+        writer.close()
+    writer.finish({k: run[k] for k in ("metrics", "seconds", "eval_seconds")})
+    return run

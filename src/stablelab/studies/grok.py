@@ -32,6 +32,7 @@ from stablelab.optim.orthogonal import OrthogonalGradient
 from stablelab.signals.collapse import nlm_alignment, softmax_collapse_fraction, zero_loss_fraction
 from stablelab.run.loop import open_run, read_finished, train_loop
 from stablelab.run.progress import progress_bar
+from stablelab.run.runtime import threads_scope
 from stablelab.store.files import atomic_write_json
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -361,12 +362,8 @@ def run_study(config: GrokConfig, out: Path, preset: str = "default", device: st
               progress: bool = True) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
     """The whole study: train (or read back) the four variants, write summary.json and report.html,
     print one line per variant. Torch's thread count is restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with threads_scope(threads):
         results = train_variants(config, out, device=device, progress=progress)
-    finally:
-        torch.set_num_threads(previous)
     atomic_write_json(out / "summary.json", summary(config, results, preset, device))
     report = write_report(config, results, out, preset, device)
     for variant, (result, _) in results.items():
