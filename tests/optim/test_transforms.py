@@ -67,7 +67,7 @@ def test_orthogonal_projection_is_the_per_tensor_projection_on_a_list():
 def test_clip_by_global_norm_is_a_drop_in_for_clip_grad_norm(max_norm, foreach):
     """Same parameters in, same gradients out, same total norm (a tensor), None grads skipped."""
     torch.manual_seed(0)
-    ours = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(5)), torch.nn.Parameter(torch.randn(2))]
+    ours = [torch.nn.Parameter(torch.randn(shape)) for shape in ((4, 3), (5,), (2,))]
     theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
     for p, q in zip(ours[:2], theirs[:2]):
         p.grad = torch.randn_like(p)

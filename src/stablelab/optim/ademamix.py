@@ -49,7 +49,8 @@ def ademamix(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg_fast
     """
     path = _multi_tensor_ademamix if use_foreach(foreach, params) else _single_tensor_ademamix
     path(params, grads, exp_avg_fasts, exp_avg_slows, exp_avg_sqs, lr=lr, beta1=beta1, beta2=beta2,
-         beta3=beta3_warmup(step, beta3, beta1, beta3_warmup_steps), alpha=alpha_warmup(step, alpha, alpha_warmup_steps),
+         beta3=beta3_warmup(step, beta3, beta1, beta3_warmup_steps),
+         alpha=alpha_warmup(step, alpha, alpha_warmup_steps),
          eps=eps, weight_decay=weight_decay, bias_correction1=bias_correction(beta1, step),
          bias_correction2_sqrt=math.sqrt(bias_correction(beta2, step)))
 
