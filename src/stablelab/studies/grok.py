@@ -353,23 +353,24 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown device {args.device!r}") from None
     if args.threads < 1:
         raise UsageError(f"--threads must be positive, got {args.threads}")
-    run_study(config, Path(args.out), preset=args.preset, device=args.device, threads=args.threads,
-          progress=not args.no_progress)
-    return 0
-
-
-def run_study(config: GrokConfig, out: Path, preset: str = "default", device: str = "cpu", threads: int = 1,
-              progress: bool = True) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
-    """The whole study: train (or read back) the four variants, write summary.json and report.html,
-    print one line per variant. Torch's thread count is restored afterwards."""
-    with threads_scope(threads):
-        results = train_variants(config, out, device=device, progress=progress)
-    atomic_write_json(out / "summary.json", summary(config, results, preset, device))
-    report = write_report(config, results, out, preset, device)
+    out = Path(args.out)
+    results = run_study(config, out, preset=args.preset, device=args.device, threads=args.threads,
+                        progress=not args.no_progress)
     for variant, (result, _) in results.items():
         reached = result["steps_to_95_test"]
         print(f"{variant:26s} train {result['final_train_acc']:6.1%}  test {result['final_test_acc']:6.1%}  "
               f"95% test at {reached if reached is not None else 'never':>5}  "
               f"max collapse {result['max_softmax_collapse']:.1%}")
-    print(f"report: {report}")
+    print(f"report: {out / 'report.html'}")
+    return 0
+
+
+def run_study(config: GrokConfig, out: Path, preset: str = "default", device: str = "cpu", threads: int = 1,
+              progress: bool = True) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """The whole study: train (or read back) the four variants, write summary.json and report.html;
+    returns {variant: (result, rows)}. Torch's thread count is restored afterwards."""
+    with threads_scope(threads):
+        results = train_variants(config, out, device=device, progress=progress)
+    atomic_write_json(out / "summary.json", summary(config, results, preset, device))
+    write_report(config, results, out, preset, device)
     return results
