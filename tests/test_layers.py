@@ -166,3 +166,10 @@ def test_light_modules_do_not_import_torch(module):
     names = _imported_modules(f"import {module}")
     assert module.split(".")[-1] in {n.split(".")[-1] for n in names}
     assert not [n for n in names if n == "torch" or n.startswith("torch.")]
+
+
+def test_no_source_file_over_400_lines():
+    # docs/design.md: a module past 400 lines is split into modules named for what they hold
+    long = {str(p.relative_to(SRC)): n for p in _stablelab_files()
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 400}
+    assert not long, f"source files over 400 lines: {long}"
