@@ -66,9 +66,10 @@ def _exists(module: str) -> bool:
     return (path / "__init__.py").exists() or path.with_suffix(".py").exists()
 
 
-def imports_of(path: Path) -> list[tuple[str, int]]:
-    """Every module (absolute name) that the file imports, with its line, anywhere in the file."""
-    module = _module_name(path)
+def imports_of(path: Path, module: str | None = None) -> list[tuple[str, int]]:
+    """Every module (absolute name) that the file imports, with its line, anywhere in the file.
+    module: the file's module name (default: from its path under src/)."""
+    module = module or _module_name(path)
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: list[tuple[str, int]] = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
@@ -141,7 +142,12 @@ def test_package_init_imports_lazily():
 
 
 def test_the_checker_reads_imports_inside_functions_and_relative_ones(tmp_path):
-    # the checker itself: a fake module under src/stablelab is not needed, imports_of reads any file
+    fake = tmp_path / "fake.py"  # read as if it were stablelab/report/fake.py
+    fake.write_text("from ..store import run_store\nfrom . import html\n"
+                    "def f():\n    from stablelab.run import proxy_run\n    import stablelab.cli\n")
+    names = sorted(name for name, _line in imports_of(fake, module="stablelab.report.fake"))
+    assert names == ["stablelab.cli", "stablelab.report.html", "stablelab.run.proxy_run",
+                     "stablelab.store.run_store"]
     sample = PACKAGE / "report" / "html.py"
     names = {name for name, _line in imports_of(sample)}
     assert "stablelab.io" in names
