@@ -179,7 +179,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     for f in _settings_fields(cls):
         name = flag_name(f)
         help_text = f.metadata["help"].replace("%", "%%")  # argparse formats help with %
-        if f.default is not _MISSING and f.default is not None:
+        if f.default is not _MISSING and f.default not in (None, ""):
             help_text += f" (default {_show(f.default)})"
         if isinstance(f.default, bool) and f.metadata.get("parse") is None:
             parser.add_argument(f"--{name}", dest=f.name, default=None,
@@ -295,7 +295,9 @@ class Runtime:
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser, options: tuple[str, ...],
-                          out_required: bool = True) -> None:
+                          out_required: bool = True, defaults: dict[str, Any] | None = None) -> None:
+    """The runtime flags in `options`; `defaults` overrides Runtime's defaults for this command."""
+    defaults = defaults or {}
     for name in options:
         if name not in RUNTIME_OPTIONS:
             raise ValueError(f"unknown runtime option {name!r}; known: {RUNTIME_OPTIONS}")
@@ -305,7 +307,10 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, options: tuple[str, .
             parser.add_argument("--progress", dest="progress", default=True,
                                 action=argparse.BooleanOptionalAction, help=_RUNTIME_HELP["progress"])
         elif name in ("threads", "workers"):
-            parser.add_argument(f"--{name}", type=_int_flag(name), help=_RUNTIME_HELP[name])
+            help_text = _RUNTIME_HELP[name]
+            if defaults.get(name) is not None:
+                help_text = help_text.split(" (default")[0] + f" (default {defaults[name]})"
+            parser.add_argument(f"--{name}", type=_int_flag(name), default=defaults.get(name), help=help_text)
         else:
             parser.add_argument(f"--{name}", default="cpu" if name == "device" else None,
                                 help=_RUNTIME_HELP[name])

@@ -16,16 +16,15 @@ Runs are stored one folder each (stablelab.store); a finished run is not repeate
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 
 from stablelab.data.modular import OPERATIONS, ClassificationTask, modular_arithmetic, sparse_parity
-from stablelab.errors import UsageError
+from stablelab.config import Runtime, between, csv, each, non_negative, positive, setting
 from stablelab.models.mlp import MLP
 from stablelab.nn import stable_max_cross_entropy
 from stablelab.optim.orthogonal import OrthogonalGradient
@@ -33,7 +32,8 @@ from stablelab.signals.collapse import nlm_alignment, softmax_collapse_fraction,
 from stablelab.run.loop import open_run, read_finished, train_loop
 from stablelab.run.progress import progress_bar
 from stablelab.run.runtime import threads_scope
-from stablelab.store.files import atomic_write_json
+from stablelab.io import atomic_write_json
+from stablelab.studies.command import Command
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "softmax_adamw": {"loss": "softmax", "weight_decay": False, "orthogonal": False},
@@ -52,38 +52,58 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 LOSS_DTYPES = {**DTYPES, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+_TASKS = (*OPERATIONS, "parity")
+
+
+def _dtype_check(names: tuple[str, ...], allow_empty: bool = False):
+    def check(value: str) -> str | None:
+        if (allow_empty and value == "") or value in names:
+            return None
+        return f"must be one of {', '.join(names)}, not {value!r}"
+    return check
+
+
 @dataclass(frozen=True)
 class GrokConfig:
-    """Everything a grok study depends on (stored with each run; a changed config reruns it)."""
+    """Everything a grok study depends on (stored with each run; a changed config reruns it).
+    Each field is also the CLI flag of the same name (stablelab.config)."""
 
-    task: str = "add"  # add | sub | mul | parity
-    p: int = 113
-    train_fraction: float = 0.4
-    steps: int = 300
-    lr: float = 1e-2
-    weight_decay: float = 1.0  # AdamW decoupled decay of the *_wd variant (the others use 0)
-    beta2: float = 0.999
-    adam_eps: float = 1e-8
-    hidden: tuple[int, ...] = (200, 200)
-    dtype: str = "float32"  # model and data precision
-    softmax_dtype: str = ""  # precision of the loss (softmax or StableMax); "" = the model's dtype
-    logit_scale: float = 1.0  # multiplies the logits before the loss (Prieto et al.'s alpha)
-    init_scale: float = 1.0  # multiplies the initial weights
-    seed: int = 0
-    eval_every: int = 10
-    parity_bits: int = 4
-    parity_noise: int = 36
-    parity_samples: int = 2000
+    # name -> (overrides, one-line description). A preset only sets defaults; flags override.
+    PRESETS: ClassVar[dict[str, tuple[dict[str, Any], str]]] = {
+        "default": ({}, "a + b mod 113, 40% train, MLP 2x200, lr 1e-2, 300 full-batch steps (float32)"),
+        "collapse": ({"softmax_dtype": "bfloat16"},
+                     "the default run with the loss computed in bfloat16: plain softmax collapses "
+                     "(>50% of samples)"),
+    }
+
+    task: str = setting("add", f"{', '.join(OPERATIONS)} (mod p) or parity",
+                        check=lambda t: None if t in _TASKS else f"unknown task {t!r}; choose from {', '.join(_TASKS)}")
+    p: int = setting(113, "modulus", check=positive)
+    train_fraction: float = setting(0.4, "fraction of the pairs used for training", check=between(0.0, 1.0))
+    steps: int = setting(300, "full-batch optimizer steps per variant", check=positive)
+    lr: float = setting(1e-2, "AdamW learning rate", check=positive)
+    weight_decay: float = setting(1.0, "AdamW decoupled weight decay of the softmax_adamw_wd variant "
+                                  "(the others use 0)", check=non_negative)
+    beta2: float = setting(0.999, "AdamW beta2", check=between(0.0, 1.0))
+    adam_eps: float = setting(1e-8, "AdamW eps", check=positive)
+    hidden: tuple[int, ...] = setting((200, 200), "hidden widths, comma-separated", parse=csv(int),
+                                      check=each(positive))
+    dtype: str = setting("float32", "float32 or float64: model and data precision",
+                         check=_dtype_check(tuple(DTYPES)))
+    softmax_dtype: str = setting("", "precision of the loss (softmax or StableMax): float16, bfloat16, "
+                                 "float32 or float64 (empty: --dtype)",
+                                 check=_dtype_check(tuple(LOSS_DTYPES), allow_empty=True))
+    logit_scale: float = setting(1.0, "multiply the logits by this before the loss (Prieto et al.'s alpha)",
+                                 check=positive)
+    init_scale: float = setting(1.0, "multiply the initial weights by this", check=positive)
+    seed: int = setting(0, "seed of the split and the initial weights")
+    eval_every: int = setting(10, "log every this many steps", check=positive)
+    parity_bits: int = setting(4, "sparse parity: bits that define the label", check=positive)
+    parity_noise: int = setting(36, "sparse parity: noise bits", check=non_negative)
+    parity_samples: int = setting(2000, "sparse parity: samples", check=positive)
 
 
-# name -> (config overrides, one-line description). A preset only sets defaults; flags override.
-PRESETS: dict[str, tuple[dict[str, Any], str]] = {
-    "default": ({}, "a + b mod 113, 40% train, MLP 2x200, lr 1e-2, 300 full-batch steps (float32)"),
-    "collapse": (
-        {"softmax_dtype": "bfloat16"},
-        "the default run with the loss computed in bfloat16: plain softmax collapses (>50% of samples)",
-    ),
-}
+PRESETS = GrokConfig.PRESETS
 
 
 # -- one run ------------------------------------------------------------------------------------
@@ -288,74 +308,11 @@ def _cli_flags(config: GrokConfig, preset: str) -> list[str]:
 
 
 # -- CLI ----------------------------------------------------------------------------------------
-_FLAGS = {  # flag -> (GrokConfig field, type, help)
-    "--task": ("task", str, f"{', '.join(OPERATIONS)} (mod p) or parity"),
-    "--p": ("p", int, "modulus (default 113)"),
-    "--train-fraction": ("train_fraction", float, "fraction of the pairs used for training (default 0.4)"),
-    "--steps": ("steps", int, "full-batch optimizer steps per variant"),
-    "--lr": ("lr", float, "AdamW learning rate (default 1e-2)"),
-    "--weight-decay": ("weight_decay", float, "AdamW weight decay of the softmax_adamw_wd variant (default 1.0)"),
-    "--beta2": ("beta2", float, "AdamW beta2 (default 0.999)"),
-    "--adam-eps": ("adam_eps", float, "AdamW eps (default 1e-8)"),
-    "--dtype": ("dtype", str, "float32 or float64: model and data precision (default float32)"),
-    "--softmax-dtype": ("softmax_dtype", str, "precision of the loss: float16, bfloat16, float32 or "
-                                                "float64 (default: --dtype)"),
-    "--logit-scale": ("logit_scale", float, "multiply the logits by this before the loss (default 1)"),
-    "--init-scale": ("init_scale", float, "multiply the initial weights by this (default 1)"),
-    "--seed": ("seed", int, "seed of the split and the initial weights"),
-    "--eval-every": ("eval_every", int, "log every this many steps (default 10)"),
-}
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, help="output folder (report.html, summary.json, runs/)")
-    parser.add_argument("--preset", default="default", choices=sorted(PRESETS),
-                        help="; ".join(f"{k}: {v[1]}" for k, v in PRESETS.items()))
-    for flag, (_, kind, help_text) in _FLAGS.items():
-        parser.add_argument(flag, type=kind, default=None, help=help_text)
-    parser.add_argument("--hidden", type=int, nargs="+", default=None, help="hidden widths (default 200 200)")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads for torch (default 1: the MLP is too small to gain from more)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def config_from_args(args: argparse.Namespace) -> GrokConfig:
-    values = dict(PRESETS[args.preset][0])
-    for flag, (field_name, _, _) in _FLAGS.items():
-        value = getattr(args, flag[2:].replace("-", "_"))
-        if value is not None:
-            values[field_name] = value
-    if args.hidden is not None:
-        values["hidden"] = tuple(args.hidden)
-    config = GrokConfig(**values)
-    if config.task not in (*OPERATIONS, "parity"):
-        raise UsageError(f"unknown task {config.task!r}; choose from {', '.join((*OPERATIONS, 'parity'))}")
-    if config.dtype not in DTYPES:
-        raise UsageError(f"--dtype must be float32 or float64, not {config.dtype!r}")
-    if config.softmax_dtype and config.softmax_dtype not in LOSS_DTYPES:
-        raise UsageError(f"--softmax-dtype must be one of {', '.join(LOSS_DTYPES)}, not {config.softmax_dtype!r}")
-    if config.steps < 1 or config.eval_every < 1:
-        raise UsageError("--steps and --eval-every must be positive")
-    if config.lr <= 0:
-        raise UsageError(f"--lr must be positive, got {config.lr}")
-    if any(h < 1 for h in config.hidden):
-        raise UsageError("--hidden widths must be positive")
-    return config
-
-
-def run(args: argparse.Namespace) -> int:
-    """The CLI shim: flags -> GrokConfig, then `run_study`."""
-    config = config_from_args(args)
-    try:
-        torch.device(args.device)
-    except RuntimeError:
-        raise UsageError(f"unknown device {args.device!r}") from None
-    if args.threads < 1:
-        raise UsageError(f"--threads must be positive, got {args.threads}")
-    out = Path(args.out)
-    results = run_study(config, out, preset=args.preset, device=args.device, threads=args.threads,
-                        progress=not args.no_progress)
+def main(config: GrokConfig, runtime: Runtime, preset: str = "default") -> int:
+    """`stablelab grok`: train (or read back) the variants, write the report, print one line each."""
+    out = runtime.out
+    results = run_study(config, out, preset=preset, device=runtime.device, threads=None,
+                        progress=runtime.progress)
     for variant, (result, _) in results.items():
         reached = result["steps_to_95_test"]
         print(f"{variant:26s} train {result['final_train_acc']:6.1%}  test {result['final_test_acc']:6.1%}  "
@@ -365,7 +322,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_study(config: GrokConfig, out: Path, preset: str = "default", device: str = "cpu", threads: int = 1,
+# threads 1 by default: the MLP is too small to gain from more
+COMMAND = Command(GrokConfig, main, runtime=("out", "device", "threads", "progress"),
+                  runtime_defaults={"threads": 1}, takes_preset=True)
+
+
+def run_study(config: GrokConfig, out: Path, preset: str = "default", device: str = "cpu", threads: int | None = 1,
               progress: bool = True) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
     """The whole study: train (or read back) the four variants, write summary.json and report.html;
     returns {variant: (result, rows)}. Torch's thread count is restored afterwards."""
