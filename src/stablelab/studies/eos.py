@@ -13,10 +13,9 @@ with the same configuration is read back on a rerun). Outputs in --out: report.h
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -24,36 +23,51 @@ import torch.nn.functional as F
 from torch import nn
 
 from stablelab.data.digits import Digits, load_digits
-from stablelab.errors import UsageError
+from stablelab.config import Runtime, csv, non_negative, positive, setting
 from stablelab.models.mlp import MLP
 from stablelab.run.loop import open_run, read_finished, train_loop
 from stablelab.run.progress import progress_bar
 from stablelab.run.runtime import threads_scope
+from stablelab.studies.command import Command
 from stablelab.signals.curvature import gd_threshold, hessian_trace, top_eigenvalues
+
+
+def _learning_rates(values: tuple[float, ...]) -> str | None:
+    bad = [v for v in values if not (v > 0 and math.isfinite(v))]
+    return f"learning rates must be positive, got {bad[0]:g}" if bad else None
 
 
 @dataclass(frozen=True)
 class EosConfig:
     """Defaults: a tanh MLP 64-64-64-10 (9,034 parameters), the 1347 digits training images as
-    one full batch; the whole study takes well under a minute on one CPU thread."""
+    one full batch; the whole study takes well under a minute on one CPU thread. The fields declared
+with `setting` are the CLI's flags; device and threads come from the runtime options."""
 
-    width: int = 64
-    depth: int = 2
-    mse_lrs: tuple[float, ...] = (0.1, 0.2)
-    cross_entropy_lrs: tuple[float, ...] = (0.2, 0.5)
-    mse_steps: int = 2000
-    cross_entropy_steps: int = 1000
-    check_every: int = 25          # steps between sharpness measurements
-    tol: float = 1e-3              # Lanczos relative-error stopping rule
-    band: float = 0.1              # "within 10% of 2/lr"
-    sgd_lrs: tuple[float, ...] = (0.1, 0.2)
-    sgd_batch_size: int = 32
-    sgd_steps: int = 2000
-    trace_products: int = 90       # Hutch++ products for the final trace
-    seed: int = 0
+    width: int = setting(64, "hidden width of the tanh MLP", check=positive)
+    depth: int = setting(2, "hidden layers", check=positive)
+    mse_lrs: tuple[float, ...] = setting((0.1, 0.2), "GD learning rates, MSE (empty: skip)", parse=csv(float),
+                                         check=_learning_rates)
+    cross_entropy_lrs: tuple[float, ...] = setting((0.2, 0.5), "GD learning rates, cross-entropy (empty: skip)",
+                                                   parse=csv(float), check=_learning_rates, flag="ce-lrs")
+    mse_steps: int = setting(2000, "GD steps, MSE", check=non_negative)
+    cross_entropy_steps: int = setting(1000, "GD steps, cross-entropy", check=non_negative, flag="ce-steps")
+    check_every: int = setting(25, "steps between sharpness measurements", check=positive)
+    tol: float = setting(1e-3, "Lanczos relative-error stopping rule", check=positive)
+    band: float = setting(0.1, "'hovers' means within this fraction of 2/lr", check=positive)
+    sgd_lrs: tuple[float, ...] = setting((0.1, 0.2), "SGD learning rates for the trace check (empty: skip)",
+                                         parse=csv(float), check=_learning_rates)
+    sgd_batch_size: int = setting(32, "SGD batch size", check=positive)
+    sgd_steps: int = setting(2000, "SGD steps", check=non_negative)
+    trace_products: int = setting(90, "Hutch++ Hessian-vector products for the final trace", check=positive)
+    seed: int = setting(0, "seed of the initial weights and the SGD batches")
     device: str = "cpu"
     threads: int = 1
     extra: dict = field(default_factory=dict)
+
+    def check(self) -> str | None:
+        if not self.mse_lrs and not self.cross_entropy_lrs:
+            return "give at least one learning rate (--mse-lrs or --ce-lrs)"
+        return None
 
 
 def make_mlp(width: int, depth: int, seed: int, in_features: int = 64, classes: int = 10) -> nn.Module:
@@ -253,52 +267,11 @@ def run_study(config: EosConfig, out_dir: Path, progress: bool = True) -> dict:
     return summary
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise UsageError(f"expected comma-separated numbers, got {text!r}") from None
-    if any(not (v > 0 and math.isfinite(v)) for v in values):
-        raise UsageError(f"learning rates must be positive, got {text!r}")
-    return values
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    d = EosConfig()
-    parser.add_argument("--out", required=True, help="output folder (report.html, summary.json)")
-    parser.add_argument("--mse-lrs", default=",".join(f"{v:g}" for v in d.mse_lrs), help="GD learning rates, MSE")
-    parser.add_argument("--ce-lrs", default=",".join(f"{v:g}" for v in d.cross_entropy_lrs),
-                        help="GD learning rates, cross-entropy (empty: skip)")
-    parser.add_argument("--mse-steps", type=int, default=d.mse_steps)
-    parser.add_argument("--ce-steps", type=int, default=d.cross_entropy_steps)
-    parser.add_argument("--check-every", type=int, default=d.check_every, help="steps between sharpness checks")
-    parser.add_argument("--width", type=int, default=d.width)
-    parser.add_argument("--depth", type=int, default=d.depth)
-    parser.add_argument("--sgd-lrs", default=",".join(f"{v:g}" for v in d.sgd_lrs), help="(empty: skip)")
-    parser.add_argument("--sgd-batch-size", type=int, default=d.sgd_batch_size)
-    parser.add_argument("--sgd-steps", type=int, default=d.sgd_steps)
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--device", default=d.device)
-    parser.add_argument("--threads", type=int, default=d.threads)
-
-
-def run(args: argparse.Namespace) -> int:
-    for name in ("mse_steps", "ce_steps", "check_every", "width", "depth", "sgd_batch_size", "sgd_steps", "threads"):
-        if getattr(args, name) < (0 if name.endswith("steps") else 1):
-            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    try:
-        torch.device(args.device)
-    except RuntimeError:
-        raise UsageError(f"unknown device {args.device!r}") from None
-    config = EosConfig(
-        width=args.width, depth=args.depth, mse_lrs=_floats(args.mse_lrs), cross_entropy_lrs=_floats(args.ce_lrs),
-        mse_steps=args.mse_steps, cross_entropy_steps=args.ce_steps, check_every=args.check_every,
-        sgd_lrs=_floats(args.sgd_lrs), sgd_batch_size=args.sgd_batch_size, sgd_steps=args.sgd_steps,
-        seed=args.seed, device=args.device, threads=args.threads)
-    if not config.mse_lrs and not config.cross_entropy_lrs:
-        raise UsageError("give at least one learning rate (--mse-lrs or --ce-lrs)")
-    out_dir = Path(args.out)
-    summary = run_study(config, out_dir)
+def main(config: EosConfig, runtime: Runtime) -> int:
+    """`stablelab eos`: the study, then one line per run."""
+    config = replace(config, device=runtime.device, threads=runtime.threads or 1)
+    out_dir = runtime.out
+    summary = run_study(config, out_dir, progress=runtime.progress)
     for r in summary["runs"]:
         verdict = "hovers at 2/lr" if r["hovers"] else "does not hover"
         median = "-" if r["median_ratio_after"] is None else f"{r['median_ratio_after']:.3f}"
@@ -310,3 +283,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"edge of stability reproduced: {summary['edge_of_stability_reproduced']} "
           f"({summary['seconds']:.0f} s); report: {out_dir / 'report.html'}")
     return 0
+
+
+COMMAND = Command(EosConfig, main, runtime=("out", "device", "threads", "progress"),
+                  runtime_defaults={"threads": 1})
