@@ -49,10 +49,10 @@ def test_defaults_preset_then_flags():
 
 @pytest.mark.parametrize("argv, message", [
     (["--steps", "abc"], "--steps: cannot read 'abc'"),
-    (["--steps", "0"], "--steps: must be positive, got 0"),
-    (["--lrs", "0.1,-1"], "--lrs: must be positive, got -1.0"),
+    (["--steps", "0"], "--steps must be positive, got 0"),
+    (["--lrs", "0.1,-1"], "--lrs must be positive, got -1.0"),
     (["--lrs", "0.1,0.1"], "duplicates"),
-    (["--lrs", ""], "--lrs: is empty"),
+    (["--lrs", ""], "--lrs is empty"),
     (["--steps", "2"], "steps must exceed the number of LRs"),
 ])
 def test_bad_values_give_one_line_naming_the_flag(argv, message):

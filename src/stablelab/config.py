@@ -87,7 +87,7 @@ def non_negative(value: Any) -> str | None:
 
 def at_least(bound: float) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
-        return None if value >= bound else f"must be at least {bound:g}, got {value}"
+        return None if value >= bound else f"must be >= {bound:g}, got {value}"
     return check
 
 
@@ -231,8 +231,9 @@ def validate(settings: Any) -> Any:
             raise UsageError(f"--{flag_name(f)}: {value!r} is not one of {', '.join(map(str, choices))}")
         check = f.metadata.get("check")
         problem = check(value) if check is not None else None
-        if problem:
-            raise UsageError(f"--{flag_name(f)}: {problem}")
+        if problem:  # "--steps must be positive, got 0"; "--variants: unknown variant 'x'"
+            joint = " " if problem.startswith(("must", "is ")) else ": "
+            raise UsageError(f"--{flag_name(f)}{joint}{problem}")
     cross = getattr(settings, "check", None)
     problem = cross() if callable(cross) else None
     if problem:

@@ -10,10 +10,10 @@ read back on a rerun.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import io
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,76 +22,64 @@ from stablelab.continual.benchmarks import BENCHMARKS, Benchmark, make_benchmark
 from stablelab.continual.evaluator import ContinualEvaluator
 from stablelab.continual.learners import LEARNERS, MLP, StreamConfig, make_learner
 from stablelab.continual.metrics import all_metrics, stability_gap, task_end_accuracy
-from stablelab.errors import UsageError
+from stablelab.config import Runtime, at_least, csv, setting
 from stablelab.run.loop import open_run, read_finished, train_loop
 from stablelab.run.progress import progress_bar
 from stablelab.run.runtime import threads_scope
+from stablelab.studies.command import Command
 from stablelab.store.files import atomic_write_bytes, atomic_write_json
 
 
-def _names(text: str, known, what: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if not names:
-        raise UsageError(f"--{what} is empty")
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise UsageError(f"unknown {what} {', '.join(unknown)}; choose from {', '.join(known)}")
-    return names
+_STREAM = StreamConfig()  # the per-run defaults are written once, in StreamConfig
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    d = StreamConfig()
-    parser.add_argument("--out", required=True, help="folder for report.html, summary.json, histories.npz")
-    parser.add_argument("--benchmarks", default=",".join(BENCHMARKS),
-                        help=f"comma-separated, from {', '.join(BENCHMARKS)}")
-    parser.add_argument("--learners", default=",".join(LEARNERS),
-                        help=f"comma-separated, from {', '.join(LEARNERS)}")
-    parser.add_argument("--tasks", type=int, default=5, help="tasks per benchmark (split: 1, 2, 5 or 10)")
-    parser.add_argument("--iterations-per-task", type=int, default=d.iterations_per_task)
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
-    parser.add_argument("--lr", type=float, default=d.lr, help="SGD learning rate")
-    parser.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
-    parser.add_argument("--hidden", type=int, default=d.hidden, help="MLP width (2 hidden layers)")
-    parser.add_argument("--memory-size", type=int, default=d.memory_size, help="replay memory (examples)")
-    parser.add_argument("--ewc-lambda", type=float, default=d.ewc_lambda)
-    parser.add_argument("--eval-every", type=int, default=d.eval_every,
-                        help="evaluate every k training iterations (1 = every iteration)")
-    parser.add_argument("--eval-subset", type=int, default=d.eval_subset,
-                        help="test examples per task used by the evaluator")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per benchmark x learner")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    parser.add_argument("--monitor", action="store_true",
-                        help="also log every run's training signals through stablelab.monitor.Monitor "
-                             "into OUT/monitor/BENCHMARK/LEARNER/seedN (readable by `stablelab report`)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (1 is fastest for these tiny models on a shared machine)")
+def _known(names: tuple, what: str):
+    def check(values: tuple) -> str | None:
+        if not values:
+            return "is empty"
+        unknown = [n for n in values if n not in names]
+        if unknown:
+            return f"unknown {what} {', '.join(unknown)}; choose from {', '.join(names)}"
+        return None
+    return check
 
 
-def _validate(args) -> tuple[list[str], list[str]]:
-    benchmarks = _names(args.benchmarks, BENCHMARKS, "benchmarks")
-    learners = _names(args.learners, LEARNERS, "learners")
-    for flag, value, low in [("--iterations-per-task", args.iterations_per_task, 1),
-                             ("--batch-size", args.batch_size, 1), ("--hidden", args.hidden, 1),
-                             ("--memory-size", args.memory_size, 1), ("--eval-every", args.eval_every, 1),
-                             ("--eval-subset", args.eval_subset, 1), ("--seeds", args.seeds, 1),
-                             ("--tasks", args.tasks, 2), ("--threads", args.threads, 1)]:
-        if value < low:
-            raise UsageError(f"{flag} must be >= {low}, got {value}")
-    if "split-digits" in benchmarks and 10 % args.tasks:
-        raise UsageError(f"split-digits needs --tasks dividing 10 classes (2, 5 or 10), got {args.tasks}")
-    if not args.lr > 0:
-        raise UsageError(f"--lr must be > 0, got {args.lr}")
-    if not 0 <= args.momentum < 1:
-        raise UsageError(f"--momentum must be in [0, 1), got {args.momentum}")
-    if args.ewc_lambda < 0:
-        raise UsageError(f"--ewc-lambda must be >= 0, got {args.ewc_lambda}")
-    import torch
+@dataclass(frozen=True)
+class GapSettings:
+    """The gap study's settings (CLI flags derive from these; stablelab.config)."""
 
-    try:
-        torch.empty(0, device=args.device)
-    except (RuntimeError, AssertionError) as error:
-        raise UsageError(f"--device {args.device} is not usable here ({str(error).splitlines()[0]})")
-    return benchmarks, learners
+    benchmarks: tuple[str, ...] = setting(tuple(BENCHMARKS), f"comma-separated, from {', '.join(BENCHMARKS)}",
+                                          parse=csv(str), check=_known(tuple(BENCHMARKS), "benchmarks"))
+    learners: tuple[str, ...] = setting(tuple(LEARNERS), f"comma-separated, from {', '.join(LEARNERS)}",
+                                        parse=csv(str), check=_known(tuple(LEARNERS), "learners"))
+    tasks: int = setting(5, "tasks per benchmark (split: 2, 5 or 10)", check=at_least(2))
+    iterations_per_task: int = setting(_STREAM.iterations_per_task, "training iterations per task",
+                                       check=at_least(1))
+    batch_size: int = setting(_STREAM.batch_size, "examples per iteration", check=at_least(1))
+    lr: float = setting(_STREAM.lr, "SGD learning rate", check=lambda v: None if v > 0 else f"must be > 0, got {v}")
+    momentum: float = setting(_STREAM.momentum, "SGD momentum",
+                              check=lambda v: None if 0 <= v < 1 else f"must be in [0, 1), got {v}")
+    hidden: int = setting(_STREAM.hidden, "MLP width (2 hidden layers)", check=at_least(1))
+    memory_size: int = setting(_STREAM.memory_size, "replay memory (examples)", check=at_least(1))
+    ewc_lambda: float = setting(_STREAM.ewc_lambda, "EWC penalty strength", check=at_least(0))
+    eval_every: int = setting(_STREAM.eval_every, "evaluate every k training iterations (1 = every iteration)",
+                              check=at_least(1))
+    eval_subset: int = setting(_STREAM.eval_subset, "test examples per task used by the evaluator",
+                               check=at_least(1))
+    seeds: int = setting(3, "seeds per benchmark x learner", check=at_least(1))
+    monitor: bool = setting(False, "also log every run's training signals through stablelab.monitor.Monitor "
+                                   "into OUT/monitor/BENCHMARK/LEARNER/seedN (readable by `stablelab report`)")
+
+    def check(self) -> str | None:
+        if "split-digits" in self.benchmarks and 10 % self.tasks:
+            return f"split-digits needs --tasks dividing 10 classes (2, 5 or 10), got {self.tasks}"
+        return None
+
+    def stream(self, device: str) -> StreamConfig:
+        return StreamConfig(iterations_per_task=self.iterations_per_task, batch_size=self.batch_size, lr=self.lr,
+                            momentum=self.momentum, hidden=self.hidden, memory_size=self.memory_size,
+                            ewc_lambda=self.ewc_lambda, eval_every=self.eval_every,
+                            eval_subset=self.eval_subset, device=device)
 
 
 def train_run(benchmark: Benchmark, learner_name: str, config: StreamConfig, advance=None,
@@ -154,25 +142,25 @@ def _run_metrics(acc: np.ndarray, training_task: np.ndarray) -> dict:
     return out
 
 
-def run(args) -> int:
-    """The CLI shim: flags -> StreamConfig and the study's lists, then `run_study`."""
-    benchmarks, learners = _validate(args)
-    base = StreamConfig(
-        iterations_per_task=args.iterations_per_task, batch_size=args.batch_size, lr=args.lr,
-        momentum=args.momentum, hidden=args.hidden, memory_size=args.memory_size,
-        ewc_lambda=args.ewc_lambda, eval_every=args.eval_every, eval_subset=args.eval_subset,
-        device=args.device,
-    )
-    out = Path(args.out)
-    summary = run_study(base, benchmarks, learners, args.tasks, args.seeds, out, monitor=args.monitor,
-                        threads=args.threads)
+def main(settings: GapSettings, runtime: Runtime) -> int:
+    """`stablelab gap`: every benchmark x learner x seed, then the report."""
+    out = runtime.out
+    summary = run_study(settings.stream(runtime.device), list(settings.benchmarks), list(settings.learners),
+                        settings.tasks, settings.seeds, out, monitor=settings.monitor, threads=None,
+                        progress=runtime.progress)
     print(f"wrote {out / 'report.html'}, {out / 'summary.json'}, {out / 'histories.npz'} in "
           f"{summary['wall_seconds']:.0f} s")
     return 0
 
 
+# threads 1 by default: fastest for these tiny models on a shared machine
+COMMAND = Command(GapSettings, main, runtime=("out", "device", "threads", "progress"),
+                  runtime_defaults={"threads": 1})
+configure, run = COMMAND.configure, COMMAND.run
+
+
 def run_study(base: StreamConfig, benchmarks: list[str], learners: list[str], tasks: int, seeds: int,
-              out: Path, monitor: bool = False, threads: int = 1, progress: bool = True) -> dict:
+              out: Path, monitor: bool = False, threads: int | None = 1, progress: bool = True) -> dict:
     """Every benchmark x learner x seed (seeds 0 .. seeds-1 replace base.seed), then summary.json,
     histories.npz and report.html in `out`; returns the summary. Torch's thread count is restored."""
     total = len(benchmarks) * len(learners) * seeds * tasks * base.iterations_per_task
