@@ -105,3 +105,43 @@ def test_progress_bar_fields_and_counts():
         bar.advance(3)
         bar.update(description="run 5", advance=1, diverged=1)
         assert bar.completed == 6
+
+
+def test_transform_moment_monitored_value_and_the_last_step():
+    """Order: observe(monitored) -> before_update (a clip) -> on_log -> step -> after_update; a
+    tuple from compute_loss backpropagates its first part and shows the second; log_last logs the
+    final step."""
+    from stablelab.optim.transforms import clip_by_global_norm
+
+    model, optimizer = _model_and_optimizer(lr=1.0)
+    x = torch.ones(4, 3)
+    order, observed = [], []
+
+    class Recorder:
+        def observe(self, value):
+            observed.append(float(value))
+            order.append("observe")
+
+    def compute_loss(step):
+        loss = model(x).pow(2).mean()
+        return loss * 10, loss  # backpropagate 10x; the monitor and rows see the plain loss
+
+    def before(step):
+        order.append("before")
+        clip_by_global_norm(model.parameters(), 1e-3)
+
+    def on_log(step, value):
+        order.append("log")
+        total = torch.cat([p.grad.flatten() for p in model.parameters()]).norm()
+        return {"step": step, "value": float(value), "grad_norm": float(total)}
+
+    weights = []
+    result = train_loop(5, compute_loss, optimizer, monitor=Recorder(), log_every=3, log_last=True,
+                        on_log=on_log, before_update=before,
+                        after_update=lambda step: (order.append("after"), weights.append(model.weight.detach().clone())))
+    assert [r["step"] for r in result.rows] == [0, 3, 4]
+    assert order[:4] == ["observe", "before", "log", "after"] and order[4:7] == ["observe", "before", "after"]
+    assert all(abs(r["grad_norm"] - 1e-3) < 1e-6 for r in result.rows)  # rows see the clipped gradient
+    assert [r["value"] for r in result.rows] == [observed[0], observed[3], observed[4]]
+    # the clip bounds every update: lr 1 x norm 1e-3
+    assert (weights[1] - weights[0]).norm() <= 1e-3 + 1e-7

@@ -7,14 +7,18 @@
 Each step, in this order:
 
     lr_at(step) sets the learning rate          (optional schedule; honours a group's lr_scale)
-    loss = compute_loss(step)                   forward (the study picks the batch)
+    loss = compute_loss(step)                   forward (the study picks the batch); it may return
+                                                (loss, monitored): the monitor and on_log then see
+                                                `monitored` (say the cross-entropy without z-loss)
     optimizer.zero_grad(); loss.backward()
-    monitor.observe(loss)                       the one moment the monitor reads gradients
-    row = on_log(step, loss)                    on log steps: after backward, before the update, so the
+    monitor.observe(monitored)                  the one moment the monitor reads gradients
+    before_update(step)                         gradient transforms (a global-norm clip)
+    row = on_log(step, monitored)               on log steps: after backward, before the update, so the
                                                 row describes the weights the step starts from and
                                                 .grad holds this step's gradient
     non-finite loss (or row[k] for k in diverge_on): the run diverged; stop before the update
     optimizer.step()
+    after_update(step)                          (optional) e.g. the update's size on log steps
     advance(1)
 
 With `optimizer=None` the step function updates by itself (a continual learner's `observe`): the
@@ -61,7 +65,10 @@ def train_loop(steps: int, compute_loss: Callable[[int], torch.Tensor | float],
                log_every: int = 0, on_log: Callable[[int, Any], dict[str, Any] | None] | None = None,
                diverge_on: Iterable[str] = (), finite_every: int = 1, writer: RunWriter | None = None,
                advance: Callable[[int], None] | None = None,
-               lr_at: Callable[[int], float] | None = None) -> LoopResult:
+               lr_at: Callable[[int], float] | None = None,
+               before_update: Callable[[int], None] | None = None,
+               after_update: Callable[[int], None] | None = None,
+               log_last: bool = False) -> LoopResult:
     """Run `steps` training steps; see the module docstring for the order of the moments.
 
     Args:
@@ -78,6 +85,10 @@ def train_loop(steps: int, compute_loss: Callable[[int], torch.Tensor | float],
         writer: the run's store; rows are logged to it and ownership is checked on log steps.
         advance: called with 1 after every step (a progress bar).
         lr_at: step -> learning rate, set on every param group (times its `lr_scale`, if any).
+        before_update: step -> None, after the monitor's read and before on_log and the update
+            (the place for gradient transforms such as optim.transforms.clip_by_global_norm).
+        after_update: step -> None, after the update.
+        log_last: the last step is a log step too.
 
     Returns:
         LoopResult (rows, steps_done, diverged, nonfinite_step, stopped, seconds)."""
@@ -90,28 +101,34 @@ def train_loop(steps: int, compute_loss: Callable[[int], torch.Tensor | float],
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
         loss = compute_loss(step)
+        loss, monitored = loss if isinstance(loss, tuple) else (loss, loss)
         if optimizer is not None:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
         if monitor is not None:
             try:
-                monitor.observe(loss.detach() if isinstance(loss, torch.Tensor) else loss)
+                monitor.observe(monitored.detach() if isinstance(monitored, torch.Tensor) else monitored)
             except TrainingStopped:
                 result.stopped = True
                 break
-        log_now = bool(log_every) and step % log_every == 0
-        row = on_log(step, loss) if log_now and on_log is not None else None
+        if before_update is not None:
+            before_update(step)
+        log_now = bool(log_every) and (step % log_every == 0 or (log_last and step == steps - 1))
+        row = on_log(step, monitored) if log_now and on_log is not None else None
         if row is not None:
             result.rows.append(row)
             if writer is not None:
                 writer.log(row)
                 writer.check_owner()
         if log_now or (finite_every and step % finite_every == 0):
-            if not _finite(loss) or (row is not None and not all(_finite(row.get(k)) for k in diverge_on)):
+            bad_loss = not _finite(monitored) or (loss is not monitored and not _finite(loss))
+            if bad_loss or (row is not None and not all(_finite(row.get(k)) for k in diverge_on)):
                 result.diverged, result.nonfinite_step = True, step
                 break
         if optimizer is not None:
             optimizer.step()
+        if after_update is not None:
+            after_update(step)
         result.steps_done += 1
         if advance is not None:
             advance(1)

@@ -22,6 +22,7 @@ from stablelab.models.variants import get_variant
 from stablelab.monitor import Monitor, Policy, Sink
 from stablelab.optim import create as create_optimizer
 from stablelab.optim.transforms import clip_by_global_norm
+from stablelab.run.loop import train_loop
 from stablelab.run.schedule import parameter_groups, warmup_cosine
 from stablelab.signals.gradients import rms, update_rms
 from stablelab.signals.logits import output_log_z, z_loss
@@ -157,41 +158,50 @@ def train(config: ProxyRunConfig, run_dir: str | Path,
         monitor = Monitor(model, optimizer, policy=Policy(WARN_ONLY), sync_every=config.log_every,
                           sinks=[sink], logits_module="head",
                           config={"run_id": config.run_id})
-        nonfinite_step = None
-        step = 0
-        try:
-            for step in range(config.steps):
-                lr = warmup_cosine(step, config.lr, warmup, config.steps, config.min_lr)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * group.get("lr_scale", 1.0)
-                log_now = step % config.log_every == 0 or step == config.steps - 1
+        logged: dict[int, dict] = {}
 
-                x, y = (t.to(device) for t in sample_batch(corpus.train, config.batch_size, config.seq_len, data_rng))
-                logits = model(x)
-                ce = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-                loss = ce + z_loss(logits, variant.z_loss) if variant.z_loss else ce
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                monitor.observe(ce)  # gradients before clipping; the monitor logs the signals
-                if config.grad_clip > 0:
-                    clip_by_global_norm(params, config.grad_clip)  # the one gradient transform for clipping
-                if log_now:
-                    grad_rms_mlp0 = rms(model.first_mlp_weight().grad)
-                    before = [p.detach().clone() for p in params]
-                optimizer.step()
-                if not log_now:
-                    continue
-                sink.extras[step] = {"loss_total": loss.item(), "grad_rms_mlp0": grad_rms_mlp0.item(),
-                                     "update_rms": update_rms(before, params).item(),
+        def compute_loss(step: int):
+            x, y = (t.to(device) for t in sample_batch(corpus.train, config.batch_size, config.seq_len, data_rng))
+            logits = model(x)
+            ce = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+            loss = ce + z_loss(logits, variant.z_loss) if variant.z_loss else ce
+            logged["loss_total"] = loss
+            return loss, ce  # backpropagate the total; the monitor logs the cross-entropy
+
+        def clip(step: int) -> None:  # gradients before clipping are what the monitor read
+            if config.grad_clip > 0:
+                clip_by_global_norm(params, config.grad_clip)  # the one gradient transform for clipping
+
+        def on_log(step: int, ce) -> None:
+            logged[step] = {"grad_rms_mlp0": rms(model.first_mlp_weight().grad),
+                            "before": [p.detach().clone() for p in params],
+                            "loss_total": logged.pop("loss_total")}
+            writer.check_owner()
+            if not keep_going():
+                raise RuntimeError("the sweep that started this run is gone")
+
+        def after_update(step: int) -> None:
+            entry = logged.pop(step, None)
+            if entry is not None:
+                sink.extras[step] = {"loss_total": entry["loss_total"].item(),
+                                     "grad_rms_mlp0": entry["grad_rms_mlp0"].item(),
+                                     "update_rms": update_rms(entry["before"], params).item(),
                                      "time": time.time() - started}
-                writer.check_owner()
-                if not keep_going():
-                    raise RuntimeError("the sweep that started this run is gone")
-                if not _finite(ce.item()):
-                    nonfinite_step = step
-                    break
+
+        try:
+            loop = train_loop(config.steps, compute_loss, optimizer, monitor=monitor,
+                              log_every=config.log_every, log_last=True, on_log=on_log, finite_every=0,
+                              lr_at=lambda step: warmup_cosine(step, config.lr, warmup, config.steps, config.min_lr),
+                              before_update=clip, after_update=after_update)
+            for step, entry in [(k, v) for k, v in logged.items() if isinstance(k, int)]:
+                # the diverged step's row: logged before its update, which was not taken
+                sink.extras[step] = {"loss_total": entry["loss_total"].item(),
+                                     "grad_rms_mlp0": entry["grad_rms_mlp0"].item(), "update_rms": 0.0,
+                                     "time": time.time() - started}
         finally:
             summary = monitor.close()
+        nonfinite_step = loop.nonfinite_step
+        step = loop.steps_done - 1 + loop.diverged  # the last step whose forward ran
         max_attn_logit = sink.max_attn_logit
 
         if nonfinite_step is None:
