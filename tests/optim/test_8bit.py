@@ -100,7 +100,8 @@ def test_bucket_table_equals_bucketize(signed):
     x = _spread(100_000, seed=1, signed=signed)
     x = x / x.abs().max()
     edges = torch.cat([midpoints, torch.nextafter(midpoints, torch.tensor(2.0)),
-                       torch.nextafter(midpoints, torch.tensor(-2.0)), torch.tensor([0.0, -0.0, 1.0, -1.0])])
+                       torch.nextafter(midpoints, torch.tensor(-2.0)),
+                       torch.tensor([0.0, -0.0, 1.0, -1.0, 1.0000001, -1.0000001, 2.0, -2.0, -0.5, 1e-30, -1e-30])])
     for values in (x, edges):
         assert torch.equal(nearest_code(values, midpoints, table).int(), nearest_code(values, midpoints))
 
@@ -225,7 +226,8 @@ def test_trajectory_close_to_bitsandbytes_adamw8bit():
 
 def test_trajectory_close_to_torchao_adamw8bit():
     """torchao's AdamW8bit (torch.compile'd on CPU) uses its own signed/unsigned dynamic maps and
-    blocks of 256, but quantises with its own rounding; within 5% of the total movement over 50 steps."""
+    blocks of 256 and its own rounding code; the runs agree to 0.07% of the total movement over 50 steps
+    (each is 1.25% from fp32 AdamW), we require 0.5%."""
     try:
         from torchao.optim import AdamW8bit as TorchaoAdamW8bit
     except Exception:  # noqa: BLE001
@@ -235,7 +237,7 @@ def test_trajectory_close_to_torchao_adamw8bit():
     _train(ours, AdamW8bit(ours.parameters(), min_8bit_size=4096), 50)
     _train(theirs, TorchaoAdamW8bit(theirs.parameters(), block_size=256), 50)
     moved = (_flat(theirs) - _flat(start)).norm()
-    assert (_flat(ours) - _flat(theirs)).norm() < 0.05 * moved
+    assert (_flat(ours) - _flat(theirs)).norm() < 0.005 * moved
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -93,21 +93,24 @@ class BucketTable(NamedTuple):
     """A lookup table for nearest rounding to a sorted map on [-1, 1] (see `bucket_table`)."""
     first: torch.Tensor      # int64: per bucket, the number of midpoints below the bucket
     midpoints: torch.Tensor  # float32 midpoints with +inf appended
-    base: int                # bucket number of -1.0
-    shift: int               # bucket = ordered key >> shift
+    base: int                # bucket number of the lowest value (-1.0, or 0.0 for a non-negative map)
+    shift: int               # bucket = key >> shift
+    signed: bool             # key = order-preserving int32 of x; non-negative maps use the raw bits
 
 
 def bucket_table(midpoints: torch.Tensor) -> BucketTable:
-    """Buckets of the float32 order on [-1, 1], each holding at most one midpoint.
+    """Buckets of the float32 order on [-1, 1] ([0, 1] for a non-negative map), at most one midpoint each.
 
     The bucket of x is its order-preserving int32 key shifted right (a fixed number of leading
     exponent and mantissa bits); count(midpoints < x) is then the count below the bucket plus one
     comparison with the bucket's midpoint: two gathers instead of bucketize's binary search, and
-    the same result (tested against it). The coarsest such buckets are chosen.
+    the same result (tested against it). The coarsest such buckets are chosen. Values outside the
+    range (and NaN) fall into the end buckets.
     """
     mids = midpoints.detach().float().cpu().contiguous()
+    signed = bool(mids.min() < 0)
     keys = _ordered_key(mids).long()
-    lowest, highest = (int(_ordered_key(torch.tensor([v]))) for v in (-1.0, 1.0))
+    lowest, highest = (int(_ordered_key(torch.tensor([v]))) for v in (-1.0 if signed else 0.0, 1.0))
     for shift in range(23, -1, -1):
         base = lowest >> shift
         starts = torch.arange(base, (highest >> shift) + 1, dtype=torch.int64) << shift
@@ -116,7 +119,7 @@ def bucket_table(midpoints: torch.Tensor) -> BucketTable:
             break
     padded = torch.cat([mids, torch.tensor([float("inf")])])
     device = midpoints.device
-    return BucketTable(first.to(device), padded.to(device), base, shift)
+    return BucketTable(first.to(device), padded.to(device), base, shift, signed)
 
 
 def nearest_code(scaled: torch.Tensor, midpoints: torch.Tensor, table: BucketTable | None = None) -> torch.Tensor:
@@ -127,8 +130,10 @@ def nearest_code(scaled: torch.Tensor, midpoints: torch.Tensor, table: BucketTab
     """
     if table is None:
         return torch.bucketize(scaled, midpoints, out_int32=True)
-    flat = scaled.reshape(-1).clamp(-1.0, 1.0)
-    bucket = (_ordered_key(flat) >> table.shift).sub_(table.base)
+    flat = scaled.reshape(-1)
+    # for a non-negative map the raw bits order x >= 0, and every x < 0 (bits < 0) rounds to code 0
+    key = _ordered_key(flat) if table.signed else flat.view(torch.int32)
+    bucket = (key >> table.shift).sub_(table.base).clamp_(0, table.first.numel() - 1)
     index = table.first.index_select(0, bucket)
     index += flat > table.midpoints.index_select(0, index)  # the bucket's one midpoint, if below x
     return index.view(scaled.shape)
