@@ -133,7 +133,7 @@ def test_transform_moment_monitored_value_and_the_last_step():
     def on_log(step, value):
         order.append("log")
         total = torch.cat([p.grad.flatten() for p in model.parameters()]).norm()
-        return {"step": step, "value": float(value), "grad_norm": float(total)}
+        return {"step": step, "value": float(value.detach()), "grad_norm": float(total)}
 
     weights = []
     result = train_loop(5, compute_loss, optimizer, monitor=Recorder(), log_every=3, log_last=True,
