@@ -254,7 +254,7 @@ def test_state_dict_round_trip_is_bit_identical(dtype):
     buffer = io.BytesIO()
     torch.save({"model": first.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
     buffer.seek(0)
-    saved = torch.load(buffer)
+    saved = torch.load(buffer, weights_only=True)
     resumed = _model(dtype, seed=5)
     resumed.load_state_dict(saved["model"])
     optimizer = AdamW8bit(resumed.parameters(), min_8bit_size=1024)
