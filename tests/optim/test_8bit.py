@@ -226,8 +226,10 @@ def test_trajectory_close_to_bitsandbytes_adamw8bit():
 
 def test_trajectory_close_to_torchao_adamw8bit():
     """torchao's AdamW8bit (torch.compile'd on CPU) uses its own signed/unsigned dynamic maps and
-    blocks of 256 and its own rounding code; the runs agree to 0.07% of the total movement over 50 steps
-    (each is 1.25% from fp32 AdamW), we require 0.5%."""
+    blocks of 256 and exact nearest rounding. Ours rounds through the one-gather lookup (a code may
+    flip next to a map midpoint), which over 50 steps puts the runs 0.67% of the total movement apart
+    (0.07% with exact rounding); each is 1.25% from fp32 AdamW. We require under 1%, i.e. closer to
+    each other than either is to fp32."""
     try:
         from torchao.optim import AdamW8bit as TorchaoAdamW8bit
     except Exception:  # noqa: BLE001
@@ -236,8 +238,11 @@ def test_trajectory_close_to_torchao_adamw8bit():
     ours, theirs = copy.deepcopy(start), copy.deepcopy(start)
     _train(ours, AdamW8bit(ours.parameters(), min_8bit_size=4096), 50)
     _train(theirs, TorchaoAdamW8bit(theirs.parameters(), block_size=256), 50)
+    m32 = copy.deepcopy(start)
+    _train(m32, torch.optim.AdamW(m32.parameters()), 50)
     moved = (_flat(theirs) - _flat(start)).norm()
-    assert (_flat(ours) - _flat(theirs)).norm() < 0.005 * moved
+    assert (_flat(ours) - _flat(theirs)).norm() < 0.01 * moved
+    assert (_flat(ours) - _flat(theirs)).norm() < (_flat(theirs) - _flat(m32)).norm()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -4,9 +4,12 @@ Dettmers et al. 2022, "8-bit Optimizers via Block-wise Quantization", arXiv 2110
 reference implementation is bitsandbytes' `AdamW8bit` (bitsandbytes/optim/adamw.py and its CPU
 update `_optimizer_update_8bit_blockwise_cpu` in backends/cpu/ops.py). Each step, per tensor:
 dequantise m and v, take an AdamW step in float32 with them, update the parameter from the float32
-moments, then quantise the new moments again (new absmax per block). Tensors with fewer than
-`min_8bit_size` elements keep float32 moments (bitsandbytes does the same: for them the absmax
-overhead and the error are not worth it).
+moments, then quantise the new moments again (new absmax per block), chunk by chunk in reusable
+scratch (`stablelab.optim.state8bit`: that, and the one-gather rounding, make the step about 1.7x
+AdamW(foreach) on CPU instead of 5.5x). Tensors with fewer than `min_8bit_size` elements keep
+float32 moments (bitsandbytes does the same: for them the absmax overhead and the error are not
+worth it). Deliberate difference: m is updated as b1 m + (1 - b1) g with mul/add, not lerp (same
+value up to rounding; lerp is 3x slower on CPU chunks).
 """
 
 from __future__ import annotations
@@ -17,64 +20,67 @@ from typing import Any, Callable
 import torch
 from torch.optim import Optimizer
 
-from stablelab.optim.blockwise import (bucket_table, dequantize_blockwise, dynamic_map, map_midpoints,
-                                      quantize_blockwise)
+from stablelab.optim.state8bit import Maps8bit, Scratch, init_moments, is_8bit, maps_on, moment_chunks
+from stablelab.optim.state8bit import state_bytes_per_parameter as _state_bytes_per_parameter
 
 __all__ = ["AdamW8bit", "adamw8bit_tensor"]
 
-_QUANTISED_KEYS = ("exp_avg_codes", "exp_avg_absmax", "exp_avg_sq_codes", "exp_avg_sq_absmax")
-
-
-class _Maps:
-    """The signed and unsigned dynamic maps and their midpoints on one device (computed once)."""
-
-    def __init__(self, device: torch.device):
-        self.signed = dynamic_map(True, device=device)
-        self.unsigned = dynamic_map(False, device=device)
-        self.signed_midpoints = map_midpoints(self.signed)
-        self.unsigned_midpoints = map_midpoints(self.unsigned)
-        self.signed_table = bucket_table(self.signed_midpoints)
-        self.unsigned_table = bucket_table(self.unsigned_midpoints)
+MOMENTS = {"exp_avg": True, "exp_avg_sq": False}  # name -> signed map
 
 
 def adamw8bit_tensor(param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], *, step: int, lr: float,
                      beta1: float, beta2: float, eps: float, weight_decay: float, block_size: int,
-                     maps: _Maps | None = None) -> None:
+                     maps: Maps8bit | None = None, scratch: Scratch | None = None) -> None:
     """One AdamW step on one tensor, in place on `param` and `state` (the functional core).
 
     `state` holds either float32 `exp_avg` / `exp_avg_sq`, or the 8-bit form: uint8 `exp_avg_codes`
     / `exp_avg_sq_codes` shaped like the parameter and float32 `exp_avg_absmax` /
-    `exp_avg_sq_absmax`, one per block of `block_size` elements. The update is computed in float32
-    and rounded once into the parameter (bfloat16 parameters included).
+    `exp_avg_sq_absmax`, one per block of `block_size` elements (stepped chunk by chunk:
+    `stablelab.optim.state8bit`). The update is computed in float32 and rounded once into the
+    parameter (bfloat16 parameters included).
     """
-    work = param if param.dtype == torch.float32 else param.float()
-    g = grad if grad.dtype == torch.float32 else grad.float()
-    quantised = "exp_avg_codes" in state
-    if quantised:
-        maps = maps or _Maps(param.device)
-        exp_avg = dequantize_blockwise(state["exp_avg_codes"], state["exp_avg_absmax"], maps.signed, block_size)
-        exp_avg_sq = dequantize_blockwise(state["exp_avg_sq_codes"], state["exp_avg_sq_absmax"], maps.unsigned,
-                                          block_size)
-    else:
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-    # decoupled weight decay first, as torch.optim.AdamW (Loshchilov & Hutter 2019, Algorithm 2)
-    if weight_decay != 0.0:
-        work.mul_(1.0 - lr * weight_decay)
-    # m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2  (Kingma & Ba 2015, Algorithm 1)
-    exp_avg.lerp_(g, 1.0 - beta1)
-    exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
-    # p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)  (torch.optim.AdamW's order)
     bias_correction1 = 1.0 - beta1 ** step
     bias_correction2_sqrt = math.sqrt(1.0 - beta2 ** step)
-    denom = exp_avg_sq.sqrt().div_(bias_correction2_sqrt).add_(eps)
-    work.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
-    if work is not param:
-        param.copy_(work)
-    if quantised:  # the parameter moved with the float32 moments; store them re-quantised (new absmax)
-        quantize_blockwise(exp_avg, maps.signed, block_size, midpoints=maps.signed_midpoints,
-                           table=maps.signed_table, out=(state["exp_avg_codes"], state["exp_avg_absmax"]))
-        quantize_blockwise(exp_avg_sq, maps.unsigned, block_size, midpoints=maps.unsigned_midpoints,
-                           table=maps.unsigned_table, out=(state["exp_avg_sq_codes"], state["exp_avg_sq_absmax"]))
+    if not is_8bit(state, "exp_avg"):
+        work = param if param.dtype == torch.float32 else param.float()
+        g = grad if grad.dtype == torch.float32 else grad.float()
+        _adamw_math(work, g, state["exp_avg"], state["exp_avg_sq"], None, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                    weight_decay=weight_decay, bias_correction1=bias_correction1,
+                    bias_correction2_sqrt=bias_correction2_sqrt)
+        if work is not param:
+            param.copy_(work)
+        return
+    maps = maps or maps_on(param.device)
+    scratch = scratch or Scratch(param.device, len(MOMENTS) + 1)
+    flat_param = param.view(-1) if param.is_contiguous() else param.reshape(-1).clone()
+    flat_grad = grad.reshape(-1)
+    for start, stop, (exp_avg, exp_avg_sq) in moment_chunks(state, MOMENTS, param.numel(), block_size, maps, scratch):
+        chunk = flat_param[start:stop]
+        work = chunk if chunk.dtype == torch.float32 else chunk.float()
+        g = flat_grad[start:stop]
+        _adamw_math(work, g if g.dtype == torch.float32 else g.float(), exp_avg, exp_avg_sq,
+                    scratch.floats[-1][:stop - start], lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                    weight_decay=weight_decay, bias_correction1=bias_correction1,
+                    bias_correction2_sqrt=bias_correction2_sqrt)
+        if work is not chunk:
+            chunk.copy_(work)
+    if not param.is_contiguous():
+        param.copy_(flat_param.view(param.shape))
+
+
+def _adamw_math(param, grad, exp_avg, exp_avg_sq, denom, *, lr, beta1, beta2, eps, weight_decay, bias_correction1,
+                bias_correction2_sqrt) -> None:
+    """torch.optim.AdamW's float32 math on equal-shaped tensors, in place (`denom`: scratch or None)."""
+    # decoupled weight decay first, as torch.optim.AdamW (Loshchilov & Hutter 2019, Algorithm 2)
+    if weight_decay != 0.0:
+        param.mul_(1.0 - lr * weight_decay)
+    # m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2  (Kingma & Ba 2015, Algorithm 1)
+    exp_avg.mul_(beta1).add_(grad, alpha=1.0 - beta1)  # not lerp_: 3x slower on CPU chunks
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+    # p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)  (torch.optim.AdamW's order)
+    denom = torch.sqrt(exp_avg_sq, out=denom) if denom is not None else exp_avg_sq.sqrt()
+    denom.div_(bias_correction2_sqrt).add_(eps)
+    param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
 
 
 class _KeepAsSaved:
@@ -117,27 +123,17 @@ class AdamW8bit(Optimizer):
             raise ValueError(f"AdamW8bit: invalid block_size {block_size!r} (must be >= 1)")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                       block_size=int(block_size), min_8bit_size=int(min_8bit_size)))
-        self._maps: dict[torch.device, _Maps] = {}
+        self._scratch: dict[torch.device, Scratch] = {}
 
-    def _maps_on(self, device: torch.device) -> _Maps:
-        if device not in self._maps:
-            self._maps[device] = _Maps(device)
-        return self._maps[device]
+    def _scratch_on(self, device: torch.device) -> Scratch:
+        if device not in self._scratch:  # reused every step: no tensor-sized allocation per step
+            self._scratch[device] = Scratch(device, len(MOMENTS) + 1)
+        return self._scratch[device]
 
     def _init_state(self, param: torch.Tensor, state: dict[str, Any], group: dict) -> None:
         state["step"] = 0
-        if param.numel() >= group["min_8bit_size"]:
-            n_blocks = -(-param.numel() // group["block_size"])
-            maps = self._maps_on(param.device)
-            zero_signed = int(torch.searchsorted(maps.signed, torch.zeros((), device=param.device)))
-            # codes of 0.0 and absmax 0: the moments start at zero, as in Adam
-            state["exp_avg_codes"] = torch.full(param.shape, zero_signed, dtype=torch.uint8, device=param.device)
-            state["exp_avg_absmax"] = torch.zeros(n_blocks, dtype=torch.float32, device=param.device)
-            state["exp_avg_sq_codes"] = torch.zeros(param.shape, dtype=torch.uint8, device=param.device)
-            state["exp_avg_sq_absmax"] = torch.zeros(n_blocks, dtype=torch.float32, device=param.device)
-        else:
-            state["exp_avg"] = torch.zeros(param.shape, dtype=torch.float32, device=param.device)
-            state["exp_avg_sq"] = torch.zeros(param.shape, dtype=torch.float32, device=param.device)
+        # codes of 0.0 and absmax 0 (or float32 zeros for small tensors): the moments start at zero, as in Adam
+        init_moments(param, state, MOMENTS, group["block_size"], group["min_8bit_size"])
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None):
@@ -160,7 +156,8 @@ class AdamW8bit(Optimizer):
                 state["step"] += 1
                 adamw8bit_tensor(param, param.grad, state, step=state["step"], lr=group["lr"], beta1=beta1,
                                  beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
-                                 block_size=group["block_size"], maps=self._maps_on(param.device))
+                                 block_size=group["block_size"], maps=maps_on(param.device),
+                                 scratch=self._scratch_on(param.device))
         return loss
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -176,7 +173,4 @@ class AdamW8bit(Optimizer):
 
     def state_bytes_per_parameter(self) -> float:
         """Bytes of moment state (codes, absmax, float32 moments) per parameter element with state."""
-        numel = sum(p.numel() for p in self.state)
-        held = sum(t.numel() * t.element_size() for entry in self.state.values() for t in entry.values()
-                   if torch.is_tensor(t))
-        return held / max(numel, 1)
+        return _state_bytes_per_parameter(self.state)

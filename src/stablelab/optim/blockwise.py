@@ -24,8 +24,8 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["BucketTable", "bucket_table", "dequantize_blockwise", "dynamic_map", "map_midpoints", "nearest_code",
-           "quantize_blockwise", "state_bytes"]
+__all__ = ["LOOKUP_SHIFT", "BucketTable", "bucket_table", "dequantize_blockwise", "dynamic_map", "lookup_code",
+           "lookup_table", "map_midpoints", "nearest_code", "quantize_blockwise", "state_bytes", "bucket_centre"]
 
 _TINY = torch.finfo(torch.float32).tiny  # an all-zero block divides by this instead of 0
 
@@ -137,6 +137,55 @@ def nearest_code(scaled: torch.Tensor, midpoints: torch.Tensor, table: BucketTab
     index = table.first.index_select(0, bucket)
     index += flat > table.midpoints.index_select(0, index)  # the bucket's one midpoint, if below x
     return index.view(scaled.shape)
+
+
+LOOKUP_SHIFT = 13  # bits of a float32 the one-gather lookup drops: sign, exponent and 10 mantissa bits remain
+_LOOKUP_OFFSET = 1 << (31 - LOOKUP_SHIFT)  # arithmetic shift of negatives gives [-2^18, 0): offset to >= 0
+
+
+def bucket_centre(x: torch.Tensor) -> torch.Tensor:
+    """The centre of x's lookup bucket: float32 x with its low `LOOKUP_SHIFT` bits set to 1000...0.
+
+    The buckets are the floats sharing sign, exponent and the top 10 mantissa bits; replacing the
+    rest by the middle value moves x by at most 2^-11 |x|, up or down alike (no bias)."""
+    bits = x.float().contiguous().view(torch.int32) & -(1 << LOOKUP_SHIFT)
+    return (bits | (1 << (LOOKUP_SHIFT - 1))).view(torch.float32)
+
+
+def lookup_table(midpoints: torch.Tensor) -> torch.Tensor:
+    """uint8 code of every float32 lookup bucket (2^19 entries, 512 KiB): the fast rounding of `lookup_code`.
+
+    Entry k is the nearest code (bucketize against `midpoints`, ties to the lower index, clamped to
+    the map) of the centre of bucket k, the float whose bits are (k - 2^18) << 13 | 1 << 12.
+    """
+    keys = (torch.arange(1 << (32 - LOOKUP_SHIFT), dtype=torch.int64) - _LOOKUP_OFFSET) << LOOKUP_SHIFT
+    representatives = (keys | (1 << (LOOKUP_SHIFT - 1))).to(torch.int32).view(torch.float32)
+    mids = midpoints.detach().float().cpu()
+    codes = torch.bucketize(representatives, mids).clamp_(0, mids.numel())
+    return codes.to(torch.uint8).to(midpoints.device)
+
+
+def lookup_code(scaled: torch.Tensor, table: torch.Tensor, out: torch.Tensor | None = None, *,
+                scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """Nearest code of `bucket_centre(scaled)` by one shift and one gather of `lookup_table`.
+
+    Equal to `nearest_code(bucket_centre(scaled), midpoints)` (tested); it differs from exact
+    nearest rounding only for x within 2^-11 |x| of a midpoint, so the error is at most half the
+    map's gap plus 2^-11 |x|. About 4x faster than the exact `bucket_table` lookup on CPU.
+
+    Args:
+        scaled: contiguous float32 values in [-1, 1].
+        table: `lookup_table(midpoints)` on scaled's device.
+        out: uint8 tensor of scaled's numel to write the codes into.
+        scratch: int32 tensor of scaled's numel to hold the keys (else allocated).
+    """
+    key = torch.empty(scaled.numel(), dtype=torch.int32, device=scaled.device) if scratch is None else scratch
+    torch.bitwise_right_shift(scaled.reshape(-1).view(torch.int32), LOOKUP_SHIFT, out=key)
+    key += _LOOKUP_OFFSET
+    if out is None:
+        out = torch.empty(scaled.shape, dtype=torch.uint8, device=scaled.device)
+    torch.index_select(table, 0, key, out=out.view(-1))
+    return out
 
 
 def quantize_blockwise(x: torch.Tensor, code: torch.Tensor, block_size: int = 256, *,
