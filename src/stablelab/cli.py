@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "grok": ("stablelab.studies.grok", "softmax collapse and grokking on modular arithmetic"),
     "eos": ("stablelab.studies.eos", "sharpness against 2/lr (edge of stability)"),
     "gap": ("stablelab.studies.gap", "continual evaluation and the stability gap"),
+    "sgd-stability": ("stablelab.studies.sgd_stability", "SGD's trace bound, Adam at the edge, opposing signals, warm-up"),
     "detect-bench": ("stablelab.bench.detect", "detection quality of the monitor and the anchors' spike rules"),
 }
 

@@ -20,3 +20,6 @@ __all__ += [
 from stablelab.signals.binary import estimating_error, gradient_stability, power_estimator
 
 __all__ += ["estimating_error", "gradient_stability", "power_estimator"]
+from stablelab.signals.opposing import opposing_groups, per_example_losses
+
+__all__ += ["opposing_groups", "per_example_losses"]

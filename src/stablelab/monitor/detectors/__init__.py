@@ -7,7 +7,7 @@ values seen before it may fire) and are set by keyword: `Monitor(..., detectors=
 that was not sampled at that step) make it return nothing for that row.
 
 The classes live by what they read: base.py (the Detector base, robust statistics), loss.py,
-gradients.py, logits.py, curvature.py; this module holds the registry and re-exports them all."""
+gradients.py, logits.py, curvature.py, opposing.py; this module holds the registry and re-exports them all."""
 
 from __future__ import annotations
 
@@ -20,19 +20,21 @@ from stablelab.monitor.detectors.curvature import EdgeOfStability
 from stablelab.monitor.detectors.gradients import EpsFloor, GradOutlier, GradSpike, UpdateRatio
 from stablelab.monitor.detectors.logits import AttnLogitGrowth, LogitDivergence, SoftmaxCollapse
 from stablelab.monitor.detectors.loss import LossRise, LossSpike, NonFinite
+from stablelab.monitor.detectors.opposing import OpposingSignals
 
 __all__ = [
     "DETECTORS", "Detector", "register_detector", "build_detectors", "default_settings",
     "monitor_detector_settings",
     "NonFinite", "LossSpike", "LossRise", "GradOutlier", "GradSpike", "UpdateRatio", "EpsFloor",
-    "AttnLogitGrowth", "LogitDivergence", "SoftmaxCollapse", "EdgeOfStability",
+    "AttnLogitGrowth", "LogitDivergence", "SoftmaxCollapse", "EdgeOfStability", "OpposingSignals",
     "_finite", "_median", "_number", "_Window",
 ]
 
 
 DETECTORS: dict[str, type[Detector]] = {
     cls.kind: cls for cls in (NonFinite, GradOutlier, GradSpike, LossSpike, LossRise, UpdateRatio,
-                              AttnLogitGrowth, LogitDivergence, SoftmaxCollapse, EpsFloor, EdgeOfStability)
+                              AttnLogitGrowth, LogitDivergence, SoftmaxCollapse, EpsFloor, EdgeOfStability,
+                              OpposingSignals)
 }
 
 

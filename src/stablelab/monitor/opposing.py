@@ -1,0 +1,47 @@
+"""A per-example loss signal on a fixed sampled subset, for the `opposing_signals` detector.
+
+    tracker = OpposingSignalTracker(lambda: per_example_loss_on_all(model), n_examples=len(data))
+    row.update(tracker.observe(step) or {})     # every step, or every few steps
+
+Each call evaluates the per-example losses (through `losses_fn`, which returns one loss per example
+of the whole probe set) on a fixed subset drawn once with a private generator, keeps the last
+`window` readings, and once the window is full returns the keys the detector reads:
+opposing_signals_correlation, opposing_signals_amplitude, opposing_signals_group_sizes (see
+`stablelab.signals.opposing_groups`). The Monitor has no hook for an outside signal yet, so a
+training loop merges this row into what it logs and passes it to the detector itself."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable
+
+import torch
+
+from stablelab.signals.opposing import opposing_groups
+
+
+class OpposingSignalTracker:
+    """Per-example losses of a fixed subset over a sliding window; see the module docstring."""
+
+    def __init__(self, losses_fn: Callable[[], torch.Tensor], n_examples: int, subset: int = 256,
+                 window: int = 10, top_k: int = 20, seed: int = 0):
+        if window < 3:
+            raise ValueError("window must be at least 3 readings")
+        generator = torch.Generator().manual_seed(seed)
+        self.index = torch.randperm(n_examples, generator=generator)[: min(subset, n_examples)].sort().values
+        self.losses_fn, self.top_k = losses_fn, top_k
+        self.history: deque[torch.Tensor] = deque(maxlen=window)
+        self.last_groups: dict = {}
+
+    def observe(self, step: int) -> dict | None:
+        with torch.no_grad():
+            losses = self.losses_fn().detach().double().reshape(-1)[self.index]
+        self.history.append(losses)
+        if len(self.history) < self.history.maxlen:
+            return None
+        groups = opposing_groups(torch.stack(list(self.history)), top_k=self.top_k)
+        # Indices back into the full probe set, not the subset.
+        self.last_groups = {k: self.index[v].tolist() if k.startswith("group") else v for k, v in groups.items()}
+        return {"opposing_signals_correlation": groups["correlation"],
+                "opposing_signals_amplitude": groups["amplitude"],
+                "opposing_signals_group_sizes": [len(groups["group_a"]), len(groups["group_b"])]}
