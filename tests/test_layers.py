@@ -32,6 +32,7 @@ LAYERS: dict[str, int] = {
     "run": 4,
     "studies": 5, "bench": 5, "integrations": 5,
     "cli": 6, "__main__": 6, "": 6,  # "" is the package itself (stablelab/__init__.py)
+    "proxy": 6,  # stablelab.proxy: the Python API of the proxy study (re-exports studies.proxy_api)
 }
 STDLIB_ONLY = {"errors", "io", "config"}
 # Within a layer, units are beside each other and may not import each other, except: config builds

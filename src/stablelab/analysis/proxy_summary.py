@@ -7,6 +7,7 @@ from collections import defaultdict
 from statistics import mean
 from typing import Iterable
 
+from stablelab.analysis.prediction import METHODS, outcome_predictions
 from stablelab.analysis.proxy import (ATTN_LOGIT_DANGER, best_lr, first_divergent_lr,
                                       fit_attention_logit_growth, largest_stable_lr, lr_sensitivity)
 
@@ -16,24 +17,31 @@ def _nanmean(values: Iterable[float | None]) -> float:
     return mean(finite) if finite else float("nan")
 
 
-def _scale_key(width: int, depth: int, depths: list[int]) -> str:
-    # The interface keys LR sensitivity by str(width); with a depth sweep, "WxD" keeps them apart.
-    return str(width) if len(depths) == 1 else f"{width}x{depth}"
+def _scale_key(width: int, depth: int, depths: list[int], tag: str = "") -> str:
+    # The interface keys LR sensitivity by str(width); with a depth sweep, "WxD" keeps them apart;
+    # with extra axes, their values follow ("64 wu0.01").
+    key = str(width) if len(depths) == 1 else f"{width}x{depth}"
+    return f"{key} {tag.lstrip('_').replace('_', ' ')}" if tag else key
+
+
+def _tag(r: dict) -> str:
+    return r.get("tag") or ""
 
 
 def summarize(results: list[dict], early_logits: dict[str, float], lrs: list[float],
               depths: list[int], prediction: dict) -> dict:
     """results: result.json of every run; early_logits: run_id -> layer-0 max attention logit at the
-    prediction step; prediction: {"width", "n_params", "step", "sizes": {width: n_params}}."""
+    prediction step; prediction: {"width", "n_params", "step", "sizes": {width: n_params}} and
+    optionally "n_params_by_depth": {depth: n_params at the target width}."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in results:
-        groups[(r.get("optimizer", "adamw"), r["variant"], r["width"], r["depth"], r["lr"])].append(r)
+        groups[(r.get("optimizer", "adamw"), r["variant"], _tag(r), r["width"], r["depth"], r["lr"])].append(r)
 
-    points = []  # one per (optimizer, variant, width, depth, lr), averaged over seeds
-    for (opt, variant, width, depth, lr), runs in sorted(groups.items()):
+    points = []  # one per (optimizer, variant, axis values, width, depth, lr), averaged over seeds
+    for (opt, variant, tag, width, depth, lr), runs in sorted(groups.items()):
         points.append({
-            "optimizer": opt, "variant": variant, "width": width, "depth": depth, "lr": lr,
-            "seeds": len(runs),
+            "optimizer": opt, "variant": variant, "setting": tag.lstrip("_"), "width": width, "depth": depth,
+            "lr": lr, "seeds": len(runs),
             "final_loss": _nanmean(r["final_loss"] for r in runs)
             if all(r["final_loss"] is not None and math.isfinite(r["final_loss"]) for r in runs) else float("nan"),
             "init_loss": _nanmean(r["init_loss"] for r in runs),
@@ -46,57 +54,75 @@ def summarize(results: list[dict], early_logits: dict[str, float], lrs: list[flo
         })
 
     optimizers = sorted({p["optimizer"] for p in points})
+    settings = list(dict.fromkeys(p["setting"] for p in points))
     scales: dict[str, dict] = {}
     sensitivity: dict = {}
     for opt in optimizers:
         for variant in dict.fromkeys(p["variant"] for p in points):
-            for width, depth in sorted({(p["width"], p["depth"]) for p in points}):
-                curve = sorted((p for p in points if (p["optimizer"], p["variant"], p["width"], p["depth"])
-                                == (opt, variant, width, depth)), key=lambda p: p["lr"])
-                if not curve:
-                    continue
-                c_lrs = [p["lr"] for p in curve]
-                losses = [p["final_loss"] for p in curve]
-                diverged = [p["diverged"] for p in curve]
-                key = _scale_key(width, depth, depths)
-                entry = {
-                    "optimizer": opt, "variant": variant, "width": width, "depth": depth,
-                    "lr_sensitivity": lr_sensitivity(losses, [p["init_loss"] for p in curve]),
-                    "best_lr": best_lr(c_lrs, losses),
-                    "best_loss": min((v for v in losses if math.isfinite(v)), default=float("nan")),
-                    "largest_stable_lr": largest_stable_lr(c_lrs, diverged),
-                    "diverges_from_lr": first_divergent_lr(c_lrs, diverged),
-                }
-                scales[f"{opt}|{variant}|{key}"] = entry
-                target = sensitivity if len(optimizers) == 1 else sensitivity.setdefault(opt, {})
-                target.setdefault(variant, {})[key] = entry["lr_sensitivity"]
+            for setting in settings:
+                for width, depth in sorted({(p["width"], p["depth"]) for p in points}):
+                    curve = sorted((p for p in points if (p["optimizer"], p["variant"], p["setting"], p["width"],
+                                                          p["depth"]) == (opt, variant, setting, width, depth)),
+                                   key=lambda p: p["lr"])
+                    if not curve:
+                        continue
+                    c_lrs = [p["lr"] for p in curve]
+                    losses = [p["final_loss"] for p in curve]
+                    diverged = [p["diverged"] for p in curve]
+                    key = _scale_key(width, depth, depths, setting)
+                    entry = {
+                        "optimizer": opt, "variant": variant, "setting": setting, "width": width, "depth": depth,
+                        "lr_sensitivity": lr_sensitivity(losses, [p["init_loss"] for p in curve]),
+                        "best_lr": best_lr(c_lrs, losses),
+                        "best_loss": min((v for v in losses if math.isfinite(v)), default=float("nan")),
+                        "largest_stable_lr": largest_stable_lr(c_lrs, diverged),
+                        "diverges_from_lr": first_divergent_lr(c_lrs, diverged),
+                    }
+                    scales[f"{opt}|{variant}|{key}"] = entry
+                    target = sensitivity if len(optimizers) == 1 else sensitivity.setdefault(opt, {})
+                    target.setdefault(variant, {})[key] = entry["lr_sensitivity"]
 
+    by_depth = {int(d): n for d, n in (prediction.get("n_params_by_depth") or {}).items()}
+    target_n = {d: by_depth.get(d, prediction["n_params"]) for d in {p["depth"] for p in points}}
+    outcomes = {(g["optimizer"], g["variant"], g["depth"], g["setting"]): g
+                for g in outcome_predictions(results, early_logits, target_n)}
     predictions = []
-    for opt in optimizers:
-        for variant in dict.fromkeys(p["variant"] for p in points):
-            for depth in sorted({p["depth"] for p in points}):
-                for lr in lrs:
-                    curve = sorted((p for p in points if (p["optimizer"], p["variant"], p["depth"], p["lr"])
-                                    == (opt, variant, depth, lr)), key=lambda p: p["n_params"])
-                    fit = fit_attention_logit_growth([p["n_params"] for p in curve],
-                                                     [p["early_attn_logit_l0"] for p in curve], lr)
-                    predicted = fit.predict(prediction["n_params"]) if fit else None
-                    predictions.append({
-                        "optimizer": opt, "variant": variant, "depth": depth, "lr": lr,
-                        "observed": {str(p["width"]): p["early_attn_logit_l0"] for p in curve},
-                        "observed_n_params": {str(p["width"]): p["n_params"] for p in curve},
-                        "fit_degree": fit.degree if fit else None,
-                        "fit_coefficients": list(fit.coefficients) if fit else None,
-                        "predicted": predicted,
-                        "predicted_unstable": bool(predicted is not None and predicted > ATTN_LOGIT_DANGER),
-                    })
+    for (opt, variant, depth, setting), outcome in outcomes.items():
+        by_lr = {row["lr"]: row for row in outcome["per_lr"]}
+        for lr in lrs:
+            curve = sorted((p for p in points if (p["optimizer"], p["variant"], p["depth"], p["setting"], p["lr"])
+                            == (opt, variant, depth, setting, lr)), key=lambda p: p["n_params"])
+            fit = fit_attention_logit_growth([p["n_params"] for p in curve],
+                                             [p["early_attn_logit_l0"] for p in curve], lr)
+            predicted = fit.predict(target_n[depth]) if fit else None
+            row = by_lr.get(lr, {})
+            predictions.append({
+                "optimizer": opt, "variant": variant, "depth": depth, "setting": setting, "lr": lr,
+                "observed": {str(p["width"]): p["early_attn_logit_l0"] for p in curve},
+                "observed_n_params": {str(p["width"]): p["n_params"] for p in curve},
+                "fit_degree": fit.degree if fit else None,
+                "fit_coefficients": list(fit.coefficients) if fit else None,
+                "predicted": predicted,
+                "predicted_unstable": bool(predicted is not None and predicted > ATTN_LOGIT_DANGER),
+                "final_loss": row.get("final_loss"), "attn_logit": row.get("attn_logit"),
+                "diverges": row.get("diverges"),
+            })
+    groups_out = [{k: g[k] for k in ("optimizer", "variant", "depth", "setting", "widths", "n_target",
+                                     "best_lr", "largest_stable_lr", "lr_sensitivity")} for g in outcomes.values()]
+    first = groups_out[0] if groups_out else {}
+    headline = {key: {**first.get(key, {"predicted": None, "interval": None}),
+                      "variant": first.get("variant"),
+                      "by_variant": {f"{g['variant']}" + (f" {g['setting']}" if g["setting"] else ""): g[key]
+                                     for g in groups_out}}
+                for key in ("best_lr", "largest_stable_lr", "lr_sensitivity")}
 
-    runs = [{k: r.get(k) for k in ("run_id", "optimizer", "variant", "width", "depth", "lr", "seed",
+    runs = [{k: r.get(k) for k in ("run_id", "optimizer", "variant", "tag", "width", "depth", "lr", "seed",
                                     "final_loss", "init_loss", "diverged", "diverged_reason",
                                     "max_attn_logit", "final_log_z", "final_log_z_max", "n_params",
                                     "steps_done", "wall_s", "events")} for r in results]
     return {"runs": runs, "points": points, "lr_sensitivity": sensitivity, "scales": scales,
-            "prediction": {**prediction, "threshold": ATTN_LOGIT_DANGER, "per_lr": predictions}}
+            "prediction": {**prediction, "threshold": ATTN_LOGIT_DANGER, "per_lr": predictions,
+                           "groups": groups_out, **headline, "methods": METHODS}}
 
 
 def findings(summary: dict) -> list[str]:

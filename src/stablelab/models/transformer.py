@@ -96,6 +96,8 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     """Decoder-only LM: token + learned position embeddings, blocks, final LayerNorm, untied head."""
 
+    logits_module_name = "head"  # where the monitor reads output logits
+
     def __init__(self, config: TransformerConfig):
         super().__init__()
         self.config = config

@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from stablelab.report.html import Page
+from stablelab.report.proxy_outcomes import outcome_markdown, outcome_sections
 from stablelab.io import atomic_write_bytes, atomic_write_json
 
 FIGURES = "figures"
@@ -35,8 +36,13 @@ def _series(points, group_keys):
     return {k: sorted(v, key=lambda p: p["lr"]) for k, v in curves.items()}
 
 
+def _key(p):
+    """(optimizer, variant and its extra-axis values): one panel or bar group each."""
+    return p["optimizer"], p["variant"] + (f" {p['setting']}" if p.get("setting") else "")
+
+
 def _panel_keys(points):
-    return list(dict.fromkeys((p["optimizer"], p["variant"]) for p in points))
+    return list(dict.fromkeys(_key(p) for p in points))
 
 
 def _label(panel, multi_opt):
@@ -57,7 +63,7 @@ def lr_vs_loss_figure(points, title_suffix=""):
     init = np.nanmean([p["init_loss"] for p in points])
     for ax, panel in zip(axes, panels):
         for i, scale in enumerate(scales):
-            curve = sorted((p for p in points if (p["optimizer"], p["variant"]) == panel
+            curve = sorted((p for p in points if _key(p) == panel
                             and (p["width"], p["depth"]) == scale), key=lambda p: p["lr"])
             if not curve:
                 continue
@@ -99,7 +105,7 @@ def heatmap_figure(points):
     for ax, panel in zip(axes, panels):
         grid = np.full((len(scales), len(lrs)), np.nan)
         for p in points:
-            if (p["optimizer"], p["variant"]) != panel:
+            if _key(p) != panel:
                 continue
             i, j = scales.index((p["width"], p["depth"])), lrs.index(p["lr"])
             grid[i, j] = p["final_loss"] if _finite(p["final_loss"]) else np.nan
@@ -125,7 +131,7 @@ def metric_vs_lr_figure(points, key, ylabel, title, log_y=True, hline=None, hlin
     fig, axes = _panels(len(panels))
     for ax, panel in zip(axes, panels):
         for i, scale in enumerate(scales):
-            curve = sorted((p for p in points if (p["optimizer"], p["variant"]) == panel
+            curve = sorted((p for p in points if _key(p) == panel
                             and (p["width"], p["depth"]) == scale and _finite(p[key])), key=lambda p: p["lr"])
             if curve:
                 ax.plot([p["lr"] for p in curve], [abs(p[key]) if log_y else p[key] for p in curve], "o-",
@@ -147,7 +153,7 @@ def metric_vs_lr_figure(points, key, ylabel, title, log_y=True, hline=None, hlin
 
 def sensitivity_figure(scales):
     entries = list(scales.values())
-    variants = list(dict.fromkeys((e["optimizer"], e["variant"]) for e in entries))
+    variants = list(dict.fromkeys(_key(e) for e in entries))
     multi_opt = len({v[0] for v in variants}) > 1
     scale_keys = sorted({(e["width"], e["depth"]) for e in entries})
     multi_depth = len({s[1] for s in scale_keys}) > 1
@@ -155,7 +161,7 @@ def sensitivity_figure(scales):
     width = 0.8 / len(scale_keys)
     cmap = plt.get_cmap("viridis")
     for i, scale in enumerate(scale_keys):
-        values = [next((e["lr_sensitivity"] for e in entries if (e["optimizer"], e["variant"]) == v
+        values = [next((e["lr_sensitivity"] for e in entries if _key(e) == v
                         and (e["width"], e["depth"]) == scale), np.nan) for v in variants]
         ax.bar(np.arange(len(variants)) + i * width, values, width,
                label=f"w{scale[0]}" + (f" d{scale[1]}" if multi_depth else ""),
@@ -171,14 +177,14 @@ def sensitivity_figure(scales):
 
 def prediction_figure(prediction):
     rows = [r for r in prediction["per_lr"] if r["observed"]]
-    panels = list(dict.fromkeys((r["optimizer"], r["variant"], r["depth"]) for r in rows))
+    panels = list(dict.fromkeys((*_key(r), r["depth"]) for r in rows))
     fig, axes = _panels(max(1, len(panels)))
     lrs = sorted({r["lr"] for r in rows})
     cmap = plt.get_cmap("plasma")
     target = prediction["n_params"]
     for ax, panel in zip(axes, panels):
         for r in rows:
-            if (r["optimizer"], r["variant"], r["depth"]) != panel:
+            if (*_key(r), r["depth"]) != panel:
                 continue
             color = cmap(lrs.index(r["lr"]) / max(1, len(lrs) - 1) * 0.9)
             sizes = [r["observed_n_params"][w] for w in r["observed"]]
@@ -215,10 +221,10 @@ def summary_markdown(summary, findings, meta) -> str:
     scale_keys = sorted({(e["width"], e["depth"]) for e in entries})
     header = "| variant | " + " | ".join(f"w{w} d{d}" for w, d in scale_keys) + " |"
     lines += [header, "|" + "---|" * (len(scale_keys) + 1)]
-    for v in dict.fromkeys((e["optimizer"], e["variant"]) for e in entries):
+    for v in dict.fromkeys(_key(e) for e in entries):
         cells = []
         for s in scale_keys:
-            e = next((e for e in entries if (e["optimizer"], e["variant"]) == v and (e["width"], e["depth"]) == s), None)
+            e = next((e for e in entries if _key(e) == v and (e["width"], e["depth"]) == s), None)
             cells.append("-" if e is None else f"{e['lr_sensitivity']:.3f}")
         name = v[1] if len({e["optimizer"] for e in entries}) == 1 else f"{v[0]}/{v[1]}"
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -230,7 +236,7 @@ def summary_markdown(summary, findings, meta) -> str:
         name = f"{e['optimizer']}/{e['variant']}" if multi_opt else e["variant"]
         lines.append(f"| {name} | w{e['width']} d{e['depth']} | {fmt(e['best_lr'])} | "
                      f"{e['best_loss']:.3f} | {fmt(e['largest_stable_lr'])} | {fmt(e['diverges_from_lr'])} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + outcome_markdown(summary)) + "\n"
 
 
 def write_proxy_report(out: str | Path, summary: dict, findings: list[str], meta: dict) -> dict:
@@ -263,7 +269,7 @@ def write_proxy_report(out: str | Path, summary: dict, findings: list[str], meta
         points, "final_log_z", "|mean log Z| at the end", "Output log Z vs LR (paper 3.2)"), "log Z vs LR")
     page.heading("LR sensitivity")
     add("lr_sensitivity", sensitivity_figure(summary["scales"]), "LR sensitivity bars")
-    rows = [[e["variant"] if meta.get("single_optimizer", True) else f"{e['optimizer']}/{e['variant']}",
+    rows = [[_key(e)[1] if meta.get("single_optimizer", True) else "/".join(_key(e)),
              e["width"], e["depth"], e["lr_sensitivity"], e["best_lr"], e["best_loss"],
              e["largest_stable_lr"], e["diverges_from_lr"]] for e in summary["scales"].values()]
     page.table(["variant", "width", "depth", "LR sensitivity", "best lr", "best loss",
@@ -274,8 +280,9 @@ def write_proxy_report(out: str | Path, summary: dict, findings: list[str], meta
         f"fitted per LR in log-log space and extrapolated to width {summary['prediction']['width']} "
         f"({summary['prediction']['n_params'] / 1e6:.1f}M parameters).")
     page.table(["variant", "depth", "lr", "predicted logit", "above 1e4"],
-               [[r["variant"], r["depth"], r["lr"], r["predicted"], "yes" if r["predicted_unstable"] else "no"]
+               [[_key(r)[1], r["depth"], r["lr"], r["predicted"], "yes" if r["predicted_unstable"] else "no"]
                 for r in summary["prediction"]["per_lr"]])
+    outcome_sections(page, summary)
     page.heading("Runs")
     page.paragraph("Monitor events per run (stablelab.monitor, warn-only policy; details in each run's "
                    "events.jsonl, or `stablelab report OUT/runs/RUN_ID`).")

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from stablelab.data.corpus import BUILTIN, load_corpus, sample_batch
-from stablelab.models.transformer import Transformer, TransformerConfig
+from stablelab.models.architectures import build_model, quantizer
+from stablelab.models.transformer import TransformerConfig
 from stablelab.models.variants import get_variant
 from stablelab.monitor import Monitor, Policy, Sink
 from stablelab.optim import create as create_optimizer
@@ -54,6 +55,9 @@ class ProxyRunConfig:
     mup_simple: bool = False
     base_width: int = 64
     optimizer: str = "adamw"
+    model: str = "reference"           # models.architectures.MODELS, or "custom" (a model_fn)
+    precision: str = "fp32"            # models.architectures.PRECISIONS (fake-quantised linears)
+    tag: str = ""                      # the swept extra axes' values, e.g. "_wu0.01_eps1e-06"
     corpus: str = BUILTIN
     log_every: int = 10
     eval_batches: int = 8
@@ -64,7 +68,8 @@ class ProxyRunConfig:
     @property
     def run_id(self) -> str:
         prefix = "" if self.optimizer == "adamw" else f"{self.optimizer}_"
-        return f"{prefix}{self.variant}_w{self.width}_d{self.depth}_lr{self.lr:g}_s{self.seed}"
+        prefix = prefix if self.model == "reference" else f"{self.model}_{prefix}"
+        return f"{prefix}{self.variant}_w{self.width}_d{self.depth}_lr{self.lr:g}_s{self.seed}{self.tag}"
 
     def model_config(self) -> TransformerConfig:
         variant = get_variant(self.variant)
@@ -74,8 +79,21 @@ class ProxyRunConfig:
             norm_placement=variant.norm_placement,
         )
 
+    def build(self, model_fn: Callable | None = None) -> torch.nn.Module:
+        """The run's model: `model_fn(width, depth, variant)` for a custom model, else the registry."""
+        if model_fn is not None:
+            quantize = quantizer(self.precision, self.width)
+            model = model_fn(self.width, self.depth, self.variant)
+            return model if quantize is None else quantize(model)
+        return build_model(self.model, self.width, self.depth, self.variant, self.seq_len, self.d_head,
+                           self.precision)
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _item(x) -> float | None:
+    return None if x is None else x.item()
 
 
 def _finite(x: float) -> bool:
@@ -109,7 +127,7 @@ class ProxyStoreSink(Sink):
 
 
 @torch.no_grad()
-def evaluate(model: Transformer, batches: list[tuple[torch.Tensor, torch.Tensor]]
+def evaluate(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]
              ) -> tuple[float, float, float]:
     """(validation cross-entropy, mean log Z, max |log Z|) over fixed batches."""
     was_training = model.training
@@ -126,8 +144,13 @@ def evaluate(model: Transformer, batches: list[tuple[torch.Tensor, torch.Tensor]
             torch.stack(log_z_maxes).amax().item())
 
 
+def _first_mlp_weight(model: torch.nn.Module) -> torch.Tensor | None:
+    find = getattr(model, "first_mlp_weight", None)
+    return find() if callable(find) else None
+
+
 def train(config: ProxyRunConfig, run_dir: str | Path,
-          keep_going: Callable[[], bool] = lambda: True) -> dict:
+          keep_going: Callable[[], bool] = lambda: True, model_fn: Callable | None = None) -> dict:
     """Train one model; write its folder in the run store; return result.json's content."""
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -138,7 +161,8 @@ def train(config: ProxyRunConfig, run_dir: str | Path,
     variant = get_variant(config.variant)
 
     torch.manual_seed(config.seed)
-    model = Transformer(config.model_config()).to(device)
+    model = config.build(model_fn).to(device)
+    mlp_weight = _first_mlp_weight(model)
     groups = parameter_groups(model, config.lr, config.weight_decay, config.mup_simple, config.base_width)
     optimizer = create_optimizer(config.optimizer, groups, lr=config.lr,
                                  betas=(config.beta1, config.beta2), eps=config.eps)
@@ -156,7 +180,7 @@ def train(config: ProxyRunConfig, run_dir: str | Path,
         init_loss, init_log_z, _ = evaluate(model, eval_batches)
         sink = ProxyStoreSink(writer, config.log_every, config.steps - 1)
         monitor = Monitor(model, optimizer, policy=Policy(WARN_ONLY), sync_every=config.log_every,
-                          sinks=[sink], logits_module="head",
+                          sinks=[sink], logits_module=getattr(model, "logits_module_name", None),
                           config={"run_id": config.run_id})
         logged: dict[int, dict] = {}
 
@@ -173,7 +197,8 @@ def train(config: ProxyRunConfig, run_dir: str | Path,
                 clip_by_global_norm(params, config.grad_clip)  # the one gradient transform for clipping
 
         def on_log(step: int, ce) -> None:
-            logged[step] = {"grad_rms_mlp0": rms(model.first_mlp_weight().grad),
+            grad = None if mlp_weight is None else mlp_weight.grad
+            logged[step] = {"grad_rms_mlp0": rms(grad) if grad is not None else None,
                             "before": [p.detach().clone() for p in params],
                             "loss_total": logged.pop("loss_total")}
             writer.check_owner()
@@ -184,7 +209,7 @@ def train(config: ProxyRunConfig, run_dir: str | Path,
             entry = logged.pop(step, None)
             if entry is not None:
                 sink.extras[step] = {"loss_total": entry["loss_total"].item(),
-                                     "grad_rms_mlp0": entry["grad_rms_mlp0"].item(),
+                                     "grad_rms_mlp0": _item(entry["grad_rms_mlp0"]),
                                      "update_rms": update_rms(entry["before"], params).item(),
                                      "time": time.time() - started}
 
@@ -196,7 +221,7 @@ def train(config: ProxyRunConfig, run_dir: str | Path,
             for step, entry in [(k, v) for k, v in logged.items() if isinstance(k, int)]:
                 # the diverged step's row: logged before its update, which was not taken
                 sink.extras[step] = {"loss_total": entry["loss_total"].item(),
-                                     "grad_rms_mlp0": entry["grad_rms_mlp0"].item(), "update_rms": 0.0,
+                                     "grad_rms_mlp0": _item(entry["grad_rms_mlp0"]), "update_rms": 0.0,
                                      "time": time.time() - started}
         finally:
             summary = monitor.close()
@@ -217,7 +242,9 @@ def train(config: ProxyRunConfig, run_dir: str | Path,
         result = {
             "run_id": config.run_id, "variant": config.variant, "width": config.width,
             "depth": config.depth, "lr": config.lr, "seed": config.seed,
-            "optimizer": config.optimizer, "final_loss": final_loss, "init_loss": init_loss,
+            "optimizer": config.optimizer, "model": config.model, "tag": config.tag,
+            "warmup_fraction": config.warmup_fraction, "eps": config.eps, "weight_decay": config.weight_decay,
+            "mup_simple": config.mup_simple, "precision": config.precision, "final_loss": final_loss, "init_loss": init_loss,
             "diverged": reason is not None, "diverged_reason": reason,
             "max_attn_logit": max_attn_logit, "final_log_z": final_log_z,
             "final_log_z_max": final_log_z_max, "init_log_z": init_log_z,

@@ -25,13 +25,17 @@ def parameter_groups(model: nn.Module, peak_lr: float, independent_weight_decay:
     multiplied by the LR, i.e. AdamW weight_decay = independent_weight_decay / peak_lr.
     muParam-simple (paper section 3.4): the LR of hidden linear layers is scaled by
     base_fan_in / fan_in; embeddings and vectors keep the base LR."""
+    embeddings = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+    # fan_in of a weight: nn.Linear stores (out, in); Hugging Face's Conv1D (GPT-2) stores (in, out)
+    fan_in = {id(m.weight): m.weight.shape[0] for m in model.modules()
+              if type(m).__name__ == "Conv1D" and getattr(m, "weight", None) is not None}
     groups: dict[tuple[float, float], list] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         lr_scale = 1.0
-        if mup_simple and param.ndim == 2 and "embedding" not in name:
-            lr_scale = base_width / param.shape[1]
+        if mup_simple and param.ndim == 2 and id(param) not in embeddings:
+            lr_scale = base_width / fan_in.get(id(param), param.shape[1])
         decay = independent_weight_decay / (peak_lr * lr_scale) if param.ndim >= 2 else 0.0
         groups.setdefault((lr_scale, decay), []).append(param)
     return [

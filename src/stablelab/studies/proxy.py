@@ -13,15 +13,17 @@ from pathlib import Path
 from typing import ClassVar
 
 from stablelab import config
+from stablelab.analysis.prediction import validation_points
 from stablelab.analysis.proxy_summary import findings, summarize
 from stablelab.config import Runtime, by, csv, each, non_negative, one_of, positive, setting
 from stablelab.data.corpus import BUILTIN, load_corpus
 from stablelab.errors import UsageError
 from stablelab.io import atomic_write_json, read_json
-from stablelab.models.size import count_parameters
+from stablelab.models.architectures import MODELS, PRECISIONS, check_model, count_model_parameters, get_model
 from stablelab.models.variants import VARIANTS, get_variant
+from stablelab.report.proxy_outcomes import validation_line
 from stablelab.report.proxy_report import write_proxy_report
-from stablelab.run.grid import ProxyGrid
+from stablelab.run.grid import ProxyGrid, axis_label
 from stablelab.run.progress import progress_bar
 from stablelab.run.proxy_run import ProxyRunConfig, train
 from stablelab.store.columns import layer_column
@@ -59,8 +61,11 @@ class ProxySettings:
 
     widths: tuple[int, ...] = setting((64, 128, 256), "comma-separated model widths", parse=csv(int),
                                       check=each(positive))
+    model: str = setting("reference", f"architecture: {', '.join(MODELS)}", check=by(get_model))
     depth: tuple[int, ...] = setting((_RUN.depth,), "number of layers, or a comma-separated list to sweep depth",
                                      parse=csv(int), check=each(positive))
+    depths: tuple[int, ...] = setting((), "comma-separated depths to sweep (same as --depth; wins over it)",
+                                      parse=csv(int), check=lambda v: each(positive)(v) if v else None)
     lrs: tuple[float, ...] = setting(PAPER_LRS, "comma-separated peak learning rates (the paper's grid)",
                                      parse=csv(float), check=each(lambda lr: None if lr > 0 else
                                                                    f"learning rates must be positive, got {lr:g}"))
@@ -74,44 +79,82 @@ class ProxySettings:
     seeds: int = setting(1, "number of seeds per grid point", check=positive)
     batch_size: int = setting(_RUN.batch_size, "sequences per step", check=positive)
     seq_len: int = setting(_RUN.seq_len, "bytes per sequence", check=positive)
-    weight_decay: float = setting(_RUN.weight_decay, "independent weight decay", check=non_negative)
+    weight_decay: tuple[float, ...] = setting((_RUN.weight_decay,), "independent weight decay, or a "
+                                              "comma-separated list to sweep", parse=csv(float),
+                                              check=each(non_negative))
+    warmup: tuple[float, ...] = setting((_RUN.warmup_fraction,), "warm-up fraction of the steps, or a "
+                                        "comma-separated list to sweep (0,0.01,0.1)", parse=csv(float),
+                                        check=each(lambda v: None if 0 <= v < 1 else f"must be in [0, 1), got {v:g}"))
+    eps: tuple[float, ...] = setting((_RUN.eps,), "AdamW eps, or a comma-separated list to sweep",
+                                     parse=csv(float), check=each(non_negative))
+    precision: tuple[str, ...] = setting(("fp32",), f"comma-separated linear-layer precisions from: "
+                                         f"{', '.join(PRECISIONS)} (int8: 8-bit weights and activations; "
+                                         "int4: 4-bit weights, 8-bit activations; fake-quantised)",
+                                         parse=csv(str), check=each(one_of(tuple(PRECISIONS))))
     mup_simple: bool = setting(_RUN.mup_simple, "muParam-simple: scale hidden LRs by base_width / width")
+    mup_sweep: bool = setting(False, "sweep muParam-simple off and on (an axis)")
     log_every: int = setting(_RUN.log_every, "log metrics every N steps", check=positive)
     prediction_step: int = setting(40, "early step whose layer-0 attention logit feeds the prediction",
                                    check=positive, fingerprint=False)
     predict_width: int = setting(1024, "width to extrapolate to", check=positive, fingerprint=False)
+    validate_width: int = setting(0, "after the study, train this real width at the grid's LRs and check "
+                                  "every prediction against it (0: no check)", check=non_negative,
+                                  fingerprint=False)
     corpus: str = setting(BUILTIN, "text file or folder (default: the Python stdlib's source)")
 
     def check(self) -> str | None:
-        for w in self.widths:
-            if w % min(_RUN.d_head, w):
-                return f"width {w} must be a positive multiple of d_head {_RUN.d_head}"
+        check_model(self.model, self.variants, self.widths + ((self.validate_width,) if self.validate_width else ()),
+                    _RUN.d_head)
+        if self.validate_width and self.validate_width in self.widths:
+            return f"--validate-width {self.validate_width} is one of the grid's widths; pick a larger one"
         if self.corpus != BUILTIN and not Path(self.corpus).expanduser().exists():
             return f"corpus not found: {self.corpus}"
         return None
 
 
-def grid_for(settings: ProxySettings, device: str = "cpu") -> ProxyGrid:
+def grid_for(settings: ProxySettings, device: str = "cpu", model_fn=None,
+             widths: tuple[int, ...] | None = None) -> ProxyGrid:
     """The sweep grid of these settings: every run copies the recipe and changes its axes."""
     corpus = settings.corpus
     if corpus != BUILTIN:
         corpus = str(Path(corpus).expanduser().resolve())
     base = replace(_RUN, steps=settings.steps, batch_size=settings.batch_size, seq_len=settings.seq_len,
-                   weight_decay=settings.weight_decay, mup_simple=settings.mup_simple, corpus=corpus,
-                   log_every=settings.log_every, device=device)
-    return ProxyGrid(widths=settings.widths, depths=settings.depth, lrs=settings.lrs,
+                   corpus=corpus, log_every=settings.log_every, device=device,
+                   model="custom" if model_fn else settings.model)
+    axes = (("warmup_fraction", settings.warmup), ("eps", settings.eps), ("weight_decay", settings.weight_decay),
+            ("mup_simple", (False, True) if settings.mup_sweep else (settings.mup_simple,)),
+            ("precision", settings.precision))
+    return ProxyGrid(widths=widths or settings.widths, depths=settings.depths or settings.depth, lrs=settings.lrs,
                      variants=settings.variants, seeds=tuple(range(settings.seeds)),
-                     optimizers=settings.optimizer, base=base).validate()
+                     optimizers=settings.optimizer, base=base, axes=axes).validate()
+
+
+# Settings added after sweeps were stored: left out of the fingerprint at their defaults (and one
+# weight decay stored as a number), so a sweep.json written before them still resumes.
+LATER_SETTINGS = {"model": "reference", "depths": [], "warmup": [_RUN.warmup_fraction], "eps": [_RUN.eps],
+                  "precision": ["fp32"], "mup_sweep": False}
 
 
 def sweep_fingerprint(settings: ProxySettings, grid: ProxyGrid) -> dict:
     """What defines the sweep's results: the settings' fingerprint and the per-run recipe."""
-    return {**config.fingerprint(replace(settings, corpus=grid.base.corpus)), "run": grid.fingerprint()["run"]}
+    fp = config.fingerprint(replace(settings, corpus=grid.base.corpus))
+    for name, default in LATER_SETTINGS.items():
+        if fp.get(name) == default:
+            fp.pop(name)
+    if len(fp["weight_decay"]) == 1:
+        fp["weight_decay"] = fp["weight_decay"][0]
+    return {**fp, "run": grid.fingerprint()["run"]}
+
+
+def check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder; use a new --out")
 
 
 def prepare_out(out: Path, fingerprint: dict) -> None:
     """Create OUT, or check that an existing OUT holds this same grid (then we resume)."""
     sweep_file = out / SWEEP_FILE
+    check_out(out)
     if sweep_file.exists():
         previous = read_json(sweep_file)
         if previous != fingerprint:
@@ -137,15 +180,15 @@ def _driver_alive(pid: int | None) -> bool:
     return True
 
 
-def execute_run(config: ProxyRunConfig, run_dir: str, driver_pid: int | None) -> dict:
+def execute_run(config: ProxyRunConfig, run_dir: str, driver_pid: int | None, model_fn=None) -> dict:
     """Runs in a Dask worker. With a local cluster, a run whose driver died stops at its next log."""
     if is_done(run_dir):  # finished by an earlier attempt of the same task
         return load_result(run_dir)
-    return train(config, run_dir, keep_going=lambda: _driver_alive(driver_pid))
+    return train(config, run_dir, keep_going=lambda: _driver_alive(driver_pid), model_fn=model_fn)
 
 
 def run_sweep(grid: ProxyGrid, out: Path, workers: int | None, address: str | None,
-              progress: bool = True) -> list[dict]:
+              progress: bool = True, model_fn=None, label: str = "proxy study") -> list[dict]:
     runs_dir = out / RUNS_DIR
     configs = grid.runs()
     pending = [c for c in configs if not is_done(runs_dir / c.run_id)]
@@ -153,7 +196,7 @@ def run_sweep(grid: ProxyGrid, out: Path, workers: int | None, address: str | No
     failures: list[str] = []
     if pending:
         diverged = sum(1 for r in results.values() if r.get("diverged"))
-        with progress_bar("proxy study", total=len(configs), completed=len(results), unit="runs",
+        with progress_bar(label, total=len(configs), completed=len(results), unit="runs",
                           fields={"diverged": diverged}, enabled=progress) as bar:
 
             def on_result(key: str, result: dict | None, error: BaseException | None) -> None:
@@ -168,7 +211,7 @@ def run_sweep(grid: ProxyGrid, out: Path, workers: int | None, address: str | No
             driver_pid = None if address else os.getpid()
             with dask_client(address, workers) as client:
                 run_tasks(execute_run,
-                          [(c.run_id, (c, str(runs_dir / c.run_id), driver_pid)) for c in pending],
+                          [(c.run_id, (c, str(runs_dir / c.run_id), driver_pid, model_fn)) for c in pending],
                           client, on_result=on_result)
     if failures:
         raise RuntimeError("some runs failed (rerun to retry them):\n" + "\n".join(failures))
@@ -183,20 +226,54 @@ def early_attention_logits(runs_dir: Path, step: int) -> dict[str, float]:
     return {row["run"]: row["z"] for row in table}
 
 
+def parameter_count(grid: ProxyGrid, width: int, model_fn=None, depth: int | None = None) -> int:
+    """Parameters of the grid's first variant at `width` (meta device: no weights allocated)."""
+    b, variant = grid.base, grid.variants[0]
+    depth = grid.depths[0] if depth is None else depth
+    if model_fn is None:
+        return count_model_parameters(b.model, width, depth, variant, b.seq_len, b.d_head)
+    import torch
+
+    try:
+        with torch.device("meta"):
+            return sum(p.numel() for p in model_fn(width, depth, variant).parameters())
+    except Exception:  # noqa: BLE001 - a user's model that cannot be built on meta: build it for real
+        return sum(p.numel() for p in model_fn(width, depth, variant).parameters())
+
+
+def _by_depth(grid: ProxyGrid, width: int, model_fn) -> dict[int, int]:
+    return {d: parameter_count(grid, width, model_fn, d) for d in grid.depths}
+
+
 def analyse_and_report(out: Path, grid: ProxyGrid, results: list[dict], settings: ProxySettings,
-                       sweep_seconds: float | None = None) -> dict:
+                       sweep_seconds: float | None = None, model_fn=None,
+                       held_out: list[dict] | None = None) -> dict:
+    """Summary, findings and report; `held_out`: the runs of --validate-width, checked against the
+    prediction from `results` (they are not part of the fits)."""
     width = settings.predict_width
-    sizes = {w: count_parameters(replace(grid.base, width=w, depth=grid.depths[0]).model_config())
-             for w in (*grid.widths, width)}
+    sizes = {w: parameter_count(grid, w, model_fn) for w in (*grid.widths, width)}
     prediction = {"width": width, "n_params": sizes[width], "step": settings.prediction_step,
-                  "sizes": {str(w): n for w, n in sizes.items()}}
-    summary = summarize(results, early_attention_logits(out / RUNS_DIR, settings.prediction_step),
-                        list(grid.lrs), list(grid.depths), prediction)
+                  "sizes": {str(w): n for w, n in sizes.items()},
+                  "n_params_by_depth": {str(d): n for d, n in _by_depth(grid, width, model_fn).items()}}
+    early = early_attention_logits(out / RUNS_DIR, settings.prediction_step)
+    summary = summarize(results, early, list(grid.lrs), list(grid.depths), prediction)
+    swept = grid.swept()
+    if swept:
+        summary["axes"] = {name: {str(v): axis_label(name, v) for v in values} for name, values in swept}
+    if held_out:
+        w = settings.validate_width
+        summary["validation"] = {
+            "width": w, "n_params": parameter_count(grid, w, model_fn), "n_runs": len(held_out),
+            "from_widths": list(grid.widths), "step": settings.prediction_step,
+            "points": validation_points(results, held_out, early, _by_depth(grid, w, model_fn))}
     lines = findings(summary)
+    if held_out:
+        lines.append(validation_line(summary))
     corpus = load_corpus(grid.base.corpus).describe()
     meta = {
-        "subtitle": f"{len(results)} runs, {grid.base.steps} steps each, corpus {corpus['source']} "
-                    f"({corpus['train_bytes'] / 1e6:.1f} MB train, Python {corpus['python_version']})"
+        "subtitle": f"{len(results)} runs of model {grid.base.model}, {grid.base.steps} steps each, corpus "
+                    f"{corpus['source']} ({corpus['train_bytes'] / 1e6:.1f} MB train, Python "
+                    f"{corpus['python_version']})"
                     + (f", sweep {sweep_seconds:.0f} s" if sweep_seconds is not None else ""),
         "settings": {**config.to_json(settings), "corpus": corpus, "device": grid.base.device},
         "single_optimizer": len(grid.optimizers) == 1,
@@ -205,25 +282,41 @@ def analyse_and_report(out: Path, grid: ProxyGrid, results: list[dict], settings
     return write_proxy_report(out, summary, lines, meta)
 
 
-def main(settings: ProxySettings, runtime: Runtime) -> int:
-    """Sweep, analyse, report; rerunning with the same settings resumes."""
-    grid = grid_for(settings, runtime.device)
+def run_study(settings: ProxySettings, runtime: Runtime, model_fn=None) -> dict:
+    """Sweep, analyse, report (the CLI's `main` and the Python API's `study`); returns the paths
+    and findings of the report. Rerunning with the same settings resumes."""
     out = runtime.out
+    check_out(out)
+    grid = grid_for(settings, runtime.device, model_fn)
     load_corpus(grid.base.corpus)  # fail fast on an unreadable or tiny corpus
     prepare_out(out, sweep_fingerprint(settings, grid))
     config.write_config(out, settings, runtime)
     started = time.time()
     n_runs = len(grid.runs())
-    print(f"proxy study: {n_runs} runs ({len(grid.variants)} variants x {len(grid.widths)} widths x "
-          f"{len(grid.depths)} depths x {len(grid.lrs)} LRs x {len(grid.seeds)} seeds"
-          f"{' x ' + str(len(grid.optimizers)) + ' optimizers' if len(grid.optimizers) > 1 else ''}), "
+    axes = "".join(f" x {len(values)} {name}" for name, values in grid.swept())
+    print(f"proxy study of {grid.base.model}: {n_runs} runs ({len(grid.variants)} variants x "
+          f"{len(grid.widths)} widths x {len(grid.depths)} depths x {len(grid.lrs)} LRs x {len(grid.seeds)} seeds"
+          f"{' x ' + str(len(grid.optimizers)) + ' optimizers' if len(grid.optimizers) > 1 else ''}{axes}), "
           f"{runtime.workers or default_workers() if not runtime.address else 'cluster'} workers -> {out}")
-    results = run_sweep(grid, out, runtime.workers, runtime.address, progress=runtime.progress)
+    results = run_sweep(grid, out, runtime.workers, runtime.address, progress=runtime.progress, model_fn=model_fn)
+    held_out = None
+    if settings.validate_width:
+        check_grid = grid_for(settings, runtime.device, model_fn, widths=(settings.validate_width,))
+        print(f"prediction check: {len(check_grid.runs())} runs at width {settings.validate_width}")
+        held_out = run_sweep(check_grid, out, runtime.workers, runtime.address, progress=runtime.progress,
+                             model_fn=model_fn, label="prediction check")
     sweep_s = time.time() - started
-    paths = analyse_and_report(out, grid, results, settings, sweep_seconds=sweep_s)
+    paths = analyse_and_report(out, grid, results, settings, sweep_seconds=sweep_s, model_fn=model_fn,
+                               held_out=held_out)
     print(f"done in {sweep_s:.0f} s. Report: {paths['report']}")
     for line in paths["findings"]:
         print(f"  - {line}")
+    return paths
+
+
+def main(settings: ProxySettings, runtime: Runtime) -> int:
+    """Sweep, analyse, report; rerunning with the same settings resumes."""
+    run_study(settings, runtime)
     return 0
 
 
