@@ -6,7 +6,8 @@ import torch
 from stablelab.errors import UsageError
 from stablelab.optim import AdEMAMix, DiffGrad, LaProp, available, create
 
-NAMES = ["adamw", "spam", "stable_spam", "adabelief", "diffgrad", "adamp", "laprop", "ademamix", "orthogonal_adamw"]
+NAMES = ["adamw", "spam", "stable_spam", "adabelief", "diffgrad", "adamp", "laprop", "ademamix", "orthogonal_adamw",
+         "adamw8bit", "stable_spam8bit", "ademamix8bit"]
 
 
 @pytest.mark.parametrize("name", NAMES)

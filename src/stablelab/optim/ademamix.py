@@ -48,11 +48,19 @@ def ademamix(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg_fast
         foreach: the `_multi_tensor_ademamix` path (default: where foreach kernels exist).
     """
     path = _multi_tensor_ademamix if use_foreach(foreach, params) else _single_tensor_ademamix
-    path(params, grads, exp_avg_fasts, exp_avg_slows, exp_avg_sqs, lr=lr, beta1=beta1, beta2=beta2,
-         beta3=beta3_warmup(step, beta3, beta1, beta3_warmup_steps),
-         alpha=alpha_warmup(step, alpha, alpha_warmup_steps),
-         eps=eps, weight_decay=weight_decay, bias_correction1=bias_correction(beta1, step),
-         bias_correction2_sqrt=math.sqrt(bias_correction(beta2, step)))
+    path(params, grads, exp_avg_fasts, exp_avg_slows, exp_avg_sqs,
+         **step_scalars(step, lr=lr, beta1=beta1, beta2=beta2, beta3=beta3, alpha=alpha, eps=eps,
+                        weight_decay=weight_decay, alpha_warmup_steps=alpha_warmup_steps,
+                        beta3_warmup_steps=beta3_warmup_steps))
+
+
+def step_scalars(step: int, *, lr: float, beta1: float, beta2: float, beta3: float, alpha: float, eps: float,
+                 weight_decay: float, alpha_warmup_steps: int | None, beta3_warmup_steps: int | None) -> dict:
+    """The scalars of step t (warmed-up beta3 and alpha, bias corrections), as the paths take them."""
+    return dict(lr=lr, beta1=beta1, beta2=beta2, beta3=beta3_warmup(step, beta3, beta1, beta3_warmup_steps),
+                alpha=alpha_warmup(step, alpha, alpha_warmup_steps), eps=eps, weight_decay=weight_decay,
+                bias_correction1=bias_correction(beta1, step),
+                bias_correction2_sqrt=math.sqrt(bias_correction(beta2, step)))
 
 
 def _single_tensor_ademamix(params, grads, fasts, slows, exp_avg_sqs, *, lr, beta1, beta2, beta3, alpha, eps,

@@ -17,11 +17,13 @@ import torch
 
 from stablelab.optim.adabelief import AdaBelief
 from stablelab.optim.adamp import AdamP
+from stablelab.optim.adamw8bit import AdamW8bit
 from stablelab.optim.ademamix import AdEMAMix
 from stablelab.optim.diffgrad import DiffGrad
 from stablelab.optim.laprop import LaProp
 from stablelab.optim.orthogonal import OrthogonalGradient
 from stablelab.optim.spam import SPAM
+from stablelab.optim.stability8bit import AdEMAMix8bit, StableSPAM8bit
 from stablelab.optim.stable_spam import StableSPAM
 
 
@@ -50,6 +52,10 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "laprop": partial(LaProp, fixed_decay=False),
     "ademamix": AdEMAMix,
     "orthogonal_adamw": _orthogonal_adamw,
+    # 8-bit block-wise moments (Dettmers et al. 2022); same math and decay convention as the fp32 names
+    "adamw8bit": AdamW8bit,
+    "stable_spam8bit": StableSPAM8bit,
+    "ademamix8bit": AdEMAMix8bit,
 }
 
 

@@ -37,10 +37,7 @@ def stable_spam(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs:
         reset_interval: zero m and v every this many steps, restarting Adam's bias correction (0: never).
         foreach: the `_multi_tensor_stable_spam` path (default: where foreach kernels exist).
     """
-    if reset_interval <= 0 or step < reset_interval:
-        reset, adam_step = False, step
-    else:
-        reset, adam_step = step % reset_interval == 0, step % reset_interval + 1
+    reset, adam_step = reset_schedule(step, reset_interval)
     path = _multi_tensor_stable_spam if use_foreach(foreach, params) else _single_tensor_stable_spam
     path(params, grads, exp_avgs, exp_avg_sqs, max_abs_emas, norm_emas, norm_sq_emas, beta1=beta1, beta2=beta2,
          eps=eps, gamma1=gamma1, gamma2=gamma2, gamma3=gamma3, reset=reset, decay=1.0 - lr * weight_decay,
@@ -49,10 +46,37 @@ def stable_spam(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs:
          bias_correction2_sqrt=math.sqrt(bias_correction(beta2, adam_step)))
 
 
+def reset_schedule(step: int, reset_interval: int) -> tuple[bool, int]:
+    """(zero m and v on this step?, Adam's step count for bias correction) at global step `step`."""
+    if reset_interval <= 0 or step < reset_interval:
+        return False, step
+    return step % reset_interval == 0, step % reset_interval + 1
+
+
+def clip_and_scale(grad: torch.Tensor, max_abs_ema: torch.Tensor, norm_ema: torch.Tensor, norm_sq_ema: torch.Tensor,
+                   *, gammas: tuple[float, float, float], corrections: tuple[float, float, float],
+                   eps: float) -> tuple[torch.Tensor, float]:
+    """One tensor's adaptive spike clip and norm statistics: (clipped gradient, norm-normalisation factor).
+
+    Updates the 0-d EMAs in place. The normalised gradient is factor * clipped (`normalize_by_norm`);
+    callers fold the factor into the moment updates (one pass less)."""
+    gamma1, gamma2, gamma3 = gammas
+    correction1, correction2, correction3 = corrections
+    max_abs = grad.abs().amax()  # 10x faster on CPU than vector_norm(ord=inf)
+    max_abs_ema.lerp_(max_abs, 1.0 - gamma3)
+    bound = max_abs_ema / correction3
+    if max_abs > bound:  # otherwise no entry exceeds the bound and the clip is the identity
+        grad = adaptive_max_clip([grad], [max_abs], [bound])[0]
+    grad_norm = torch.linalg.vector_norm(grad)
+    norm_ema.lerp_(grad_norm, 1.0 - gamma1)  # also for a zero gradient (official)
+    norm_sq_ema.lerp_(grad_norm.square(), 1.0 - gamma2)
+    scale = normalize_by_norm_scales(grad_norm, norm_ema / correction1, norm_sq_ema / correction2, eps).item()
+    return grad, scale
+
+
 def _single_tensor_stable_spam(params, grads, exp_avgs, exp_avg_sqs, max_abs_emas, norm_emas, norm_sq_emas, *,
                                beta1, beta2, eps, gamma1, gamma2, gamma3, reset, decay, corrections, step_size,
                                bias_correction2_sqrt):
-    correction1, correction2, correction3 = corrections
     for param, grad, exp_avg, exp_avg_sq, max_abs_ema, norm_ema, norm_sq_ema in zip(
             params, grads, exp_avgs, exp_avg_sqs, max_abs_emas, norm_emas, norm_sq_emas):
         if decay != 1.0:
@@ -60,16 +84,8 @@ def _single_tensor_stable_spam(params, grads, exp_avgs, exp_avg_sqs, max_abs_ema
         if reset:
             exp_avg.zero_()
             exp_avg_sq.zero_()
-        max_abs = grad.abs().amax()  # 10x faster on CPU than vector_norm(ord=inf)
-        max_abs_ema.lerp_(max_abs, 1.0 - gamma3)
-        bound = max_abs_ema / correction3
-        if max_abs > bound:  # otherwise no entry exceeds the bound and the clip is the identity
-            grad = adaptive_max_clip([grad], [max_abs], [bound])[0]
-        grad_norm = torch.linalg.vector_norm(grad)
-        norm_ema.lerp_(grad_norm, 1.0 - gamma1)  # also for a zero gradient (official)
-        norm_sq_ema.lerp_(grad_norm.square(), 1.0 - gamma2)
-        # normalize_by_norm(g) = scale * g; the scale is folded into the moment updates (one pass less)
-        scale = normalize_by_norm_scales(grad_norm, norm_ema / correction1, norm_sq_ema / correction2, eps).item()
+        grad, scale = clip_and_scale(grad, max_abs_ema, norm_ema, norm_sq_ema, gammas=(gamma1, gamma2, gamma3),
+                                     corrections=corrections, eps=eps)
         exp_avg.mul_(beta1).add_(grad, alpha=(1.0 - beta1) * scale)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=(1.0 - beta2) * scale * scale)
         denom = exp_avg_sq.sqrt().div_(bias_correction2_sqrt).add_(eps)
