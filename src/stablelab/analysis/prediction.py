@@ -172,7 +172,8 @@ def _point(quantity, group, lr, predicted, observed) -> dict:
     value, interval = predicted["predicted"], predicted["interval"]
     ok = value is not None and observed is not None and math.isfinite(value) and math.isfinite(observed)
     ratio = observed / value if ok and value != 0 else None
-    inside = bool(ok and interval is not None and interval[0] <= observed <= interval[1])
+    slack = 1e-9 * max(abs(interval[0]), abs(interval[1])) if interval else 0.0  # rounding, not a margin
+    inside = bool(ok and interval is not None and interval[0] - slack <= observed <= interval[1] + slack)
     return {"quantity": quantity, **group, "lr": lr, "predicted": value, "interval": interval,
             "observed": observed, "ratio": ratio, "inside": inside}
 
