@@ -51,9 +51,9 @@ class SgdStabilityConfig:
     quick: bool = setting(False, "small grid and few steps (a smoke run of every section)")
     batch_sizes: tuple[int, ...] = setting((1, 2), "SGD batch sizes (GD, the full batch, is always run)",
                                            parse=csv(int), check=_sizes)
-    diagonal_lrs: tuple[float, ...] = setting((0.01, 0.02, 0.04, 0.05, 0.06), "learning rates, diagonal network",
+    diagonal_lrs: tuple[float, ...] = setting((0.01, 0.02, 0.04, 0.06, 0.08, 0.1), "learning rates, diagonal network",
                                               parse=csv(float), check=_lrs)
-    relu_lrs: tuple[float, ...] = setting((0.05, 0.1, 0.2, 0.3), "learning rates, two-layer ReLU network",
+    relu_lrs: tuple[float, ...] = setting((0.05, 0.1, 0.2, 0.3, 0.4), "learning rates, two-layer ReLU network",
                                           parse=csv(float), check=_lrs)
     mlp_lrs: tuple[float, ...] = setting((0.1, 0.2, 0.3), "learning rates, the package's MLP",
                                          parse=csv(float), check=_lrs)
