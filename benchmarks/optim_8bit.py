@@ -3,7 +3,7 @@
 A model-shaped set of parameters (blocks of weight d x d, bias d, gain d) gets fixed random
 gradients; each optimizer steps on it with its defaults. Steps are timed round-robin (one step of
 each optimizer per round), so a loaded machine slows all alike; medians over rounds are reported.
-bitsandbytes' and torchao's AdamW8bit are timed too where they run (torchao's is torch.compile'd:
+Our float32 and 8-bit StableSPAM and AdEMAMix, and bitsandbytes' and torchao's AdamW8bit, are timed too (where they run) (torchao's is torch.compile'd:
 its first steps compile and are excluded by the warm-up). State bytes are counted from the state
 tensors (codes, absmax, float32 moments; the step counter excluded).
 
@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from stablelab.optim import AdEMAMix, AdEMAMix8bit, StableSPAM, StableSPAM8bit  # noqa: E402
 from stablelab.optim.adamw8bit import AdamW8bit  # noqa: E402
 
 TARGET_RATIO = 2.0  # issue 13, part 4: at most 2x torch.optim.AdamW(foreach=True) on CPU
@@ -32,7 +33,8 @@ TARGET_RATIO = 2.0  # issue 13, part 4: at most 2x torch.optim.AdamW(foreach=Tru
 def model_shaped(params: float, tensors: int, device: str) -> list[torch.nn.Parameter]:
     """tensors // 3 blocks of (weight d x d, bias d, gain d) with about `params` elements in all."""
     blocks = max(1, tensors // 3)
-    d = max(8, int(math.sqrt(params / blocks)))
+    # d a multiple of 16, so d x d is whole blocks of 256: torchao keeps float32 state for any other size
+    d = max(16, int(math.sqrt(params / blocks)) // 16 * 16)
     generator = torch.Generator().manual_seed(0)
     shapes = [(d, d), (d,), (d,)] * blocks
     return [torch.nn.Parameter(torch.randn(s, generator=generator).to(device) * 0.02) for s in shapes]
@@ -55,6 +57,10 @@ def state_bytes_per_parameter(optimizer: torch.optim.Optimizer) -> float:
 def candidates(params: list[torch.nn.Parameter]):
     yield "torch.optim.AdamW(foreach=True)", lambda ps: torch.optim.AdamW(ps, foreach=True)
     yield "stablelab AdamW8bit", lambda ps: AdamW8bit(ps)
+    yield "stablelab StableSPAM", lambda ps: StableSPAM(ps)
+    yield "stablelab StableSPAM8bit", lambda ps: StableSPAM8bit(ps)
+    yield "stablelab AdEMAMix", lambda ps: AdEMAMix(ps)
+    yield "stablelab AdEMAMix8bit", lambda ps: AdEMAMix8bit(ps)
     try:
         import bitsandbytes
         yield f"bitsandbytes {bitsandbytes.__version__} AdamW8bit", lambda ps: bitsandbytes.optim.AdamW8bit(ps)
@@ -76,13 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--skip-references", action="store_true", help="time only torch's AdamW and ours")
+    parser.add_argument("--skip-references", action="store_true", help="time only torch's AdamW and our AdamW8bit")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     runs = []
     for name, make in candidates([]):
-        if args.skip_references and not (name.startswith("torch.optim") or name.startswith("stablelab")):
+        if args.skip_references and name not in ("torch.optim.AdamW(foreach=True)", "stablelab AdamW8bit"):
             continue
         params = model_shaped(args.params, args.tensors, args.device)
         generator = torch.Generator().manual_seed(1)
