@@ -14,7 +14,7 @@ from stablelab.monitor.detectors import (AttnLogitGrowth, EdgeOfStability, GradO
 def test_registry_holds_the_issue_kinds():
     assert set(DETECTORS) == {"nonfinite", "grad_outlier", "loss_spike", "loss_rise", "grad_spike",
                               "attn_logit_growth", "logit_divergence", "softmax_collapse", "update_ratio",
-                              "eps_floor", "edge_of_stability"}
+                              "eps_floor", "edge_of_stability", "opposing_signals"}
     assert default_settings()["loss_spike"]["z"] == 6.0
     with pytest.raises(UsageError):
         build_detectors({"no_such": {}})
