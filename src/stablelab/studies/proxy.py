@@ -53,7 +53,7 @@ class ProxySettings:
         # Output-logit divergence needs weight decay 0 and long training at high LR (paper 3.2):
         # the CPU-sized setting where it would show first; docs/proxy.md says what it shows.
         "logit-divergence": ({"widths": "32,64", "lrs": "1e-1,3e-1,1", "variants": "qk_norm,qk_norm+z_loss",
-                              "weight_decay": 0.0, "steps": 2000, "log_every": 20},
+                              "weight_decay": "0", "steps": 2000, "log_every": 20},
                              "weight decay 0, 2000 steps, LR 0.1-1"),
         "quick": ({"widths": "32,64", "lrs": "1e-3,1e-2,1e-1", "variants": "baseline,qk_norm", "steps": 100},
                   "a minute-long look: 2 widths, 3 LRs, 2 variants"),

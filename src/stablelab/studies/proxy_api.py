@@ -14,6 +14,7 @@ functions must be picklable by cloudpickle (lambdas are) because runs execute in
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,7 +34,9 @@ def study(model_fn: Callable[[int, int, str], Any] | None = None, *, out: str | 
     settings: any `stablelab proxy` setting by its field name (widths=(64, 128), steps=100,
         validate_width=256, ...); values as Python values, checked like the flags.
     Raises UsageError (one line) for bad settings, before any run starts."""
-    chosen = {**settings, "model": model}
+    lists = {f.name for f in dataclasses.fields(ProxySettings) if isinstance(f.default, tuple)}
+    chosen = {k: (v,) if k in lists and not isinstance(v, (tuple, list, str)) else v for k, v in settings.items()}
+    chosen["model"] = model
     parsed = config.from_flags(ProxySettings, chosen, preset)
     runtime = checked(Runtime(out=Path(out).expanduser(), device=device, workers=workers, address=address,
                               progress=progress))
