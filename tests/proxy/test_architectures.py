@@ -180,3 +180,17 @@ def test_python_api_trains_a_user_model(tmp_path):
     assert len(summary["runs"]) == 4 and all(r["run_id"].startswith("custom_") for r in summary["runs"])
     assert all(r["max_attn_logit"] > 0 for r in summary["runs"])
     assert set(summary["lr_sensitivity"]) == {"baseline", "qk_norm"}
+
+
+def test_precision_quantises_before_the_qk_norm_hooks():
+    torch.manual_seed(0)
+    full = build_model("llama", 64, 2, "qk_norm", 16, 32)
+    torch.manual_seed(0)
+    low = build_model("llama", 64, 2, "qk_norm", 16, 32, precision="int8")
+    attn = low.lm.model.layers[0].self_attn
+    assert type(attn.q_proj).__name__ == "FakeQuantLinear" and type(low.lm.lm_head) is torch.nn.Linear
+    # the per-head norm hook sits on the layer the model calls: q is normed in the int8 model too
+    _, z_full = _monitor_logits(full)
+    _, z_low = _monitor_logits(low)
+    assert z_low == pytest.approx(z_full, rel=0.05)
+    assert torch.allclose(low(TOKENS), full(TOKENS), atol=0.05)
