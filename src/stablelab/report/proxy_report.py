@@ -239,6 +239,17 @@ def summary_markdown(summary, findings, meta) -> str:
     return "\n".join(lines + outcome_markdown(summary)) + "\n"
 
 
+def add_contents(page: Page) -> None:
+    """A table of contents at the top: every section heading gets an anchor and a link."""
+    links = []
+    for i, part in enumerate(page.parts):
+        if part.startswith("<h2>"):
+            anchor = f"s{len(links)}"
+            page.parts[i] = part.replace("<h2>", f'<h2 id="{anchor}">', 1)
+            links.append(f'<li><a href="#{anchor}">{part[4:-5]}</a></li>')
+    page.parts.insert(0, '<nav><strong>Contents</strong><ul>' + "".join(links) + "</ul></nav>")
+
+
 def write_proxy_report(out: str | Path, summary: dict, findings: list[str], meta: dict) -> dict:
     """Write figures/*.png, report.html, summary.md and summary.json under `out`."""
     out = Path(out)
@@ -293,6 +304,7 @@ def write_proxy_report(out: str | Path, summary: dict, findings: list[str], meta
     page.heading("Settings")
     page.preformatted("\n".join(f"{k}: {v}" for k, v in meta.get("settings", {}).items()))
 
+    add_contents(page)
     report = page.write(out / "report.html")
     atomic_write_json(out / "summary.json", {**summary, "findings": findings, "meta": meta})
     atomic_write_bytes(out / "summary.md", summary_markdown(summary, findings, meta).encode())
