@@ -144,7 +144,8 @@ def findings(summary: dict) -> list[str]:
                      "loss at initialisation); instability shows as worse final loss at high LR instead.")
 
     def sens(variant):
-        return {(s["optimizer"], s["width"], s["depth"]): s["lr_sensitivity"] for s in scales if s["variant"] == variant}
+        return {(s["optimizer"], s["width"], s["depth"], s.get("setting", "")): s["lr_sensitivity"]
+                for s in scales if s["variant"] == variant}
 
     if "baseline" in variants:
         base = sens("baseline")
@@ -154,7 +155,7 @@ def findings(summary: dict) -> list[str]:
             if not common:
                 continue
             lower = sum(o[k] < base[k] for k in common)
-            pairs = ", ".join(f"w{k[1]}: {base[k]:.3f} -> {o[k]:.3f}" for k in common)
+            pairs = ", ".join(f"w{k[1]}{' ' + k[3] if k[3] else ''}: {base[k]:.3f} -> {o[k]:.3f}" for k in common)
             lines.append(f"{other} lowers LR sensitivity relative to baseline at {lower}/{len(common)} "
                          f"scales ({pairs}).")
 
