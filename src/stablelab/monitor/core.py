@@ -112,7 +112,9 @@ class Monitor:
                                  logits_module=logits_module, task=task, update_sample=update_sample,
                                  elementwise_spikes=elementwise_spikes, outlier_factor=outlier_factor,
                                  outlier_warmup=outlier_warmup, collapse_mass_floor=1e-4,
-                                 loss_dtype_override=loss_dtype)
+                                 loss_dtype_override=loss_dtype,
+                                 # device mode promises no host read between syncs, on any device
+                                 numbers_on="device" if self.policy.skip_mode == "device" else "auto")
         self.params, self.names = self.measurer.params, self.measurer.names
         self.attention_layers = self.measurer.attention_layers
         self.logits_module_name = self.measurer.logits_module_name

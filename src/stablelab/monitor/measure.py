@@ -3,7 +3,7 @@ the pure functions in `stablelab.signals`, with no host sync.
 
 Every step: loss, per-tensor and global gradient norm, the per-tensor spike ratio against the
 optimizer's second moment, a non-finite flag, and the extreme-outlier flag of the guard's skip rule
-(global gradient norm against a running typical norm kept on the device). Sampled steps (every
+(global gradient norm against a running typical norm), both in `monitor.step_numbers`. Sampled steps (every
 `sync_every`-th): attention logits and output-logit statistics (forward hooks armed for that step
 only), cos(grad, w), gradient RMS against eps and SPAM's element-wise spike fraction. Through the
 optimizer's own step hooks: the update-to-weight ratio of every weight matrix."""
@@ -19,16 +19,11 @@ from torch import nn
 
 from stablelab.errors import UsageError
 from stablelab.monitor.attention import find_attention
+from stablelab.monitor.step_numbers import FAST, step_numbers  # noqa: F401 (FAST re-exported)
 from stablelab.monitor.model_info import TASKS, find_logits_module, infer_task, loss_dtype  # noqa: F401 (re-exported)
-from stablelab.signals.collapse import softmax_collapse_fraction, softmax_collapse_lost_fraction
-from stablelab.signals.logits import output_log_z_stats
-from stablelab.signals.spikes import spike_fraction, tensor_spike_ratio
+from stablelab.signals.collapse import logit_statistics
+from stablelab.signals.spikes import spike_fraction
 from stablelab.signals.weights import gradient_weight_cosine
-
-FAST = ("loss", "grad_norm", "spike_ratio_max", "spike_index", "nonfinite", "outlier", "grad_norm_typical",
-        "grad_norm_ratio_min")
-_EMA_BETA = 0.99        # running estimate of mean(g^2) per tensor when the optimizer keeps no v
-_TYPICAL_BETA = 0.9     # EMA of log ||g||: the typical gradient norm the outlier rule compares to
 
 
 def stack_norms(norms: list[torch.Tensor]) -> torch.Tensor:
@@ -63,15 +58,14 @@ class Measurer:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, on_error: Callable,
                  attention: bool, logits_module: str | None | bool, task: str, update_sample: int,
                  elementwise_spikes: bool, outlier_factor: float, outlier_warmup: int,
-                 collapse_mass_floor: float, loss_dtype_override: torch.dtype | None):
+                 collapse_mass_floor: float, loss_dtype_override: torch.dtype | None,
+                 numbers_on: str = "auto"):
         if task not in TASKS:
             raise UsageError(f"task must be one of {TASKS}, got {task!r}")
         if not (isinstance(outlier_factor, (int, float)) and outlier_factor > 1):
             raise UsageError(f"outlier_factor must be a number > 1, got {outlier_factor!r}")
         self.model, self.optimizer, self.on_error = model, optimizer, on_error
         self.update_sample, self.elementwise_spikes = update_sample, elementwise_spikes
-        self.log_outlier = math.log(outlier_factor)
-        self.outlier_warmup = outlier_warmup
         self.collapse_mass_floor = collapse_mass_floor
         self.loss_dtype_override = loss_dtype_override
         self.task = task if task != "auto" else None
@@ -86,13 +80,8 @@ class Measurer:
         self.matrices = [i for i, p in enumerate(params) if p.dim() >= 2]
         group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
         self.groups = [group_of[id(p)] for p in params]
-        self._g2_ema = torch.zeros(len(params), device=self.device)
-        self._ema_count = 0
-        self._log_typical_all = torch.full((len(params) + 1,), math.nan, device=self.device)
-        self._false = torch.zeros((), dtype=torch.bool, device=self.device)
-        self._one = torch.ones((), device=self.device)
-        self._typical_count = 0
-        self._v_scale: torch.Tensor | None = None
+        self.numbers = step_numbers([p.numel() for p in params], self.device, outlier_factor, outlier_warmup,
+                                    where=numbers_on)
         self._inv_weight_norms: torch.Tensor | None = None
         self._weight_norm_step = 0
         self._flat: list[torch.Tensor] = []
@@ -104,7 +93,7 @@ class Measurer:
 
         self.sampling = True  # step 0 is a sampled step
         self.attn_values: dict[int, torch.Tensor] = {}
-        self.logit_stats: list[torch.Tensor] | None = None
+        self.logit_stats: torch.Tensor | None = None
         self.attention_layers = find_attention(model) if attention else []
         self._recorders = [_Recorder(self, i) for i in range(len(self.attention_layers))]
         found = None if logits_module is False else find_logits_module(model, logits_module or None)
@@ -115,7 +104,8 @@ class Measurer:
     # -- every step ------------------------------------------------------------------------
     @torch.no_grad()
     def measure(self, t: int, loss, lr: float) -> dict[str, Any]:
-        """The every-step signals, as device tensors (about a dozen small ops, no host sync)."""
+        """The every-step signals: the gradient norms (one foreach norm) and FAST from them
+        (monitor.step_numbers: on the device with no host sync, or in Python floats on the CPU)."""
         if not self._task_inferred and isinstance(loss, torch.Tensor) and loss.grad_fn is not None:
             self.task, self._task_inferred = infer_task(loss), True
         grads = [p.grad for p in self.params]
@@ -126,81 +116,9 @@ class Measurer:
             norms = torch.zeros(len(grads), device=self.device)
             if present:
                 norms[present] = stack_norms(torch._foreach_norm([grads[i] for i in present], 2))
-        g2 = norms * norms
-        global_norm = g2.sum().sqrt()  # = ||concatenation of all gradients||
-        has_loss = loss is not None
-        if isinstance(loss, torch.Tensor):
-            loss_t = loss.detach()
-            loss_t = (loss_t.mean() if loss_t.numel() != 1 else loss_t.reshape(())).float().to(self.device)
-        else:
-            loss_t = torch.tensor(float(loss) if has_loss else float("nan"), device=self.device)
-        total = global_norm + loss_t if has_loss else global_norm
-        bad = (total - total) != 0  # = ~isfinite(total) in 2 ops (inf - inf and NaN - NaN are NaN)
-        ratio = self._spike_ratio(g2)
-        if len(ratio):
-            spike_max, spike_index = ratio.max(0)
-        else:
-            spike_max, spike_index = self._one, self._one * 0
-        outlier, typical, coherent = self._typical_norms(norms, global_norm, bad)
-        fast = torch.stack([loss_t, global_norm, spike_max, spike_index.float(), bad.float(),
-                            outlier.float(), typical, coherent])
-        return {"step": t, "fast": fast, "norms": norms, "has_loss": has_loss, "lr": float(lr),
+        fast = self.numbers.step(norms, loss)
+        return {"step": t, "fast": fast, "norms": norms, "has_loss": loss is not None, "lr": float(lr),
                 "done": set(), "sampled": {}, "host": {}}
-
-    def _typical_norms(self, norms: torch.Tensor, global_norm: torch.Tensor, bad: torch.Tensor):
-        """The skip rule and the coherent-growth reading, on the device, from one EMA of log norms
-        over [every tensor's norm, the global norm]:
-
-        - outlier: log ||g|| above the EMA of log ||g|| by log(outlier_factor), after
-          `outlier_warmup` steps (OLMo-core skips on a running mean + 6 sigma; a ratio to the
-          typical norm is scale-free and needs no variance estimate);
-        - coherent ratio: min over tensors of ||g_i|| / typical_i, how much every tensor's gradient
-          grew at once (a hard batch raises some layers' gradients; a gradient multiplied as a
-          whole, by a loss-scale or reduction bug or a corrupted step, raises all of them).
-        Non-finite steps do not enter the EMA and outliers enter it clipped; tensors without a
-        gradient are left out. A NaN in the EMA marks a tensor not seen yet (NaN compares False,
-        so an unseen tensor is never an outlier). About 20 small ops: this runs every step."""
-        typical_all = self._log_typical_all
-        log_norms = torch.cat([norms, global_norm.reshape(1)]).clamp_min_(1e-30).log_()
-        diff = log_norms - typical_all
-        typical = torch.exp(typical_all[-1])
-        if self._typical_count < self.outlier_warmup:
-            outlier, step = self._false, diff
-        else:
-            outlier = (diff[-1] > self.log_outlier) & ~bad
-            # An outlier enters the EMA clipped to typical + log(outlier_factor) (ZClip updates its
-            # EMA with the clipped norm too): one spike barely moves it, a lasting shift (a new LR)
-            # is accepted within a few steps instead of being skipped for ever.
-            step = torch.where(outlier, diff.clamp(max=self.log_outlier), diff)
-        if len(norms):
-            lowest = diff[:-1].masked_fill(norms == 0, math.inf).nan_to_num_(nan=math.inf, posinf=math.inf)
-            # no tensor to compare (all unseen or without gradient): ratio 1
-            coherent = lowest.amin().nan_to_num_(posinf=0.0).clamp_(-60, 60).exp_()
-        else:
-            coherent = self._one
-        updated = torch.where(typical_all.isnan(), log_norms, typical_all.add(step, alpha=1 - _TYPICAL_BETA))
-        self._log_typical_all = torch.where(bad, typical_all, updated)  # a non-finite step is left out
-        self._typical_count += 1
-        return outlier, typical, coherent
-
-    def _spike_ratio(self, g2: torch.Tensor) -> torch.Tensor:
-        """Per-tensor mean(g^2) / mean(v) (SPAM's spike test g^2 > theta v, taken per tensor).
-
-        v: the optimizer's bias-corrected second moment, its per-tensor mean refreshed on sampled
-        steps (v moves slowly: by at most a factor beta2^sync_every between refreshes); tensors
-        without history get 0. Without a second moment in the optimizer: a running EMA of mean(g^2)."""
-        if self._v_scale is not None:
-            return g2 * self._v_scale  # = (||g||^2 / n) / mean(v), precomputed 1 / (n mean(v))
-        mean_g2 = g2 / self.numels
-        if self._ema_count:
-            estimate = self._g2_ema / (1 - _EMA_BETA ** self._ema_count)
-            ratio = tensor_spike_ratio(g2, self.numels, estimate)
-        else:
-            ratio = torch.ones_like(mean_g2)
-        self._g2_ema = torch.where(torch.isfinite(mean_g2),
-                                   _EMA_BETA * self._g2_ema + (1 - _EMA_BETA) * mean_g2, self._g2_ema)
-        self._ema_count += 1
-        return ratio
 
     @torch.no_grad()
     def drop_gradients(self, entry: dict[str, Any]) -> None:
@@ -226,20 +144,17 @@ class Measurer:
             steps.append(float(state["step"]))
             betas.append(float(group_betas[1]))
         if not vs:
-            self._v_scale = None
+            self.numbers.set_second_moments(None)
             return
         v_sum = torch.stack([v.float().sum() for v in vs]).to(self.device)
         correction = torch.tensor([1 - b ** t for b, t in zip(betas, steps)], device=self.device)
         v_mean = torch.zeros(len(self.params), device=self.device)
         v_mean[index] = v_sum / self.numels[index] / correction.clamp_min(1e-12)  # Adam bias correction
-        self._v_scale = torch.where(v_mean > 0, 1.0 / (self.numels * v_mean).clamp_min(1e-38),
-                                    torch.zeros_like(v_mean))
+        self.numbers.set_second_moments(v_mean)
 
     def reset_history(self) -> None:
         """Forget the running estimates (after a rollback or a moment reset)."""
-        self._g2_ema.zero_()
-        self._ema_count = 0
-        self._v_scale = None
+        self.numbers.reset()
 
     # -- sampled steps -----------------------------------------------------------------------
     @torch.no_grad()
@@ -251,7 +166,7 @@ class Measurer:
             sampled["attn"] = torch.stack([self.attn_values.get(i, nan).float().to(self.device)
                                            for i in range(layers)])
         if self.logit_stats is not None and self.task != "regression":
-            sampled["logits"] = torch.stack([s.float().to(self.device) for s in self.logit_stats])
+            sampled["logits"] = self.logit_stats.to(self.device)
         present = [i for i, p in enumerate(self.params) if p.grad is not None]
         if present:
             cos = torch.full((len(self.params),), float("nan"), device=self.device)
@@ -293,11 +208,7 @@ class Measurer:
             if logits.shape[-1] < 2:  # a softmax over one output is not a classifier
                 return
             dtype = self.loss_dtype_override or loss_dtype(logits)
-            with torch.no_grad():
-                detached = logits.detach()
-                stats = list(output_log_z_stats(detached))
-                stats.append(softmax_collapse_fraction(detached, dtype, as_tensor=True))
-                stats.append(softmax_collapse_lost_fraction(detached, dtype, self.collapse_mass_floor))
+            stats = logit_statistics(logits, dtype, self.collapse_mass_floor)
             self.logit_stats = stats
         except Exception as error:  # noqa: BLE001
             self.on_error(error)

@@ -52,6 +52,29 @@ def softmax_collapse_lost_fraction(logits: torch.Tensor, dtype: torch.dtype, mas
     return (collapsed & (non_top >= mass_floor)).float().mean()
 
 
+@torch.no_grad()
+def logit_statistics(logits: torch.Tensor, dtype: torch.dtype = torch.float32,
+                     mass_floor: float = 1e-4) -> torch.Tensor:
+    """[mean log Z, max |log Z|, softmax_collapse_fraction, softmax_collapse_lost_fraction] of
+    logits (classes on the last dim) as one float32 vector, from one float32 pass over the logits
+    (plus one in `dtype` when that is not float32): the monitor's sampled-step reading.
+
+    With m = max x and s = sum_j exp(x_j - m): log Z = m + log s, collapse in float32 is s == 1
+    (softmax_collapse_mask), and the top class's probability is exp(0) / s, so the mass outside it
+    is 1 - 1/s. Equal to output_log_z_stats and the two fractions above (tested)."""
+    x = logits.detach().float()
+    top = x.amax(dim=-1, keepdim=True)
+    sums = torch.exp(x - top).sum(dim=-1)
+    log_z = top.squeeze(-1) + sums.log()  # logsumexp (signals.logits.output_log_z)
+    if dtype == torch.float32:
+        collapsed = sums == 1
+        lost = torch.zeros((), device=x.device)  # a float32 collapse loses < 2^-24 per class
+    else:
+        collapsed = softmax_collapse_mask(logits, dtype=dtype)
+        lost = (collapsed & (1.0 - 1.0 / sums >= mass_floor)).float().mean()
+    return torch.stack([log_z.mean(), log_z.abs().amax(), collapsed.float().mean(), lost])
+
+
 def zero_loss_fraction(
     logits: torch.Tensor, target: torch.Tensor, dtype: torch.dtype = torch.float32, loss_fn=None
 ) -> float:
