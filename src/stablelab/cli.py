@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gap": ("stablelab.studies.gap", "continual evaluation and the stability gap"),
     "sgd-stability": ("stablelab.studies.sgd_stability", "SGD's trace bound, Adam at the edge, opposing signals, warm-up"),
     "detect-bench": ("stablelab.bench.detect", "detection quality of the monitor and the anchors' spike rules"),
+    "lowbit": ("stablelab.studies.lowbit", "binary estimators, 8-bit optimizer states and 4-bit training (ReSTE, Stable-SPAM)"),
 }
 
 
