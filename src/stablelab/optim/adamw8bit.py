@@ -8,8 +8,10 @@ moments, then quantise the new moments again (new absmax per block), chunk by ch
 scratch (`stablelab.optim.state8bit`: that, and the one-gather rounding, make the step about 1.7x
 AdamW(foreach) on CPU instead of 5.5x). Tensors with fewer than `min_8bit_size` elements keep
 float32 moments (bitsandbytes does the same: for them the absmax overhead and the error are not
-worth it). Deliberate difference: m is updated as b1 m + (1 - b1) g with mul/add, not lerp (same
-value up to rounding; lerp is 3x slower on CPU chunks).
+worth it). Deliberate differences, equal up to float32 rounding: the 8-bit path multiplies the
+betas into the per-block dequantisation factors (m <- (b1 absmax) map[code] + (1 - b1) g, no lerp,
+which is 3x slower on CPU chunks) and moves sqrt(1 - b2^t) into the step size
+(lr sqrt(bc2) / bc1 * m / (sqrt(v) + eps sqrt(bc2))): two passes fewer per chunk.
 """
 
 from __future__ import annotations
@@ -54,14 +56,20 @@ def adamw8bit_tensor(param: torch.Tensor, grad: torch.Tensor, state: dict[str, A
     scratch = scratch or Scratch(param.device, len(MOMENTS) + 1)
     flat_param = param.view(-1) if param.is_contiguous() else param.reshape(-1).clone()
     flat_grad = grad.reshape(-1)
-    for start, stop, (exp_avg, exp_avg_sq) in moment_chunks(state, MOMENTS, param.numel(), block_size, maps, scratch):
+    # the moments come dequantised times (beta1, beta2): the EMA is then one add per moment
+    for start, stop, (exp_avg, exp_avg_sq) in moment_chunks(state, MOMENTS, param.numel(), block_size, maps, scratch,
+                                                            scales=(beta1, beta2)):
         chunk = flat_param[start:stop]
         work = chunk if chunk.dtype == torch.float32 else chunk.float()
         g = flat_grad[start:stop]
-        _adamw_math(work, g if g.dtype == torch.float32 else g.float(), exp_avg, exp_avg_sq,
-                    scratch.floats[-1][:stop - start], lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-                    weight_decay=weight_decay, bias_correction1=bias_correction1,
-                    bias_correction2_sqrt=bias_correction2_sqrt)
+        g = g if g.dtype == torch.float32 else g.float()
+        if weight_decay != 0.0:
+            work.mul_(1.0 - lr * weight_decay)
+        exp_avg.add_(g, alpha=1.0 - beta1)
+        exp_avg_sq.addcmul_(g, g, value=1.0 - beta2)
+        # lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps) = lr sqrt(bc2) / bc1 * m / (sqrt(v) + eps sqrt(bc2))
+        denom = torch.sqrt(exp_avg_sq, out=scratch.floats[-1][:stop - start]).add_(eps * bias_correction2_sqrt)
+        work.addcdiv_(exp_avg, denom, value=-lr * bias_correction2_sqrt / bias_correction1)
         if work is not chunk:
             chunk.copy_(work)
     if not param.is_contiguous():

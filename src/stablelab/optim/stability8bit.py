@@ -89,16 +89,18 @@ def stable_spam8bit(params: list[torch.Tensor], grads: list[torch.Tensor], state
         grad, scale = clip_and_scale(grad, state["max_abs_ema"], state["norm_ema"], state["norm_sq_ema"],
                                      gammas=(gamma1, gamma2, gamma3), corrections=corrections, eps=eps)
         flat_param, flat_grad = _flat(param), grad.reshape(-1)
+        # the moments come dequantised times (beta1, beta2): the EMA is then one add per moment
         for start, stop, (exp_avg, exp_avg_sq) in moment_chunks(state, STABLE_SPAM_MOMENTS, param.numel(),
-                                                                block_size, maps, scratch):
+                                                                block_size, maps, scratch, scales=(beta1, beta2)):
             chunk, g = flat_param[start:stop], flat_grad[start:stop]
             if decay != 1.0:
                 chunk.mul_(decay)
-            exp_avg.mul_(beta1).add_(g, alpha=(1.0 - beta1) * scale)
-            exp_avg_sq.mul_(beta2).addcmul_(g, g, value=(1.0 - beta2) * scale * scale)
+            exp_avg.add_(g, alpha=(1.0 - beta1) * scale)
+            exp_avg_sq.addcmul_(g, g, value=(1.0 - beta2) * scale * scale)
+            # step_size * m / (sqrt(v) / sqrt(bc2) + eps), with sqrt(bc2) moved into the step size
             denom = torch.sqrt(exp_avg_sq, out=scratch.floats[-1][:stop - start])
-            denom.div_(bias_correction2_sqrt).add_(eps)
-            chunk.addcdiv_(exp_avg, denom, value=-step_size)
+            denom.add_(eps * bias_correction2_sqrt)
+            chunk.addcdiv_(exp_avg, denom, value=-step_size * bias_correction2_sqrt)
         if not param.is_contiguous():
             param.copy_(flat_param.view(param.shape))
 

@@ -106,27 +106,34 @@ def _blocks(x: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 def dequantize_chunk(codes: torch.Tensor, absmax: torch.Tensor, start: int, stop: int, code_map: torch.Tensor,
-                     block_size: int, out: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """map[codes[start:stop]] * absmax of each block, into out[:stop - start] (codes flat, start a block edge)."""
+                     block_size: int, out: torch.Tensor, keys: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """map[codes[start:stop]] * absmax of each block (* scale), into out[:stop - start] (codes flat,
+    start a block edge). `scale` (an EMA's beta, say) is folded into the per-block factors: one pass less."""
     n = stop - start
     if n != out.numel():
         out, keys = out[:n], keys[:n]
     keys.copy_(codes[start:stop])
     torch.index_select(code_map, 0, keys, out=out)
     first = start // block_size
+    factors = absmax[first:first + -(-n // block_size)]
+    if scale != 1.0:
+        factors = factors * scale
     if n % block_size == 0:  # whole blocks (every chunk but a tensor's last)
-        out.view(-1, block_size).mul_(absmax[first:first + n // block_size].unsqueeze(1))
+        out.view(-1, block_size).mul_(factors.unsqueeze(1))
         return out
     full, tail = _blocks(out, block_size)
     if full.numel():
-        full.mul_(absmax[first:first + full.shape[0]].unsqueeze(1))
-    tail.mul_(absmax[first + full.shape[0]])
+        full.mul_(factors[:full.shape[0]].unsqueeze(1))
+    tail.mul_(factors[-1])
     return out
 
 
 def quantize_chunk(values: torch.Tensor, codes: torch.Tensor, absmax: torch.Tensor, start: int,
-                   table: torch.Tensor, block_size: int, scaled: torch.Tensor, keys: torch.Tensor) -> None:
-    """Store `values` (float32, one chunk starting at block edge `start`) as codes and new block absmax."""
+                   table: torch.Tensor, block_size: int, scaled: torch.Tensor, keys: torch.Tensor,
+                   non_negative: bool = False) -> None:
+    """Store `values` (float32, one chunk starting at block edge `start`) as codes and new block absmax.
+
+    `non_negative`: the values are known to be >= 0 (a second moment), so max needs no abs pass."""
     n = values.numel()
     if n != scaled.numel():
         scaled, keys = scaled[:n], keys[:n]
@@ -134,7 +141,7 @@ def quantize_chunk(values: torch.Tensor, codes: torch.Tensor, absmax: torch.Tens
     if n % block_size == 0:
         rows, scaled_rows = values.view(-1, block_size), scaled.view(-1, block_size)
         block_max = absmax[first:first + rows.shape[0]]
-        torch.amax(torch.abs(rows, out=scaled_rows), dim=1, out=block_max)
+        torch.amax(rows if non_negative else torch.abs(rows, out=scaled_rows), dim=1, out=block_max)
         torch.mul(rows, block_max.clamp(min=_TINY).reciprocal_().unsqueeze(1), out=scaled_rows)
     else:
         full, tail = _blocks(values, block_size)
@@ -150,20 +157,25 @@ def quantize_chunk(values: torch.Tensor, codes: torch.Tensor, absmax: torch.Tens
 
 
 def moment_chunks(state: dict[str, Any], keys: dict[str, bool], numel: int, block_size: int, maps: Maps8bit,
-                  scratch: Scratch) -> Iterator[tuple[int, int, list[torch.Tensor]]]:
+                  scratch: Scratch, scales: tuple[float, ...] | None = None,
+                  ) -> Iterator[tuple[int, int, list[torch.Tensor]]]:
     """For each chunk: (start, stop, float32 moments of the chunk); re-quantised when the loop moves on.
 
-    `scratch` needs len(keys) + 1 float buffers (the last one is the quantiser's and free between chunks).
+    `scratch` needs len(keys) + 1 float buffers (the last one is the quantiser's and free between
+    chunks). `scales`: per moment, a factor the dequantised values come multiplied by (an EMA's
+    beta: the caller then only adds the new term). Unsigned-map moments are taken to be >= 0.
     """
     names = list(keys)
     flat_codes = [state[f"{k}_codes"].view(-1) for k in names]
     absmaxes = [state[f"{k}_absmax"] for k in names]
+    scales = scales or (1.0,) * len(names)
     for start, stop in chunk_ranges(numel, block_size, scratch.keys.numel()):
-        moments = [dequantize_chunk(c, a, start, stop, maps.map(keys[k]), block_size, out, scratch.keys)
-                   for k, c, a, out in zip(names, flat_codes, absmaxes, scratch.floats)]
+        moments = [dequantize_chunk(c, a, start, stop, maps.map(keys[k]), block_size, out, scratch.keys, scale)
+                   for k, c, a, out, scale in zip(names, flat_codes, absmaxes, scratch.floats, scales)]
         yield start, stop, moments
         for k, c, a, m in zip(names, flat_codes, absmaxes, moments):
-            quantize_chunk(m, c, a, start, maps.table(keys[k]), block_size, scratch.floats[-1], scratch.keys)
+            quantize_chunk(m, c, a, start, maps.table(keys[k]), block_size, scratch.floats[-1], scratch.keys,
+                           non_negative=not keys[k])
 
 
 def state_bytes_per_parameter(state: dict) -> float:
