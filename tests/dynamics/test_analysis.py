@@ -1,6 +1,7 @@
 """The analysis functions of the dynamical-stability study on hand-worked inputs."""
 
-from stablelab.analysis.dynamics import bound_check, hover_statistics, kendall_tau, loss_spikes, norm_trend
+from stablelab.analysis.dynamics import (bound_check, hover_statistics, kendall_tau, loss_spikes, mixture_ratio,
+                                        norm_trend)
 
 
 def test_kendall_tau_by_hand():
@@ -25,6 +26,7 @@ def test_loss_spikes_marks_entries_above_the_running_minimum():
 
 def _row(model, optimizer, b, lr, ratio, norm, loss=1e-8):
     return {"model": model, "optimizer": optimizer, "batch_size": b, "lr": lr, "train_loss": loss,
+            "trace": 2 * ratio / lr, "lambda_max": 0.1,
             "lr_trace_over_2": ratio, "norm": norm, "test_error": norm, "interpolated": loss < 1e-6}
 
 
@@ -37,3 +39,11 @@ def test_bound_check_and_norm_trend():
     assert out["by_batch_size"]["1"]["all_within"] and not out["by_batch_size"]["2"]["all_within"]
     trend = norm_trend(runs, ["m"])["m"]["sgd batch 1"]
     assert trend["norm_tau"] == -1.0 and trend["norm_falls"] and trend["lrs"] == [0.1, 0.2]
+
+
+def test_mixture_ratio_is_the_trace_ratio_at_batch_1_and_interpolates_towards_lambda():
+    row = {"optimizer": "sgd", "batch_size": 1, "lr": 0.1, "trace": 10.0, "lambda_max": 4.0}
+    assert abs(mixture_ratio(row) - 0.5) < 1e-12
+    assert abs(mixture_ratio({**row, "batch_size": 2}) - 0.05 * (5.0 + 2.0)) < 1e-12
+    assert abs(mixture_ratio({**row, "optimizer": "gd", "batch_size": 30}) - 0.2) < 1e-12
+    assert mixture_ratio({**row, "trace": None}) is None

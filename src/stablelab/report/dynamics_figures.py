@@ -111,7 +111,7 @@ def logistic_figure(records):
 
 def run_rows(runs):
     keys = ("model", "optimizer", "batch_size", "lr", "steps", "train_loss", "lambda_max", "trace", "lr_trace_over_2",
-            "lr_lambda_over_2", "norm", "test_error")
+            "lr_lambda_over_2", "lr_mixture_over_2", "norm", "test_error")
     return keys, [[r.get(k) for k in keys] for r in runs]
 
 
@@ -124,12 +124,13 @@ def section_rows(summary: Summary) -> dict:
     logistic = [[r["lr"], r["loss_increases"], r["max_loss"], r["zero_error_step"], r["final_loss"]]
                 for r in summary["logistic"]["runs"]]
     bound = [[m, b["interpolating_sgd_runs"], b["max_lr_trace_over_2"], b["all_within"],
-              "; ".join(f"B={k}: {_num(v['max_lr_trace_over_2'])}" for k, v in b["by_batch_size"].items())]
+              "; ".join(f"B={k}: {_num(v['max_lr_trace_over_2'])} (mixture {_num(v['max_mixture_ratio'])})"
+                        for k, v in b["by_batch_size"].items())]
              for m, b in summary["sgd_stability"]["bound"].items()]
     trend = [[m, key, t["norm_tau"], t["norm_change"], t["test_error_tau"]]
              for m, per in summary["sgd_stability"]["trend"].items() for key, t in per.items()]
     return {
-        "bound": (("model", "interpolating SGD runs", "max lr*trace/2", "all <= 1.1", "per batch size"), bound),
+        "bound": (("model", "interpolating SGD runs", "max lr*trace/2", "all <= 1.1", "max per batch size (mixture ratio)"), bound),
         "trend": (("model", "optimizer", "Kendall tau(norm, lr)", "norm change, smallest to largest lr",
                    "Kendall tau(test error, lr)"), trend),
         "adam": (("loss", "lr", "38/lr", "first reached (step)", "checks after", "within 15%", "max ratio", "hovers"), adam),

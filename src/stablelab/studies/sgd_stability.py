@@ -151,6 +151,8 @@ def run_study(config: SgdStabilityConfig, out_dir: Path, progress: bool = True) 
             logistic.append(logistic_run(lr, steps=config.logistic_steps, seed=config.seed,
                                          record_every=max(1, config.logistic_steps // 500),
                                          run_dir=runs_dir / f"logistic_lr{lr:g}", advance=bar.advance))
+    for row in runs:
+        row["lr_mixture_over_2"] = analysis.mixture_ratio(row)
     warm_lines = analysis.warmup_summary(warm)
     theory_models = ["diagonal_linear", "two_layer_relu"]
     summary = {
