@@ -57,7 +57,8 @@ def stability_figure(runs):
     return fig
 
 
-def ratio_figure(records, title: str, label, x_key: str = "steps", y_key: str = "ratio", band: float | None = None):
+def ratio_figure(records, title: str, label, x_key: str = "steps", y_key: str = "ratio", band: float | None = None,
+                 log: bool = False):
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4))
     for i, r in enumerate(records):
@@ -65,6 +66,8 @@ def ratio_figure(records, title: str, label, x_key: str = "steps", y_key: str = 
     ax.axhline(1.0, color="k", linestyle="--", linewidth=1)
     if band:
         ax.axhspan(1 - band, 1 + band, color="0.9")
+    if log:
+        ax.set_yscale("log")
     ax.set_title(title)
     ax.set_xlabel("step")
     ax.legend(fontsize=8)
@@ -139,39 +142,43 @@ def section_rows(summary: Summary) -> dict:
     }
 
 
-def write_page(path: str | Path, summary: Summary) -> Path:
+def write_page(path: str | Path, summary: Summary) -> dict[str, bytes]:
+    """report.html; returns the figures' PNG bytes by name (the study saves them beside the page)."""
     config = summary["config"]
+    pngs = {}
     page = Page("Dynamical stability: SGD's trace bound, Adam at the edge, opposing signals, warm-up, logistic GD",
                 f"{'quick' if config['quick'] else 'full'} study, seed {config['seed']}, {summary['seconds']:.0f} s")
     tables = section_rows(summary)
     page.heading("1-2. SGD's stability bound at interpolation (Wu & Su 2023)")
     page.paragraph("Claim: a linearly stable SGD minimum has trace(H) <= 2/lr (GD: lambda_max <= 2/lr); larger lr "
                    "gives a lower norm and better generalisation on diagonal linear and two-layer ReLU networks.")
-    page.figure(stability_figure(summary["runs"]), "stability ratios, norm and test error against lr")
+    pngs["stability"] = page.figure(stability_figure(summary["runs"]), "stability ratios, norm and test error against lr")
     page.table(*tables["bound"])
     page.table(*tables["trend"])
     page.table(*run_rows(summary["runs"]))
     page.heading("3. Full-batch Adam at the edge of stability (Cohen et al. 2022)")
     page.paragraph("Claim: the preconditioned sharpness lambda_max(P^-1 H) rises to (2 + 2 beta1) / ((1 - beta1) lr) "
                    "= 38/lr and hovers there.")
-    page.figure(ratio_figure(summary["adam_edge"]["runs"], "preconditioned sharpness / (38/lr)",
+    pngs["adam_edge"] = page.figure(ratio_figure(summary["adam_edge"]["runs"], "preconditioned sharpness / (38/lr)",
                              lambda r: f"{r['loss']} lr {r['lr']:g}", band=config["adam_band"]), "Adam ratio")
     page.table(*tables["adam"])
     opp = summary["opposing_signals"]
     page.heading("4. Opposing signals (Rosenfeld & Risteski 2023)")
     page.paragraph(f"GD lr {opp['lr']:g}; detector events at steps {[e['step'] for e in opp['events']]}; loss spikes "
                    f"(> 1.2 x running minimum) at checks {opp['loss_spikes']}.")
-    page.figure(opposing_figure(opp), "opposing signals")
+    pngs["opposing_signals"] = page.figure(opposing_figure(opp), "opposing signals")
     page.heading("5. Warm-up against curvature (Gilmer et al. 2022)")
-    page.figure(ratio_figure(summary["warmup_curvature"]["runs"], "preconditioned sharpness / (38/lr(t)), first steps",
-                             lambda r: f"lr {r['lr']:g} warm-up {r['warmup_steps']}", x_key="check_steps"), "warm-up")
+    pngs["warmup"] = page.figure(ratio_figure(summary["warmup_curvature"]["runs"], "preconditioned sharpness / (38/lr(t)), first steps",
+                             lambda r: f"lr {r['lr']:g} warm-up {r['warmup_steps']}", x_key="check_steps", log=True),
+                                 "warm-up")
     page.table(*tables["warmup"])
     page.paragraph(f"'crossed 38/lr(t)' agrees with 'unstable or >5% worse than the best warm-up at that lr' in "
                    f"{_num(summary['warmup_curvature']['prediction_agreement'])} of runs.")
     page.heading("6. Large step sizes on separable logistic regression (Wu et al. 2024)")
-    page.figure(logistic_figure(summary["logistic"]["runs"]), "logistic loss")
+    pngs["logistic"] = page.figure(logistic_figure(summary["logistic"]["runs"]), "logistic loss")
     page.table(*tables["logistic"])
-    return page.write(path)
+    page.write(path)
+    return pngs
 
 
 def summary_markdown(summary: Summary) -> str:

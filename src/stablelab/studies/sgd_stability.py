@@ -11,7 +11,7 @@ Six sections, one report (docs/dynamics.md):
 6.   Large step sizes on separable logistic regression (Wu, Bartlett, Telgarsky, Yu 2024).
 
 Every run is a store folder under --out/runs (read back on a rerun). Outputs in --out: report.html,
-summary.json, summary.md, runs/."""
+summary.json, summary.md, one PNG per section, runs/."""
 
 from __future__ import annotations
 
@@ -165,7 +165,8 @@ def run_study(config: SgdStabilityConfig, out_dir: Path, progress: bool = True) 
         "warmup_curvature": {"runs": warm, "lines": warm_lines, "prediction_agreement": analysis.prediction_agreement(warm_lines)},
         "logistic": {"runs": logistic},
     }
-    write_page(out_dir / "report.html", summary)
+    for name, png in write_page(out_dir / "report.html", summary).items():
+        atomic_write_bytes(out_dir / f"{name}.png", png)
     atomic_write_bytes(out_dir / "summary.md", summary_markdown(summary).encode())
     atomic_write_json(out_dir / "summary.json", summary)
     return summary
