@@ -52,6 +52,9 @@ def test_sweep_table_lr_sensitivity_by_hand():
     assert table[("adamw", "int4")]["diverged"] == 1 and table[("adamw", "int4")]["best_lr"] == 1e-3
     # reference = fp32 AdamW's final loss at the same LR: 3.0 is reached at step 10, 2.0 at step 20
     assert table[("adamw", "fp32")]["steps_to_reference"] == pytest.approx(15)
+    assert table[("adamw", "fp32")]["seed_spread"] is None  # one seed per LR
+    two = sweep_table([_proxy("adamw", "fp32", 1e-3, 0, 3.0), _proxy("adamw", "fp32", 1e-3, 1, 3.4)])
+    assert two[0]["seed_spread"] == pytest.approx(0.4) and two[0]["final_losses"] == [pytest.approx(3.2)]
 
 
 def test_states_comparison_against_seed_noise():

@@ -66,4 +66,4 @@ def test_full_study(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert len(summary["binary"]["runs"]) == 3 * 5
     assert all(r["seeds"] == 2 for r in summary["states8bit"]["comparison"])
-    assert len(summary["int4"]["runs"]) == 3 * 2 * 5
+    assert len(summary["int4"]["runs"]) == 3 * 2 * 5 * 2

@@ -77,7 +77,7 @@ def _by(runs: Sequence[Record], *keys: str) -> dict[tuple, list[Record]]:
 
 def sweep_table(runs: Sequence[Record], reference: tuple[str, str] = ("adamw", "fp32")) -> list[dict]:
     """Per (optimizer, precision): LR sensitivity (Wortsman et al. 2023) over the seed-mean final
-    losses, best LR and loss, the mean gradient-norm spread, and the steps to reach the reference
+    losses, the mean over LRs of the final-loss spread across seeds (None with one seed), best LR and loss, the mean gradient-norm spread, and the steps to reach the reference
     (optimizer, precision)'s final loss at the same LR (the mean over LRs where it is reached)."""
     cells = _by(runs, "optimizer", "precision", "lr")
     ref_loss = {lr: _mean(r["final_loss"] for r in cells.get((*reference, lr), []))
@@ -91,7 +91,10 @@ def sweep_table(runs: Sequence[Record], reference: tuple[str, str] = ("adamw", "
                    if math.isfinite(ref_loss.get(r["lr"], float("nan")))]
         finite = [f if math.isfinite(f) else float("inf") for f in finals]
         best = int(np.argmin(finite))
+        spreads = [max(r["final_loss"] for r in cells[(optimizer, precision, lr)])
+                   - min(r["final_loss"] for r in cells[(optimizer, precision, lr)]) for lr in lrs]
         table.append({"optimizer": optimizer, "precision": precision, "lrs": lrs, "final_losses": finals,
+                      "seed_spread": _mean(spreads) if len(rs) > len(lrs) else None,
                       "lr_sensitivity": lr_sensitivity(finals, inits), "best_lr": lrs[best],
                       "best_loss": finals[best], "diverged": sum(bool(r["diverged"]) for r in rs),
                       "grad_norm_spread": _mean(grad_norm_spread(r["grad_norms"]) for r in rs),

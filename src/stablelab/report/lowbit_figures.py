@@ -115,12 +115,12 @@ def _sweep_figure(runs: Sequence[Record], title: str):
 
 def _sweep_rows(sweep: Sequence[Mapping]) -> list[list]:
     return [[r["optimizer"], r["precision"], r["lr_sensitivity"], r["best_lr"], r["best_loss"],
-             ", ".join(_f(v, 3) for v in r["final_losses"]), r["grad_norm_spread"],
+             ", ".join(_f(v, 3) for v in r["final_losses"]), r.get("seed_spread"), r["grad_norm_spread"],
              f"{r['reached_reference']}/{r['runs']}", r["steps_to_reference"], r["diverged"]] for r in sweep]
 
 
 SWEEP_HEADER = ["optimizer", "precision", "LR sensitivity", "best LR", "best loss", "final loss per LR",
-                "grad-norm spread (CV)", "reached fp32 AdamW loss", "mean steps to it", "diverged"]
+                "seed spread (mean over LRs)", "grad-norm spread (CV)", "reached fp32 AdamW loss", "mean steps to it", "diverged"]
 
 
 def write_page(path: str | Path, summary: Mapping, results: Mapping[str, Sequence[Record]]) -> Path:

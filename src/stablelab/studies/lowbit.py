@@ -58,6 +58,7 @@ class LowbitSettings:
     states_seeds: int = setting(2, "seeds per LR, states8bit section", check=at_least(1))
     int4_lrs: tuple[float, ...] = setting((1e-3, 3e-3, 1e-2, 3e-2, 1e-1), "peak LRs, int4 section",
                                           parse=csv(float), check=_lrs)
+    int4_seeds: int = setting(2, "seeds per cell, int4 section", check=at_least(1))
     int4_optimizers: tuple[str, ...] = setting(("adamw", "spam", "stable_spam"), "optimizers, int4 section",
                                                parse=csv(str))
     weight_bits: int = setting(4, "weight bits of the quantised runs (2..8)", check=between(2, 8))
@@ -76,7 +77,7 @@ class LowbitSettings:
 
 
 QUICK = {"reste_o": (3.0,), "binary_seeds": 1, "binary_epochs": 8, "states_lrs": (1e-3, 1e-2), "states_seeds": 1,
-         "int4_lrs": (1e-3, 1e-2), "steps": 60}
+         "int4_lrs": (1e-3, 1e-2), "int4_seeds": 1, "steps": 60}
 
 
 def effective(settings: LowbitSettings) -> LowbitSettings:
@@ -117,8 +118,8 @@ def run_study(settings: LowbitSettings, out: Path, device: str = "cpu", progress
     binary_jobs += [("reste", o, seed) for o in s.reste_o for seed in seeds(s.binary_seeds)]
     states_jobs = [(opt, "fp32", lr, seed) for lr in s.states_lrs for seed in seeds(s.states_seeds)
                    for opt in ("adamw", "adamw8bit")]
-    int4_jobs = [(opt, prec, lr, s.seed) for opt in s.int4_optimizers for prec in ("fp32", precision)
-                 for lr in s.int4_lrs]
+    int4_jobs = [(opt, prec, lr, seed) for opt in s.int4_optimizers for prec in ("fp32", precision)
+                 for lr in s.int4_lrs for seed in seeds(s.int4_seeds)]
     jobs = {"binary": binary_jobs, "states8bit": states_jobs, "int4": int4_jobs}
     total = sum(len(jobs[name]) for name in s.sections)
     started = time.perf_counter()
@@ -136,7 +137,7 @@ def run_study(settings: LowbitSettings, out: Path, device: str = "cpu", progress
             for optimizer, prec, lr, seed in jobs[name]:
                 bar.update(description=f"{name} {optimizer} {prec} lr {lr:g} seed {seed}")
                 key = (optimizer, prec, lr, seed)
-                if key not in proxy_done:  # fp32 AdamW at seed 0 serves both sections
+                if key not in proxy_done:  # fp32 AdamW serves both sections
                     proxy_done[key] = proxy_run(s, optimizer, prec, lr, seed, out / "runs" / "proxy", device)
                 results[name].append(proxy_done[key])
                 bar.advance(1)
