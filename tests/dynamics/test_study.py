@@ -23,6 +23,14 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path, flags):
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+def test_quick_keeps_explicit_settings():
+    from stablelab.studies.sgd_stability import QUICK, SgdStabilityConfig, effective
+
+    chosen = effective(SgdStabilityConfig(quick=True, relu_lrs=(0.123,)))
+    assert chosen.relu_lrs == (0.123,) and chosen.diagonal_lrs == QUICK["diagonal_lrs"]
+    assert effective(SgdStabilityConfig()) == SgdStabilityConfig()
+
+
 def _check_summary(out, summary):
     assert SECTIONS <= set(summary)
     assert summary["runs"] and all(RUN_KEYS <= set(r) for r in summary["runs"])

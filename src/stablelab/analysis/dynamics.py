@@ -88,7 +88,8 @@ def norm_trend(runs: Iterable[Record], models: Sequence[str]) -> dict:
             lrs, norms = [r["lr"] for r in chosen], [r["norm"] for r in chosen]
             per[f"{optimizer} batch {b}"] = {
                 "lrs": lrs, "norms": norms, "test_errors": [r["test_error"] for r in chosen],
-                "norm_tau": kendall_tau(lrs, norms), "test_error_tau": kendall_tau(lrs, [r["test_error"] for r in chosen]),
+                "norm_tau": kendall_tau(lrs, norms),
+                "test_error_tau": kendall_tau(lrs, [r["test_error"] for r in chosen]),
                 "norm_falls": len(norms) >= 2 and all(b2 < a for a, b2 in zip(norms, norms[1:])),
                 "norm_change": (norms[-1] - norms[0]) / norms[0] if len(norms) >= 2 and norms[0] else None}
         out[model] = per

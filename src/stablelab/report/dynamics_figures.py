@@ -133,10 +133,12 @@ def section_rows(summary: Summary) -> dict:
     trend = [[m, key, t["norm_tau"], t["norm_change"], t["test_error_tau"]]
              for m, per in summary["sgd_stability"]["trend"].items() for key, t in per.items()]
     return {
-        "bound": (("model", "interpolating SGD runs", "max lr*trace/2", "all <= 1.1", "max per batch size (mixture ratio)"), bound),
+        "bound": (("model", "interpolating SGD runs", "max lr*trace/2", "all <= 1.1",
+                   "max per batch size (mixture ratio)"), bound),
         "trend": (("model", "optimizer", "Kendall tau(norm, lr)", "norm change, smallest to largest lr",
                    "Kendall tau(test error, lr)"), trend),
-        "adam": (("loss", "lr", "38/lr", "first reached (step)", "checks after", "within 15%", "max ratio", "hovers"), adam),
+        "adam": (("loss", "lr", "38/lr", "first reached (step)", "checks after", "within 15%", "max ratio",
+                  "hovers"), adam),
         "warmup": (("peak lr", "warm-up steps", "max ratio to 38/lr(t)", "crossed", "unstable", "final loss"), warm),
         "logistic": (("step size", "loss increases", "max loss", "first step with 0 errors", "final loss"), logistic),
     }
@@ -152,7 +154,8 @@ def write_page(path: str | Path, summary: Summary) -> dict[str, bytes]:
     page.heading("1-2. SGD's stability bound at interpolation (Wu & Su 2023)")
     page.paragraph("Claim: a linearly stable SGD minimum has trace(H) <= 2/lr (GD: lambda_max <= 2/lr); larger lr "
                    "gives a lower norm and better generalisation on diagonal linear and two-layer ReLU networks.")
-    pngs["stability"] = page.figure(stability_figure(summary["runs"]), "stability ratios, norm and test error against lr")
+    pngs["stability"] = page.figure(stability_figure(summary["runs"]),
+                                    "stability ratios, norm and test error against lr")
     page.table(*tables["bound"])
     page.table(*tables["trend"])
     page.table(*run_rows(summary["runs"]))
@@ -168,7 +171,8 @@ def write_page(path: str | Path, summary: Summary) -> dict[str, bytes]:
                    f"(> 1.2 x running minimum) at checks {opp['loss_spikes']}.")
     pngs["opposing_signals"] = page.figure(opposing_figure(opp), "opposing signals")
     page.heading("5. Warm-up against curvature (Gilmer et al. 2022)")
-    pngs["warmup"] = page.figure(ratio_figure(summary["warmup_curvature"]["runs"], "preconditioned sharpness / (38/lr(t)), first steps",
+    pngs["warmup"] = page.figure(ratio_figure(summary["warmup_curvature"]["runs"],
+                                              "preconditioned sharpness / (38/lr(t)), first steps",
                              lambda r: f"lr {r['lr']:g} warm-up {r['warmup_steps']}", x_key="check_steps", log=True),
                                  "warm-up")
     page.table(*tables["warmup"])

@@ -104,7 +104,8 @@ def adam_edge_run(loss_name: str, lr: float, *, steps: int, check_every: int, n:
     return record
 
 
-def byte_batches(n_batches: int, batch_size: int, seq_len: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def byte_batches(n_batches: int, batch_size: int, seq_len: int,
+                 seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Fixed next-byte batches from this package's own source files (offline, a few hundred kB): the
     warm-up runs cycle through them, so every run sees the same data in the same order."""
     root = Path(__file__).resolve().parents[1]
@@ -165,12 +166,14 @@ def warmup_run(lr: float, warmup_steps: int, *, steps: int, check_steps: int, ch
         record["losses"].append(float(loss.detach()))
         if step >= check_steps or step % check_every:
             return None
-        value = preconditioned_sharpness(model, lm_loss_twice_differentiable, probe, optimizer, warm, tol=1e-2, seed=seed)
+        value = preconditioned_sharpness(model, lm_loss_twice_differentiable, probe, optimizer, warm, tol=1e-2,
+                                         seed=seed)
         if value is None:
             return None
         now = float(optimizer.param_groups[0]["lr"])
         ratio = value / adam_threshold(now, beta1)
-        for key, v in (("check_steps", step), ("lr_at_check", now), ("ratio", ratio), ("preconditioned_sharpness", value)):
+        for key, v in (("check_steps", step), ("lr_at_check", now), ("ratio", ratio),
+                       ("preconditioned_sharpness", value)):
             record[key].append(v)
         return {"step": step, "lr": now, "preconditioned_sharpness": value, "ratio": ratio}
 

@@ -32,7 +32,8 @@ def opposing_groups(loss_history: torch.Tensor, top_k: int = 20) -> dict:
     Returns a dict: group_a, group_b (example indices, by the sign of their loading on the leading
     principal direction of the changes; group_a holds the example that moves most), correlation
     (cosine of the two groups' mean loss-change series over the window, not centred: near -1 when
-    one group's loss rises whenever the other's falls; positive when both fall together), amplitude (mean |change| of the selected examples over the mean |change| of all: how
+    one group's loss rises whenever the other's falls; positive when both fall together),
+    amplitude (mean |change| of the selected examples over the mean |change| of all: how
     much more they move than the rest), and opposing (correlation < 0 with both groups non-empty)."""
     history = torch.as_tensor(loss_history, dtype=torch.float64)
     if history.dim() != 2 or history.shape[0] < 3:

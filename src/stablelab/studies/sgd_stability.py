@@ -36,7 +36,8 @@ from stablelab.studies.command import Command
 
 
 def _finite_positive(value) -> str | None:
-    return None if (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)) else f"must be positive, got {value}"
+    ok = isinstance(value, (int, float)) and value > 0 and math.isfinite(value)
+    return None if ok else f"must be positive, got {value}"
 
 
 _lrs = each(_finite_positive)
@@ -45,8 +46,8 @@ _sizes = each(positive)
 
 @dataclass(frozen=True)
 class SgdStabilityConfig:
-    """The full study's defaults; --quick swaps in the QUICK values (a smaller grid and fewer steps,
-    well under 5 minutes on 2 cores)."""
+    """The full study's defaults; --quick swaps in the QUICK values for the settings left at their
+    defaults (a smaller grid and fewer steps, well under 5 minutes on 2 cores)."""
 
     quick: bool = setting(False, "small grid and few steps (a smoke run of every section)")
     batch_sizes: tuple[int, ...] = setting((1, 2), "SGD batch sizes (GD, the full batch, is always run)",
@@ -83,7 +84,11 @@ QUICK = {"batch_sizes": (1, 2), "diagonal_lrs": (0.01, 0.04, 0.06), "relu_lrs": 
 
 
 def effective(config: SgdStabilityConfig) -> SgdStabilityConfig:
-    return replace(config, **QUICK) if config.quick else config
+    """With quick, the QUICK values for every setting still at its default (explicit flags win)."""
+    if not config.quick:
+        return config
+    defaults = SgdStabilityConfig()
+    return replace(config, **{k: v for k, v in QUICK.items() if getattr(config, k) == getattr(defaults, k)})
 
 
 def stability_models(config: SgdStabilityConfig) -> dict:
@@ -133,7 +138,8 @@ def run_study(config: SgdStabilityConfig, out_dir: Path, progress: bool = True) 
             for lr in config.adam_lrs:
                 bar.update(description=f"Adam {loss} lr {lr:g}")
                 record = adam_edge_run(loss, lr, steps=config.adam_steps, check_every=25, label_noise=noise,
-                                       seed=config.seed, run_dir=runs_dir / f"adam_{loss}_lr{lr:g}", advance=bar.advance)
+                                       seed=config.seed, run_dir=runs_dir / f"adam_{loss}_lr{lr:g}",
+                                       advance=bar.advance)
                 record.update(analysis.hover_statistics(record["steps"], record["ratio"], config.adam_band))
                 adam.append(record)
         for lr in config.warmup_lrs:
@@ -155,14 +161,17 @@ def run_study(config: SgdStabilityConfig, out_dir: Path, progress: bool = True) 
         row["lr_mixture_over_2"] = analysis.mixture_ratio(row)
     warm_lines = analysis.warmup_summary(warm)
     theory_models = ["diagonal_linear", "two_layer_relu"]
+    theory_bound = analysis.bound_check(runs, theory_models)
     summary = {
-        "config": asdict(config), "models": {name: m[3] for name, m in models.items()}, "seconds": time.perf_counter() - start, "runs": runs,
-        "sgd_stability": {"bound": analysis.bound_check(runs, list(models)), "trend": analysis.norm_trend(runs, list(models)),
-                          "bound_holds_on_theory_models": all(analysis.bound_check(runs, theory_models)[m]["all_within"]
-                                                              for m in theory_models)},
+        "config": asdict(config), "models": {name: m[3] for name, m in models.items()},
+        "seconds": time.perf_counter() - start, "runs": runs,
+        "sgd_stability": {"bound": analysis.bound_check(runs, list(models)),
+                          "trend": analysis.norm_trend(runs, list(models)),
+                          "bound_holds_on_theory_models": all(theory_bound[m]["all_within"] for m in theory_models)},
         "adam_edge": {"runs": adam, "hovers_in_some_setting": any(r["hovers"] for r in adam)},
         "opposing_signals": opposing,
-        "warmup_curvature": {"runs": warm, "lines": warm_lines, "prediction_agreement": analysis.prediction_agreement(warm_lines)},
+        "warmup_curvature": {"runs": warm, "lines": warm_lines,
+                             "prediction_agreement": analysis.prediction_agreement(warm_lines)},
         "logistic": {"runs": logistic},
     }
     for name, png in write_page(out_dir / "report.html", summary).items():
