@@ -19,7 +19,7 @@ from torch import nn
 
 from stablelab.data.synthetic import Regression
 from stablelab.models.dynamics import half_mse
-from stablelab.run.loop import open_run, read_finished, train_loop
+from stablelab.run.loop import finished_result, open_run, train_loop
 from stablelab.signals.curvature import hessian_trace, top_eigenvalues
 
 
@@ -108,11 +108,9 @@ def stability_run(model_name: str, make_model: Callable[[], nn.Module], data: Re
     config = {"kind": "sgd_stability", "model": model_name, "optimizer": optimizer, "batch_size": min(batch_size, n),
               "lr": lr, "max_steps": max_steps, "target_loss": target_loss, "trace_products": trace_products,
               "seed": seed, **(fingerprint or {})}
-    finished = read_finished(run_dir, config)
+    finished = finished_result(run_dir, config, advance, max_steps)
     if finished is not None:
-        if advance is not None:
-            advance(max_steps)
-        return finished[0]
+        return finished
     writer = open_run(run_dir, config)
     start = time.perf_counter()
     torch.manual_seed(seed)

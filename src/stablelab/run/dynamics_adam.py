@@ -18,7 +18,7 @@ from torch import nn
 from stablelab.data.digits import load_digits
 from stablelab.models.mlp import MLP
 from stablelab.models.transformer import Transformer, TransformerConfig
-from stablelab.run.loop import open_run, read_finished, train_loop
+from stablelab.run.loop import finished_result, open_run, train_loop
 from stablelab.run.schedule import warmup_cosine
 from stablelab.signals.curvature import adam_preconditioner, adam_threshold, top_eigenvalues
 
@@ -68,11 +68,9 @@ def adam_edge_run(loss_name: str, lr: float, *, steps: int, check_every: int, n:
     every check_every steps. Cohen et al. 2022 use beta2 0.999 and eps 1e-7 for their full-batch runs."""
     config = {"kind": "adam_edge", "loss": loss_name, "lr": lr, "steps": steps, "check_every": check_every, "n": n,
               "label_noise": label_noise, "width": width, "beta1": beta1, "beta2": beta2, "eps": eps, "seed": seed}
-    finished = read_finished(run_dir, config)
+    finished = finished_result(run_dir, config, advance, steps)
     if finished is not None:
-        if advance is not None:
-            advance(steps)
-        return finished[0]
+        return finished
     batch = digits_subset(n, label_noise, seed)
     loss_fn = ADAM_LOSSES[loss_name]
     torch.manual_seed(seed)
@@ -147,11 +145,9 @@ def warmup_run(lr: float, warmup_steps: int, *, steps: int, check_steps: int, ch
               "check_steps": check_steps, "check_every": check_every, "d_model": d_model, "n_layers": n_layers,
               "seq_len": seq_len, "batch_size": batch_size, "beta1": beta1, "beta2": beta2, "seed": seed,
               "spike_factor": spike_factor}
-    finished = read_finished(run_dir, config)
+    finished = finished_result(run_dir, config, advance, steps)
     if finished is not None:
-        if advance is not None:
-            advance(steps)
-        return finished[0]
+        return finished
     batches = byte_batches(64, batch_size, seq_len, seed)
     probe = batches[0]
     torch.manual_seed(seed)

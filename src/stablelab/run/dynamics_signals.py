@@ -14,7 +14,7 @@ from stablelab.data.synthetic import opposing_signals_classification, separable_
 from stablelab.models.mlp import MLP
 from stablelab.monitor.detectors import DETECTORS
 from stablelab.monitor.opposing import OpposingSignalTracker
-from stablelab.run.loop import open_run, read_finished, train_loop
+from stablelab.run.loop import finished_result, open_run, train_loop
 from stablelab.signals.curvature import top_eigenvalues
 
 
@@ -31,11 +31,9 @@ def opposing_run(lr: float, *, steps: int, check_every: int, window: int = 10, n
     `opposing_signals` detector."""
     config = {"kind": "opposing_signals", "lr": lr, "steps": steps, "check_every": check_every, "window": window,
               "n": n, "outlier_scale": outlier_scale, "seed": seed}
-    finished = read_finished(run_dir, config)
+    finished = finished_result(run_dir, config, advance, steps)
     if finished is not None:
-        if advance is not None:
-            advance(steps)
-        return finished[0]
+        return finished
     x, y, group = opposing_signals_classification(n=n, d=20, outlier_scale=outlier_scale, seed=seed)
     x = x.float()
     torch.manual_seed(seed)
@@ -86,11 +84,9 @@ def logistic_run(lr: float, *, steps: int, n: int = 40, minority: float = 0.1, m
     how often it rose, and the first step with zero classification error."""
     config = {"kind": "logistic_gd", "lr": lr, "steps": steps, "n": n, "minority": minority, "margin": margin,
               "seed": seed}
-    finished = read_finished(run_dir, config)
+    finished = finished_result(run_dir, config, advance, steps)
     if finished is not None:
-        if advance is not None:
-            advance(steps)
-        return finished[0]
+        return finished
     x, y = separable_classification(n=n, minority=minority, margin=margin, seed=seed)
     w = torch.zeros(2, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.SGD([w], lr=lr)

@@ -146,6 +146,16 @@ def read_finished(run_dir: str | Path, config: dict[str, Any]) -> tuple[dict[str
     return load_result(run_dir), load_metrics(run_dir)
 
 
+def finished_result(run_dir: str | Path | None, config: dict[str, Any], advance: Callable[[int], Any] | None = None,
+                    steps: int = 0) -> dict[str, Any] | None:
+    """The result of the finished run in run_dir made with `config` (advancing a progress bar by
+    its `steps`, as if it had trained), else None: the resume check of every study's run."""
+    finished = read_finished(run_dir, config)
+    if finished is not None and advance is not None:
+        advance(steps)
+    return None if finished is None else finished[0]
+
+
 def open_run(run_dir: str | Path | None, config: dict[str, Any]) -> RunWriter | None:
     """A started RunWriter for run_dir (an unfinished attempt there is removed), or None without one."""
     return RunWriter(run_dir, config).start() if run_dir is not None else None
