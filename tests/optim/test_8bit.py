@@ -16,6 +16,7 @@ import torch
 from stablelab.optim.adamw8bit import AdamW8bit
 from stablelab.optim.blockwise import (bucket_table, dequantize_blockwise, dynamic_map, map_midpoints, nearest_code,
                                        quantize_blockwise)
+from optim_test_helpers import flat as _flat, tiny_model as _model, train as _train
 
 
 def _bnb():
@@ -141,26 +142,6 @@ def test_quantise_never_worse_than_bitsandbytes_native_cpu_kernel():
 
 
 # -- AdamW8bit ---------------------------------------------------------------------------------
-def _model(dtype=torch.float32, seed=0):
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.Tanh(), torch.nn.Linear(128, 64)).to(dtype)
-
-
-def _train(model, optimizer, steps, seed=1):
-    generator = torch.Generator().manual_seed(seed)
-    losses = []
-    for _ in range(steps):
-        x = torch.randn(32, 64, generator=generator).to(next(model.parameters()).dtype)
-        loss = (model(x) - x.flip(1)).pow(2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
-
-
-def _flat(model):
-    return torch.cat([p.detach().float().reshape(-1) for p in model.parameters()])
 
 
 def test_state_layout_and_bytes_per_parameter():

@@ -15,6 +15,7 @@ import torch
 
 from stablelab.optim import AdEMAMix, AdEMAMix8bit, StableSPAM, StableSPAM8bit, create
 from stablelab.optim.blockwise import dequantize_blockwise, dynamic_map
+from optim_test_helpers import flat as _flat, tiny_model as _model, train as _train
 
 
 def _bnb():
@@ -25,26 +26,6 @@ def _bnb():
     return bitsandbytes
 
 
-def _model(dtype=torch.float32, seed=0):
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.Tanh(), torch.nn.Linear(128, 64)).to(dtype)
-
-
-def _train(model, optimizer, steps, seed=1):
-    generator = torch.Generator().manual_seed(seed)
-    losses = []
-    for _ in range(steps):
-        x = torch.randn(32, 64, generator=generator).to(next(model.parameters()).dtype)
-        loss = (model(x) - x.flip(1)).pow(2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
-
-
-def _flat(model):
-    return torch.cat([p.detach().float().reshape(-1) for p in model.parameters()])
 
 PAIRS = [(StableSPAM8bit, StableSPAM, {"reset_interval": 50}), (AdEMAMix8bit, AdEMAMix, {})]
 IDS = ["stable_spam", "ademamix"]
