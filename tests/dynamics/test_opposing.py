@@ -34,6 +34,18 @@ def test_opposing_groups_splits_two_planted_opposite_groups():
     assert sorted([sorted(out["group_a"]), sorted(out["group_b"])]) == [[0, 1, 2], [3, 4, 5]]
     assert out["correlation"] < -0.99 and out["opposing"]
     assert out["amplitude"] > 3        # the six move ~1.0 a step, the rest ~0.001
+    assert out["oscillation"] == 1.0   # the wave flips sign at every step
+
+
+def test_a_steady_trade_off_is_opposed_but_does_not_oscillate():
+    # examples 0-2 are learned ever faster, 3-5 given up ever faster (changes grow, never flip sign)
+    t = torch.arange(12, dtype=torch.float64)
+    history = torch.ones(12, 20, dtype=torch.float64) + 1e-4 * torch.randn(12, 20, generator=torch.Generator().manual_seed(1),
+                                                                             dtype=torch.float64)
+    history[:, 0:3] -= 0.01 * t[:, None] ** 2
+    history[:, 3:6] += 0.01 * t[:, None] ** 2
+    out = opposing_groups(history, top_k=6)
+    assert out["correlation"] < -0.99 and out["oscillation"] == 0.0
 
 
 def test_groups_that_move_together_are_not_opposing():
@@ -45,9 +57,11 @@ def test_detector_is_registered_and_inert_without_its_signal():
     assert "opposing_signals" in DETECTORS
     detector = DETECTORS["opposing_signals"]()
     assert detector.check(5, {"loss": 1.0, "grad_norm": 2.0}) == []
-    assert detector.check(5, {"opposing_signals_correlation": -0.95, "opposing_signals_amplitude": 1.0}) == []
-    assert detector.check(5, {"opposing_signals_correlation": -0.2, "opposing_signals_amplitude": 9.0}) == []
-    events = detector.check(5, {"opposing_signals_correlation": -0.95, "opposing_signals_amplitude": 9.0})
+    row = {"opposing_signals_correlation": -0.95, "opposing_signals_amplitude": 9.0, "opposing_signals_oscillation": 1.0}
+    assert detector.check(5, {**row, "opposing_signals_amplitude": 1.0}) == []
+    assert detector.check(5, {**row, "opposing_signals_correlation": -0.2}) == []
+    assert detector.check(5, {**row, "opposing_signals_oscillation": 0.1}) == []   # a steady trade-off
+    events = detector.check(5, row)
     assert len(events) == 1 and events[0].kind == "opposing_signals"
     assert any(d.kind == "opposing_signals" for d in build_detectors({"opposing_signals": {"opposition": 0.5}}))
 

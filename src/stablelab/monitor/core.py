@@ -36,6 +36,7 @@ from stablelab.monitor.events import Event, TrainingStopped
 from stablelab.monitor.guard import DEVICE_DECIDED, Guard, Policy, Snapshot, effective_lr
 from stablelab.monitor.incidents import Incident, IncidentTracker
 from stablelab.monitor.measure import FAST, Measurer, find_logits_module
+from stablelab.monitor.opposing import OpposingSignalTracker, probe_losses
 from stablelab.monitor.readback import fast_row, first_nonfinite, read_back, step_row
 from stablelab.monitor.sinks import RunStoreSink, Sink, make_sink
 from stablelab.monitor.stepping import StepWrapper, inner_optimizer
@@ -75,6 +76,11 @@ class Monitor:
     grad_scaler: the run's torch.amp.GradScaler, if any: its own overflow steps (finite loss,
         non-finite gradients) are then info events, not warnings.
     sharpness_every, sharpness_loss_fn, sharpness_batch: the scheduled edge-of-stability slot.
+    opposing_every, opposing_batch, opposing_loss: the opposing-signals slot (Rosenfeld & Risteski
+        2023): every `opposing_every` steps, the per-example losses of a fixed probe batch
+        (inputs, targets) feed `monitor.opposing.OpposingSignalTracker`, whose keys the
+        `opposing_signals` detector reads (opposing_loss: "cross_entropy", "mse" or a function
+        (outputs, targets) -> per-example losses).
     config: extra fields recorded in the run's config.json."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -87,11 +93,18 @@ class Monitor:
                  elementwise_spikes: bool = False, outlier_factor: float = 50.0,
                  outlier_warmup: int = 20, incident_gap: int = 50, grad_scaler: Any = None,
                  sharpness_every: int = 0, sharpness_loss_fn: Callable | None = None,
-                 sharpness_batch: Any = None, config: dict[str, Any] | None = None):
+                 sharpness_batch: Any = None, opposing_every: int = 0, opposing_batch: Any = None,
+                 opposing_loss: str | Callable = "cross_entropy", config: dict[str, Any] | None = None):
         if not isinstance(sync_every, int) or sync_every < 1:
             raise UsageError(f"sync_every must be an integer >= 1, got {sync_every!r}")
         if sharpness_every and (sharpness_loss_fn is None or sharpness_batch is None):
             raise UsageError("sharpness_every needs sharpness_loss_fn and sharpness_batch")
+        if not isinstance(opposing_every, int) or opposing_every < 0:
+            raise UsageError(f"opposing_every must be an integer >= 0, got {opposing_every!r}")
+        if opposing_every and opposing_batch is None:
+            raise UsageError("opposing_every needs opposing_batch (inputs, targets) of a fixed probe set")
+        if not (callable(opposing_loss) or opposing_loss in ("cross_entropy", "mse")):
+            raise UsageError(f"opposing_loss must be 'cross_entropy', 'mse' or a function, got {opposing_loss!r}")
         self.model = model
         self.optimizer = inner_optimizer(optimizer)
         self.policy = policy if isinstance(policy, Policy) else Policy(policy) if policy else Policy()
@@ -99,6 +112,11 @@ class Monitor:
         self.update_ratio_every = update_ratio_every
         self.sharpness_every = sharpness_every
         self.sharpness_loss_fn, self.sharpness_batch = sharpness_loss_fn, sharpness_batch
+        self.opposing_every = opposing_every
+        self.opposing = None
+        if opposing_every:
+            probe = probe_losses(model, opposing_batch, opposing_loss)
+            self.opposing = OpposingSignalTracker(probe, n_examples=len(probe()))
         self.detectors: list[Detector] = build_detectors(
             monitor_detector_settings(detectors, target_false_alarm_rate, grad_scaler))
         self.step = 0
@@ -154,7 +172,7 @@ class Monitor:
             "optimizer": type(self.optimizer).__name__,
             "n_params": sum(p.numel() for p in self.params), "n_tensors": len(self.params),
             "sync_every": self.sync_every, "update_ratio_every": self.update_ratio_every,
-            "sharpness_every": self.sharpness_every,
+            "sharpness_every": self.sharpness_every, "opposing_every": self.opposing_every,
             "attention_layers": [layer.name for layer in self.attention_layers],
             "logits_module": self.logits_module_name,
             "policy": {k: list(v) for k, v in self.policy.actions.items()},
@@ -202,6 +220,8 @@ class Monitor:
                 self._maybe_snapshot(entry)
         if self.sharpness_every and t > 0 and t % self.sharpness_every == 0:
             self.measurer.measure_sharpness(entry, self.sharpness_loss_fn, self.sharpness_batch)
+        if self.opposing is not None and t % self.opposing_every == 0:
+            entry["host"].update(self.opposing.observe(t) or {})
         measure_update = (self.update_ratio_every and t % self.update_ratio_every == 0
                           and not self.guard.skip_next)
         self.measurer.update_entry = entry if measure_update else None

@@ -6,18 +6,20 @@
 Each call evaluates the per-example losses (through `losses_fn`, which returns one loss per example
 of the whole probe set) on a fixed subset drawn once with a private generator, keeps the last
 `window` readings, and once the window is full returns the keys the detector reads:
-opposing_signals_correlation, opposing_signals_amplitude, opposing_signals_group_sizes (see
-`stablelab.signals.opposing_groups`). The Monitor has no hook for an outside signal yet, so a
-training loop merges this row into what it logs and passes it to the detector itself."""
+opposing_signals_correlation, opposing_signals_amplitude, opposing_signals_oscillation,
+opposing_signals_group_sizes (see
+`stablelab.signals.opposing_groups`). The Monitor builds one from `opposing_every` and
+`opposing_batch` (`probe_losses`) and merges its keys into the rows the `opposing_signals` detector
+reads; a loop of one's own can use the tracker directly."""
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
-from stablelab.signals.opposing import opposing_groups
+from stablelab.signals.opposing import opposing_groups, per_example_losses
 
 
 class OpposingSignalTracker:
@@ -44,4 +46,34 @@ class OpposingSignalTracker:
         self.last_groups = {k: self.index[v].tolist() if k.startswith("group") else v for k, v in groups.items()}
         return {"opposing_signals_correlation": groups["correlation"],
                 "opposing_signals_amplitude": groups["amplitude"],
+                "opposing_signals_oscillation": groups["oscillation"],
                 "opposing_signals_group_sizes": [len(groups["group_a"]), len(groups["group_b"])]}
+
+
+def probe_losses(model: torch.nn.Module, batch: Any, loss: str | Callable = "cross_entropy") -> Callable[[], torch.Tensor]:
+    """A `losses_fn` for the tracker: one loss per example of a fixed probe batch (inputs, targets),
+    or a function returning one. The forward runs without gradients and in eval mode (no dropout,
+    so the training run's random stream is not consumed), then the model's mode is restored.
+    loss: "cross_entropy", "mse" (`stablelab.signals.per_example_losses`) or a function
+    (outputs, targets) -> one loss per example."""
+
+    def losses() -> torch.Tensor:
+        inputs, targets = batch() if callable(batch) else batch
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                outputs = model(inputs)
+        finally:
+            model.train(was_training)
+        outputs = outputs if isinstance(outputs, torch.Tensor) else getattr(outputs, "logits", None)
+        if outputs is None:
+            raise TypeError("opposing_batch: the model's output has no tensor or .logits to compute losses from")
+        if callable(loss):
+            return loss(outputs, targets).detach().reshape(len(outputs), -1).sum(1)
+        if loss == "cross_entropy" and outputs.dim() > 2:  # a sequence model: mean loss per sequence
+            per_token = per_example_losses(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1))
+            return per_token.reshape(outputs.shape[0], -1).mean(1)
+        return per_example_losses(outputs, targets, loss)
+
+    return losses

@@ -29,8 +29,9 @@ def opposing_run(lr: float, *, steps: int, check_every: int, window: int = 10, n
     outlier groups (data.synthetic.opposing_signals_classification). Every check: sharpness (Lanczos),
     the two planted groups' mean losses, and the tracker's opposing-groups row, fed to the
     `opposing_signals` detector."""
+    detector = DETECTORS["opposing_signals"](cooldown=check_every * window)
     config = {"kind": "opposing_signals", "lr": lr, "steps": steps, "check_every": check_every, "window": window,
-              "n": n, "outlier_scale": outlier_scale, "seed": seed}
+              "n": n, "outlier_scale": outlier_scale, "seed": seed, "detector": detector.settings()}
     finished = finished_result(run_dir, config, advance, steps)
     if finished is not None:
         return finished
@@ -41,7 +42,6 @@ def opposing_run(lr: float, *, steps: int, check_every: int, window: int = 10, n
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     loss_fn = lambda m, batch: _one_hot_mse(m(batch[0]), batch[1]).mean()  # noqa: E731
     tracker = OpposingSignalTracker(lambda: _one_hot_mse(model(x), y), n_examples=n, subset=n, window=window)
-    detector = DETECTORS["opposing_signals"](cooldown=check_every * window)
     planted = set(torch.nonzero(group > 0).flatten().tolist())
     record = {"lr": lr, "gd_threshold": 2 / lr, "steps": [], "sharpness": [], "train_loss": [], "group_1_loss": [],
               "group_2_loss": [], "correlation": [], "amplitude": [], "planted_overlap": [], "events": []}

@@ -34,7 +34,9 @@ def opposing_groups(loss_history: torch.Tensor, top_k: int = 20) -> dict:
     (cosine of the two groups' mean loss-change series over the window, not centred: near -1 when
     one group's loss rises whenever the other's falls; positive when both fall together),
     amplitude (mean |change| of the selected examples over the mean |change| of all: how
-    much more they move than the rest), and opposing (correlation < 0 with both groups non-empty)."""
+    much more they move than the rest), oscillation (the fraction of consecutive changes of
+    group_a's mean loss that flip sign: 1 when it rises and falls in turn, 0 for a steady trend),
+    and opposing (correlation < 0 with both groups non-empty)."""
     history = torch.as_tensor(loss_history, dtype=torch.float64)
     if history.dim() != 2 or history.shape[0] < 3:
         raise ValueError("loss_history must be (T, N) with T >= 3")
@@ -48,7 +50,11 @@ def opposing_groups(loss_history: torch.Tensor, top_k: int = 20) -> dict:
     group_a, group_b = top[loading >= 0], top[loading < 0]
     out = {"group_a": group_a.tolist(), "group_b": group_b.tolist(), "correlation": 0.0,
            "amplitude": float(changes[:, top].abs().mean() / changes.abs().mean().clamp_min(1e-300)),
-           "opposing": False}
+           "oscillation": 0.0, "opposing": False}
+    a_changes = changes[:, group_a].mean(1)
+    if len(a_changes) >= 2:
+        # Rosenfeld & Risteski 2023: the groups' losses oscillate; a steady trade-off does not flip sign.
+        out["oscillation"] = float((torch.sign(a_changes[1:]) != torch.sign(a_changes[:-1])).double().mean())
     if len(group_a) and len(group_b):
         # Not centred: two groups that both improve have a positive cosine, only opposition is negative.
         a, b = changes[:, group_a].mean(1), changes[:, group_b].mean(1)
