@@ -40,6 +40,9 @@ def _check_summary(out, summary):
             assert abs(r["lr_lambda_over_2"] - r["lr"] * r["lambda_max"] / 2) < 1e-12 * max(1.0, r["lambda_max"])
             # lambda_max <= trace for a positive semi-definite Hessian (up to the trace estimate)
             assert r["lambda_max"] <= 1.05 * r["trace"]
+        if r["optimizer"] == "sgd" and r["lambda_max"] is not None:
+            assert abs(r["lr_trace_over_2B"] - r["lr_trace_over_2"] / r["batch_size"]) < 1e-12
+            assert r["stayed"] == (r["train_loss_after_confirm"] < 1e-6)
     for name in ("report.html", "summary.md", "summary.json"):
         assert (out / name).stat().st_size > 0
     assert "data:image/png;base64" in (out / "report.html").read_text()
@@ -71,6 +74,10 @@ def test_full_study_reproduces_the_papers_claims(tmp_path):
     for model in ("diagonal_linear", "two_layer_relu"):
         assert stability["bound"][model]["by_batch_size"]["1"]["all_within"]
         assert stability["trend"][model]["sgd batch 1"]["norm_tau"] < 0
+        for b, check in stability["bound"][model]["by_batch_size"].items():
+            # every interpolating SGD minimum is one SGD stays at, and meets the batch-size form
+            assert check["stayed"] == check["confirmed"] == check["runs"] > 0
+            assert check["batch_bound_all_within"]
     assert summary["adam_edge"]["hovers_in_some_setting"]
     logistic = {r["lr"]: r for r in summary["logistic"]["runs"]}
     assert logistic[1.0]["monotone"] and not logistic[10000.0]["monotone"]

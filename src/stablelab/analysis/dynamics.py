@@ -66,8 +66,13 @@ def bound_check(runs: Iterable[Record], models: Sequence[str], bound: float = 1.
         for b in sorted({r["batch_size"] for r in rows}):
             values = [r["lr_trace_over_2"] for r in rows if r["batch_size"] == b]
             mixed = [mixture_ratio(r) for r in rows if r["batch_size"] == b]
+            per_b = [r["lr_trace_over_2B"] for r in rows if r["batch_size"] == b and _finite(r.get("lr_trace_over_2B"))]
+            stayed = [r["stayed"] for r in rows if r["batch_size"] == b and "stayed" in r]
             by_batch[str(b)] = {"runs": len(values), "max_lr_trace_over_2": max(values),
                                 "all_within": all(v <= bound for v in values),
+                                "max_lr_trace_over_2B": max(per_b, default=None),
+                                "batch_bound_all_within": all(v <= bound for v in per_b),
+                                "stayed": sum(bool(v) for v in stayed), "confirmed": len(stayed),
                                 "max_mixture_ratio": max(mixed), "mixture_all_within": all(v <= bound for v in mixed)}
         values = [r["lr_trace_over_2"] for r in rows]
         out[model] = {"interpolating_sgd_runs": len(rows), "max_lr_trace_over_2": max(values, default=None),

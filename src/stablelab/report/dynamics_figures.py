@@ -41,10 +41,13 @@ def stability_figure(runs):
             ratio = "lr_lambda_over_2" if key[0] == "gd" else "lr_trace_over_2"
             lrs = [r["lr"] for r in chosen]
             axes[0][c].plot(lrs, [r[ratio] for r in chosen], "o-", color=f"C{i}", label=label)
+            if key[0] == "sgd" and key[1] > 1:  # the batch-size form of the bound (docs/dynamics.md)
+                axes[0][c].plot(lrs, [r.get("lr_trace_over_2B") for r in chosen], "s:", color=f"C{i}",
+                                label=f"{label}: lr*trace/(2B)")
             axes[1][c].plot(lrs, [r["norm"] for r in chosen], "o-", color=f"C{i}", label=label)
             axes[2][c].plot(lrs, [r["test_error"] for r in chosen], "o-", color=f"C{i}", label=label)
         axes[0][c].axhline(1.0, color="k", linestyle="--", linewidth=1)
-        axes[0][c].set_title(f"{model}: lr*trace/2 (SGD), lr*lambda/2 (GD)")
+        axes[0][c].set_title(f"{model}: lr*trace/2 (SGD), lr*lambda/2 (GD)", fontsize=10)
         axes[1][c].set_title("norm at the minimum")
         axes[2][c].set_title("test error (half MSE)")
         for r in range(3):
@@ -114,7 +117,7 @@ def logistic_figure(records):
 
 def run_rows(runs):
     keys = ("model", "optimizer", "batch_size", "lr", "steps", "train_loss", "lambda_max", "trace", "lr_trace_over_2",
-            "lr_lambda_over_2", "lr_mixture_over_2", "norm", "test_error")
+            "lr_trace_over_2B", "lr_lambda_over_2", "lr_mixture_over_2", "stayed", "norm", "test_error")
     return keys, [[r.get(k) for k in keys] for r in runs]
 
 
@@ -127,14 +130,15 @@ def section_rows(summary: Summary) -> dict:
     logistic = [[r["lr"], r["loss_increases"], r["max_loss"], r["zero_error_step"], r["final_loss"]]
                 for r in summary["logistic"]["runs"]]
     bound = [[m, b["interpolating_sgd_runs"], b["max_lr_trace_over_2"], b["all_within"],
-              "; ".join(f"B={k}: {_num(v['max_lr_trace_over_2'])} (mixture {_num(v['max_mixture_ratio'])})"
+              "; ".join(f"B={k}: {_num(v['max_lr_trace_over_2'])} (/B: {_num(v.get('max_lr_trace_over_2B'))}, "
+                        f"mixture {_num(v['max_mixture_ratio'])}, stayed {v.get('stayed', '-')}/{v.get('confirmed', '-')})"
                         for k, v in b["by_batch_size"].items())]
              for m, b in summary["sgd_stability"]["bound"].items()]
     trend = [[m, key, t["norm_tau"], t["norm_change"], t["test_error_tau"]]
              for m, per in summary["sgd_stability"]["trend"].items() for key, t in per.items()]
     return {
         "bound": (("model", "interpolating SGD runs", "max lr*trace/2", "all <= 1.1",
-                   "max per batch size (mixture ratio)"), bound),
+                   "max per batch size (lr*trace/(2B), mixture ratio, runs that stayed at the minimum)"), bound),
         "trend": (("model", "optimizer", "Kendall tau(norm, lr)", "norm change, smallest to largest lr",
                    "Kendall tau(test error, lr)"), trend),
         "adam": (("loss", "lr", "38/lr", "first reached (step)", "checks after", "within 15%", "max ratio",

@@ -100,15 +100,18 @@ def parameter_norm(model: nn.Module) -> float:
 
 def stability_run(model_name: str, make_model: Callable[[], nn.Module], data: Regression, lr: float,
                   batch_size: int, *, max_steps: int, target_loss: float, trace_products: int, seed: int,
-                  run_dir: str | Path | None = None, advance=None, fingerprint: dict | None = None) -> dict:
-    """One row of the summary's "runs": train, then measure; a store folder when run_dir is given (a
-    finished one with the same configuration is read back)."""
+                  confirm_steps: int = 0, run_dir: str | Path | None = None, advance=None,
+                  fingerprint: dict | None = None) -> dict:
+    """One row of the summary's "runs": train, then (once interpolated) go on for `confirm_steps` more
+    steps of the same optimizer, so that a minimum SGD only passes through is not taken for one it
+    stays at (`stayed`: the loss is still below 1e-6 after them), then measure; a store folder when
+    run_dir is given (a finished one with the same configuration is read back)."""
     n = len(data.y_train)
     optimizer = "gd" if batch_size >= n else "sgd"
     config = {"kind": "sgd_stability", "model": model_name, "optimizer": optimizer, "batch_size": min(batch_size, n),
               "lr": lr, "max_steps": max_steps, "target_loss": target_loss, "trace_products": trace_products,
-              "seed": seed, **(fingerprint or {})}
-    finished = finished_result(run_dir, config, advance, max_steps)
+              "seed": seed, "confirm_steps": confirm_steps, **(fingerprint or {})}
+    finished = finished_result(run_dir, config, advance, max_steps + confirm_steps)
     if finished is not None:
         return finished
     writer = open_run(run_dir, config)
@@ -120,12 +123,23 @@ def stability_run(model_name: str, make_model: Callable[[], nn.Module], data: Re
     row = {"model": model_name, "optimizer": optimizer, "batch_size": min(batch_size, n), "lr": lr,
            "train_loss": trained["train_loss"], "steps": trained["steps"], "diverged": trained["diverged"],
            "interpolated": (not trained["diverged"]) and trained["train_loss"] < 1e-6}
+    if confirm_steps and row["interpolated"]:
+        confirmed = train_to_interpolation(model, data, lr, batch_size, max_steps=confirm_steps, target_loss=0.0,
+                                           check_every=confirm_steps, seed=seed + 1, advance=advance)
+        row.update({"confirm_steps": confirm_steps, "train_loss_after_confirm": confirmed["train_loss"],
+                    "stayed": (not confirmed["diverged"]) and confirmed["train_loss"] < 1e-6})
+        trained["diverged"] = confirmed["diverged"]
+    elif advance is not None:
+        advance(confirm_steps)
     nan = float("nan")
     if trained["diverged"]:
         row.update({"lambda_max": nan, "trace": nan, "lr_trace_over_2": nan, "lr_lambda_over_2": nan,
                     "norm": nan, "test_error": nan})
     else:
         row.update(measure_minimum(model, data, lr, trace_products=trace_products, seed=seed))
+        if optimizer == "sgd":
+            # Batch-B form of the trace bound (docs/dynamics.md, derived there): lr * trace / (2B) <= 1.
+            row["lr_trace_over_2B"] = lr * row["trace"] / (2 * row["batch_size"])
     row["seconds"] = time.perf_counter() - start
     if writer is not None:
         for s, v in zip(trained["loss_steps"], trained["loss_history"]):

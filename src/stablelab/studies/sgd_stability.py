@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from stablelab.analysis import dynamics as analysis
-from stablelab.config import Runtime, csv, each, positive, setting
+from stablelab.config import Runtime, csv, each, non_negative, positive, setting
 from stablelab.data.synthetic import sparse_regression, teacher_regression
 from stablelab.models.dynamics import DiagonalLinearNet, TwoLayerReLU
 from stablelab.models.mlp import MLP
@@ -61,6 +61,8 @@ class SgdStabilityConfig:
     diagonal_init: float = setting(0.2, "u = v = this at the start (diagonal network)", check=positive)
     max_steps: int = setting(20000, "step budget to reach the target loss", check=positive)
     target_loss: float = setting(1e-7, "stop once the full training loss is below this", check=positive)
+    confirm_steps: int = setting(2000, "steps to go on after interpolation, to check SGD stays at the minimum",
+                                 check=non_negative)
     trace_products: int = setting(90, "Hutch++ Hessian-vector products for trace(H)", check=positive)
     adam_lrs: tuple[float, ...] = setting((1e-3, 4e-3), "full-batch Adam learning rates", parse=csv(float), check=_lrs)
     adam_steps: int = setting(1000, "full-batch Adam steps", check=positive)
@@ -78,7 +80,7 @@ class SgdStabilityConfig:
 
 
 QUICK = {"batch_sizes": (1, 2), "diagonal_lrs": (0.01, 0.04, 0.06), "relu_lrs": (0.1, 0.3), "mlp_lrs": (0.2,),
-         "max_steps": 8000, "trace_products": 60, "adam_lrs": (4e-3,), "adam_steps": 400,
+         "max_steps": 8000, "confirm_steps": 500, "trace_products": 60, "adam_lrs": (4e-3,), "adam_steps": 400,
          "warmup_lrs": (3e-2,), "warmup_lengths": (1, 50), "warmup_steps": 100, "opposing_steps": 500,
          "logistic_lrs": (1.0, 100.0, 10000.0), "logistic_steps": 500}
 
@@ -117,7 +119,7 @@ def run_study(config: SgdStabilityConfig, out_dir: Path, progress: bool = True) 
     models = stability_models(config)
     sizes = sorted(set(config.batch_sizes)) + [10 ** 9]  # the last: full batch (GD)
     n_stab = sum(len(m[2]) for m in models.values()) * len(sizes)
-    total = (n_stab * config.max_steps + 2 * len(config.adam_lrs) * config.adam_steps
+    total = (n_stab * (config.max_steps + config.confirm_steps) + 2 * len(config.adam_lrs) * config.adam_steps
              + len(config.warmup_lrs) * len(config.warmup_lengths) * config.warmup_steps
              + config.opposing_steps + len(config.logistic_lrs) * config.logistic_steps)
     runs_dir, start = out_dir / "runs", time.perf_counter()
@@ -131,7 +133,8 @@ def run_study(config: SgdStabilityConfig, out_dir: Path, progress: bool = True) 
                     bar.update(description=f"{name} {label} lr {lr:g}")
                     runs.append(stability_run(name, make, data, lr, b, max_steps=config.max_steps,
                                               target_loss=config.target_loss, trace_products=config.trace_products,
-                                              seed=config.seed, run_dir=runs_dir / f"{name}_{label}_lr{lr:g}",
+                                              seed=config.seed, confirm_steps=config.confirm_steps,
+                                              run_dir=runs_dir / f"{name}_{label}_lr{lr:g}",
                                               advance=bar.advance,
                                               fingerprint={"spec": spec}))
         for loss, noise in (("mse", 0.0), ("cross_entropy", 0.3)):
