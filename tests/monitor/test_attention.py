@@ -207,3 +207,45 @@ def test_reference_attention_is_found_by_protocol_not_by_class():
 
     layers = attention_module.find_attention(Attention(TransformerConfig(d_model=16, d_head=8)))
     assert [(layer.name, layer.attach) for layer in layers] == [("", attention_module._declared_qk)]
+
+
+@pytest.mark.parametrize("signal_rows", [256, 0, 40])
+def test_signal_rows_reads_the_first_sequences_and_a_strided_sample_of_the_logits(signal_rows):
+    from stablelab.models.transformer import Transformer, TransformerConfig
+
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(d_model=32, d_head=8, n_layers=1, seq_len=16))
+    tokens = torch.randint(0, 256, (24, 16))  # 384 query positions, more than 256
+    seen = []
+    handles = [m.register_forward_hook(lambda _m, _i, out: seen.append(out))
+               for m in (model.blocks[0].attn.q_norm, model.blocks[0].attn.k_norm, model.head)]
+    with torch.no_grad():
+        model(tokens)
+    for h in handles:
+        h.remove()
+    q, k, logits = seen
+    keep = 24 if signal_rows == 0 else -(-signal_rows // 16)   # 16 sequences, or 3 for 40 rows
+    rows = logits.reshape(-1, 256)
+    if signal_rows:
+        rows = rows[:: -(-len(rows) // signal_rows)]              # every 2nd row, or every 10th
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    sink = RowSink()
+    monitor = Monitor(model, optimizer, sinks=[sink], sync_every=1, signal_rows=signal_rows)
+    loss = F.cross_entropy(model(tokens).flatten(0, 1), tokens.flatten())
+    loss.backward()
+    monitor.observe(loss)
+    optimizer.step()
+    monitor.close()
+    row = sink.row_list[0]
+    assert row["attn_logit_max_l0"] == pytest.approx(_max_abs_logit(q[:keep], k[:keep], causal=True), rel=1e-5)
+    assert row["log_z_mean"] == pytest.approx(rows.double().logsumexp(-1).mean().item(), rel=1e-5)
+    if signal_rows == 40:  # the sample is not the whole batch: a different (sampled) reading
+        assert keep < 24 and len(rows) < 384
+
+
+def test_signal_rows_must_be_a_non_negative_integer():
+    from stablelab.errors import UsageError
+
+    model = nn.Linear(4, 2)
+    with pytest.raises(UsageError, match="signal_rows"):
+        Monitor(model, torch.optim.SGD(model.parameters(), lr=0.1), sinks=(), signal_rows=-1)

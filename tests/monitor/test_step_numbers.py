@@ -52,7 +52,9 @@ def test_host_and_device_paths_agree_on_every_number(with_second_moment):
             device.reset()
         loss_arg = torch.tensor(loss) if isinstance(loss, float) and t % 2 else loss
         a, b = host.step(norms, loss_arg), device.step(norms, loss_arg)
-        assert a.shape == b.shape == (len(FAST),) and a.dtype == b.dtype == torch.float32
+        assert isinstance(a, list) and all(isinstance(x, float) for x in a)
+        a = torch.tensor(a, dtype=torch.float32)
+        assert a.shape == b.shape == (len(FAST),) and b.dtype == torch.float32
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, equal_nan=True, msg=f"step {t}")
         outliers.append(bool(a[FAST.index("outlier")]))
     # the hand-worked reading of the sequence: the 1000x step after warm-up is an outlier, the
@@ -67,16 +69,16 @@ def test_host_numbers_by_hand():
     ratio for two steps of two tensors, worked by hand."""
     n = HostStepNumbers([4, 9], torch.device("cpu"), outlier_factor=10.0, outlier_warmup=0)
     n.set_second_moments(torch.tensor([0.25, 1.0]))
-    first = dict(zip(FAST, n.step(torch.tensor([3.0, 4.0]), 1.5).tolist()))
+    first = dict(zip(FAST, n.step(torch.tensor([3.0, 4.0]), 1.5)))
     assert first["grad_norm"] == pytest.approx(5.0) and first["loss"] == 1.5 and first["nonfinite"] == 0
     # mean(g^2) / mean(v): (9/4) / 0.25 = 9 and (16/9) / 1 = 1.78: the first tensor, ratio 9
     assert first["spike_ratio_max"] == pytest.approx(9.0) and first["spike_index"] == 0
     assert math.isnan(first["grad_norm_typical"]) and first["grad_norm_ratio_min"] == 1.0  # nothing seen
-    second = dict(zip(FAST, n.step(torch.tensor([6.0, 4.0]), 1.0).tolist()))
+    second = dict(zip(FAST, n.step(torch.tensor([6.0, 4.0]), 1.0)))
     assert second["grad_norm_typical"] == pytest.approx(5.0)  # the EMA of log norms starts at step 0's
     assert second["grad_norm_ratio_min"] == pytest.approx(1.0)  # tensor 2 did not grow: min(6/3, 4/4)
     assert second["outlier"] == 0  # sqrt(52) / 5 = 1.44 < 10
-    third = dict(zip(FAST, n.step(torch.tensor([math.nan, 4.0]), 1.0).tolist()))
+    third = dict(zip(FAST, n.step(torch.tensor([math.nan, 4.0]), 1.0)))
     assert third["nonfinite"] == 1 and third["outlier"] == 0
 
 

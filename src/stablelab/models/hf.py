@@ -42,7 +42,8 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
                 k = key.detach()
                 if k.shape[1] != query.shape[1]:  # grouped-query attention
                     k = k.repeat_interleave(query.shape[1] // k.shape[1], dim=1)
-                record(attention_logit_max_fast(query.detach(), k, causal=True, scale=scaling))
+                record(attention_logit_max_fast(query.detach(), k, causal=True, scale=scaling,
+                                                queries=getattr(record, "queries", None) or None))
         except Exception as error:  # noqa: BLE001 - a monitor must not stop training
             report = getattr(record, "error", None)
             if report is None:

@@ -94,10 +94,16 @@ def _heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
     return x.view(b, t, n_heads, hd // n_heads).transpose(1, 2)
 
 
-def _max_logit(q: torch.Tensor, k: torch.Tensor, causal: bool, scale: float | None) -> torch.Tensor:
+def _queries(record: Record) -> int | None:
+    """How many query positions the record wants read (the Monitor's `signal_rows`; None: all)."""
+    return getattr(record, "queries", None) or None
+
+
+def _max_logit(q: torch.Tensor, k: torch.Tensor, causal: bool, scale: float | None,
+               queries: int | None = None) -> torch.Tensor:
     if k.shape[1] != q.shape[1]:  # grouped-query attention: each k head serves several q heads
         k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-    return attention_logit_max_fast(q, k, causal=causal, scale=scale)
+    return attention_logit_max_fast(q, k, causal=causal, scale=scale, queries=queries)
 
 
 def register_attention(target: type | Matcher, *, q: str, k: str, n_heads: Any,
@@ -132,7 +138,7 @@ def _pair_hooks(q_module: nn.Module, k_module: nn.Module, record: Record,
         if q is None:
             return
         with torch.no_grad():
-            record(_max_logit(q_shape(q.detach()), k_shape(output.detach()), causal, scale))
+            record(_max_logit(q_shape(q.detach()), k_shape(output.detach()), causal, scale, _queries(record)))
 
     return [q_module.register_forward_hook(_safe(record, on_q)),
             k_module.register_forward_hook(_safe(record, on_k))]
@@ -193,7 +199,7 @@ def _multihead(module: nn.MultiheadAttention, record: Record) -> list:
                     hidden = hidden.view(b, h, *hidden.shape[1:])
                 record(z.masked_fill(hidden, 0.0).amax())
             else:
-                record(attention_logit_max_fast(q, k, causal=causal))
+                record(attention_logit_max_fast(q, k, causal=causal, queries=_queries(record)))
 
     return [module.register_forward_pre_hook(_safe(record, pre_hook), with_kwargs=True)]
 
@@ -211,7 +217,7 @@ def _gpt2(module: nn.Module, record: Record) -> list:
         scale = getattr(mod, "scaling", 1.0 / math.sqrt(mod.head_dim))
         with torch.no_grad():
             record(attention_logit_max_fast(_heads(q, mod.num_heads), _heads(k, mod.num_heads),
-                                       causal=True, scale=scale))
+                                            causal=True, scale=scale, queries=_queries(record)))
 
     return [module.c_attn.register_forward_hook(_safe(record, hook))]
 

@@ -36,8 +36,8 @@ from stablelab.monitor.events import Event, TrainingStopped
 from stablelab.monitor.guard import DEVICE_DECIDED, Guard, Policy, Snapshot, effective_lr
 from stablelab.monitor.incidents import Incident, IncidentTracker
 from stablelab.monitor.measure import FAST, Measurer, find_logits_module
-from stablelab.monitor.opposing import OpposingSignalTracker, probe_losses
-from stablelab.monitor.readback import fast_row, first_nonfinite, read_back, step_row
+from stablelab.monitor.readback import fast_row, fast_values, first_nonfinite, read_back, step_row
+from stablelab.monitor.scheduled import ScheduledChecks
 from stablelab.monitor.sinks import RunStoreSink, Sink, make_sink
 from stablelab.monitor.stepping import StepWrapper, inner_optimizer
 
@@ -67,6 +67,10 @@ class Monitor:
     loss_dtype: the dtype the loss is computed in, for softmax collapse (default: float32 under
         autocast, else the logits' dtype).
     attention: hook attention modules for the max attention logit per layer.
+    signal_rows: rows a sampled step's attention and output-logit signals read (default 256): the
+        query positions of the first sequences (max attention logit over every head of those) and
+        an evenly strided sample of the logits' rows (log Z, softmax collapse); 0 reads all.
+        Sampling keeps the sampled step's cost flat in the batch size; the study runs read all.
     update_ratio_every: measure the update-to-weight ratio every N steps (0: never).
     update_sample: elements per weight matrix the update ratio is estimated from.
     elementwise_spikes: also record SPAM's element-wise spike fraction on sampled steps.
@@ -75,12 +79,11 @@ class Monitor:
     incident_gap: steps without an event after which an incident closes.
     grad_scaler: the run's torch.amp.GradScaler, if any: its own overflow steps (finite loss,
         non-finite gradients) are then info events, not warnings.
-    sharpness_every, sharpness_loss_fn, sharpness_batch: the scheduled edge-of-stability slot.
-    opposing_every, opposing_batch, opposing_loss: the opposing-signals slot (Rosenfeld & Risteski
-        2023): every `opposing_every` steps, the per-example losses of a fixed probe batch
-        (inputs, targets) feed `monitor.opposing.OpposingSignalTracker`, whose keys the
-        `opposing_signals` detector reads (opposing_loss: "cross_entropy", "mse" or a function
-        (outputs, targets) -> per-example losses).
+    sharpness_every, sharpness_loss_fn, sharpness_batch, sharpness_until: the scheduled
+        edge-of-stability check (monitor.scheduled), optionally only before step sharpness_until.
+    opposing_every, opposing_batch, opposing_loss: the opposing-signals check (Rosenfeld & Risteski
+        2023): per-example losses of a fixed probe batch (inputs, targets); opposing_loss
+        "cross_entropy", "mse" or a function (outputs, targets) -> per-example losses.
     config: extra fields recorded in the run's config.json."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -89,34 +92,19 @@ class Monitor:
                  target_false_alarm_rate: float | None = None,
                  sinks: Sequence[str | Sink] = ("console",), logits_module: str | bool | None = None,
                  task: str = "auto", loss_dtype: torch.dtype | None = None,
-                 attention: bool = True, update_ratio_every: int = 1, update_sample: int = 4096,
+                 attention: bool = True, signal_rows: int = 256, update_ratio_every: int = 1,
+                 update_sample: int = 4096,
                  elementwise_spikes: bool = False, outlier_factor: float = 50.0,
                  outlier_warmup: int = 20, incident_gap: int = 50, grad_scaler: Any = None,
                  sharpness_every: int = 0, sharpness_loss_fn: Callable | None = None,
-                 sharpness_batch: Any = None, opposing_every: int = 0, opposing_batch: Any = None,
+                 sharpness_batch: Any = None, sharpness_until: int | None = None,
+                 opposing_every: int = 0, opposing_batch: Any = None,
                  opposing_loss: str | Callable = "cross_entropy", config: dict[str, Any] | None = None):
         if not isinstance(sync_every, int) or sync_every < 1:
             raise UsageError(f"sync_every must be an integer >= 1, got {sync_every!r}")
-        if sharpness_every and (sharpness_loss_fn is None or sharpness_batch is None):
-            raise UsageError("sharpness_every needs sharpness_loss_fn and sharpness_batch")
-        if not isinstance(opposing_every, int) or opposing_every < 0:
-            raise UsageError(f"opposing_every must be an integer >= 0, got {opposing_every!r}")
-        if opposing_every and opposing_batch is None:
-            raise UsageError("opposing_every needs opposing_batch (inputs, targets) of a fixed probe set")
-        if not (callable(opposing_loss) or opposing_loss in ("cross_entropy", "mse")):
-            raise UsageError(f"opposing_loss must be 'cross_entropy', 'mse' or a function, got {opposing_loss!r}")
-        self.model = model
-        self.optimizer = inner_optimizer(optimizer)
+        self.model, self.optimizer = model, inner_optimizer(optimizer)
         self.policy = policy if isinstance(policy, Policy) else Policy(policy) if policy else Policy()
-        self.sync_every = sync_every
-        self.update_ratio_every = update_ratio_every
-        self.sharpness_every = sharpness_every
-        self.sharpness_loss_fn, self.sharpness_batch = sharpness_loss_fn, sharpness_batch
-        self.opposing_every = opposing_every
-        self.opposing = None
-        if opposing_every:
-            probe = probe_losses(model, opposing_batch, opposing_loss)
-            self.opposing = OpposingSignalTracker(probe, n_examples=len(probe()))
+        self.sync_every, self.update_ratio_every = sync_every, update_ratio_every
         self.detectors: list[Detector] = build_detectors(
             monitor_detector_settings(detectors, target_false_alarm_rate, grad_scaler))
         self.step = 0
@@ -130,9 +118,14 @@ class Monitor:
                                  logits_module=logits_module, task=task, update_sample=update_sample,
                                  elementwise_spikes=elementwise_spikes, outlier_factor=outlier_factor,
                                  outlier_warmup=outlier_warmup, collapse_mass_floor=1e-4,
-                                 loss_dtype_override=loss_dtype,
+                                 loss_dtype_override=loss_dtype, signal_rows=signal_rows,
                                  # device mode promises no host read between syncs, on any device
                                  numbers_on="device" if self.policy.skip_mode == "device" else "auto")
+        self.scheduled = ScheduledChecks(model, self.measurer, sharpness_every=sharpness_every,
+                                         sharpness_loss_fn=sharpness_loss_fn, sharpness_batch=sharpness_batch,
+                                         sharpness_until=sharpness_until, opposing_every=opposing_every,
+                                         opposing_batch=opposing_batch, opposing_loss=opposing_loss)
+        self.sharpness_every, self.opposing_every = sharpness_every, opposing_every
         self.params, self.names = self.measurer.params, self.measurer.names
         self.attention_layers = self.measurer.attention_layers
         self.logits_module_name = self.measurer.logits_module_name
@@ -218,10 +211,7 @@ class Monitor:
             self.measurer.refresh_second_moments()
             if self.snapshot is not None:
                 self._maybe_snapshot(entry)
-        if self.sharpness_every and t > 0 and t % self.sharpness_every == 0:
-            self.measurer.measure_sharpness(entry, self.sharpness_loss_fn, self.sharpness_batch)
-        if self.opposing is not None and t % self.opposing_every == 0:
-            entry["host"].update(self.opposing.observe(t) or {})
+        self.scheduled.run(t, entry)
         measure_update = (self.update_ratio_every and t % self.update_ratio_every == 0
                           and not self.guard.skip_next)
         self.measurer.update_entry = entry if measure_update else None
@@ -234,11 +224,7 @@ class Monitor:
         update_detector = next((d for d in self.detectors if d.kind == "update_ratio"), None)
         with_update = (previous is not None and "update" in previous and update_detector is not None
                        and previous["update"].numel() > 0)
-        parts = [entry["fast"]]
-        if with_update:
-            ratio_max, ratio_index = previous["update"].max(0)
-            parts += [ratio_max.reshape(1), ratio_index.float().reshape(1)]
-        values = torch.cat(parts).tolist()  # one host read per step
+        values = fast_values(entry["fast"], previous["update"] if with_update else None)  # one host read
         host = fast_row(entry, values[:len(FAST)], self.names)
         if host.get("nonfinite"):
             host["nonfinite_param"] = first_nonfinite(self.names, entry["norms"].tolist())
@@ -324,8 +310,9 @@ class Monitor:
         if not due or not clean or self.guard.skip_next:
             return
         host = entry["host"]
+        fast = entry["fast"]
         bad = (host["nonfinite"] or host["outlier"]) if "nonfinite" in host else bool(
-            (entry["fast"][4] + entry["fast"][5]).item())
+            fast[4] + fast[5] if isinstance(fast, list) else (fast[4] + fast[5]).item())
         if bad:
             return
         self.snapshot.save(self.model, self.optimizer, entry["step"])

@@ -43,6 +43,10 @@ class _Recorder:
     def active(self) -> bool:
         return self.measurer.sampling
 
+    @property
+    def queries(self) -> int:
+        return self.measurer.signal_rows
+
     def __call__(self, value: torch.Tensor) -> None:
         store = self.measurer.attn_values
         previous = store.get(self.layer)
@@ -59,7 +63,7 @@ class Measurer:
                  attention: bool, logits_module: str | None | bool, task: str, update_sample: int,
                  elementwise_spikes: bool, outlier_factor: float, outlier_warmup: int,
                  collapse_mass_floor: float, loss_dtype_override: torch.dtype | None,
-                 numbers_on: str = "auto"):
+                 numbers_on: str = "auto", signal_rows: int = 0):
         if task not in TASKS:
             raise UsageError(f"task must be one of {TASKS}, got {task!r}")
         if not (isinstance(outlier_factor, (int, float)) and outlier_factor > 1):
@@ -67,6 +71,9 @@ class Measurer:
         self.model, self.optimizer, self.on_error = model, optimizer, on_error
         self.update_sample, self.elementwise_spikes = update_sample, elementwise_spikes
         self.collapse_mass_floor = collapse_mass_floor
+        if not isinstance(signal_rows, int) or signal_rows < 0:
+            raise UsageError(f"signal_rows must be an integer >= 0, got {signal_rows!r}")
+        self.signal_rows = signal_rows
         self.loss_dtype_override = loss_dtype_override
         self.task = task if task != "auto" else None
         self._task_inferred = task != "auto"
@@ -208,7 +215,10 @@ class Measurer:
             if logits.shape[-1] < 2:  # a softmax over one output is not a classifier
                 return
             dtype = self.loss_dtype_override or loss_dtype(logits)
-            stats = logit_statistics(logits, dtype, self.collapse_mass_floor)
+            rows = logits.reshape(-1, logits.shape[-1])
+            if self.signal_rows and len(rows) > self.signal_rows:  # an evenly strided sample of the rows
+                rows = rows[:: -(-len(rows) // self.signal_rows)]
+            stats = logit_statistics(rows, dtype, self.collapse_mass_floor)
             self.logit_stats = stats
         except Exception as error:  # noqa: BLE001
             self.on_error(error)

@@ -15,23 +15,43 @@ def read_back(entries: Sequence[dict[str, Any]], device: torch.device) -> list[d
     """One host transfer for all entries: {key: values} per entry (keys fast, norms, update,
     sampled:<name>)."""
     parts, layout = [], []
+    read: list[dict[str, list[float]]] = [{} for _ in entries]
     for index, entry in enumerate(entries):
         for key in ("fast", "norms", "update"):
             if key in entry:
+                if isinstance(entry[key], list):  # host numbers: nothing to transfer
+                    read[index][key] = entry[key]
+                    continue
                 parts.append(entry[key].reshape(-1))
                 layout.append((index, key, parts[-1].numel()))
         for key, tensor in entry["sampled"].items():
             parts.append(tensor.reshape(-1))
             layout.append((index, "sampled:" + key, parts[-1].numel()))
     if not parts:
-        return [{} for _ in entries]
+        return read
     values = torch.cat([p.float().to(device) for p in parts]).tolist()  # the one host sync
-    read: list[dict[str, list[float]]] = [{} for _ in entries]
     offset = 0
     for index, key, n in layout:
         read[index][key] = values[offset:offset + n]
         offset += n
     return read
+
+
+def fast_values(fast: torch.Tensor | list[float], update: torch.Tensor | None) -> list[float]:
+    """This step's FAST values and, with `update` (the previous step's update ratios), their max and
+    its index appended, in one host read (host numbers are already Python floats)."""
+    if isinstance(fast, list):
+        values = list(fast)
+        if update is not None:
+            ratios = update.tolist()
+            best = max(range(len(ratios)), key=lambda j: ratios[j] if ratios[j] == ratios[j] else math.inf)
+            values += [ratios[best], float(best)]
+        return values
+    parts = [fast]
+    if update is not None:
+        ratio_max, ratio_index = update.max(0)
+        parts += [ratio_max.reshape(1), ratio_index.float().reshape(1)]
+    return torch.cat(parts).tolist()
 
 
 def fast_row(entry: dict[str, Any], values: Sequence[float], names: Sequence[str]) -> dict[str, Any]:

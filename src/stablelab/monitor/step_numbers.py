@@ -146,21 +146,22 @@ class HostStepNumbers:
         self._ema_count = 0
         self._v_scale = None
 
-    def step(self, norms: torch.Tensor, loss) -> torch.Tensor:
+    def step(self, norms: torch.Tensor, loss) -> list[float]:
+        """FAST of one step as a list of Python floats (no tensor is made: the monitor reads it as
+        is, and the window's read-back takes the list without a device transfer)."""
         values = norms.tolist()
         g2 = [x * x for x in values]
         global_norm = math.sqrt(sum(g2))
         has_loss = loss is not None
         if isinstance(loss, torch.Tensor):
-            loss_value = float(loss.detach().float().mean())
+            loss_value = loss.item() if loss.numel() == 1 else float(loss.detach().float().mean())
         else:
             loss_value = float(loss) if has_loss else math.nan
         bad = not math.isfinite(global_norm + loss_value if has_loss else global_norm)
         ratio = self._spike_ratio(g2)
         spike_max, spike_index = _max_with_index(ratio) if ratio else (1.0, 0)
         outlier, typical, coherent = self._typical(values, global_norm, bad)
-        return torch.tensor([loss_value, global_norm, spike_max, float(spike_index), float(bad), float(outlier),
-                             typical, coherent], device=self.device)
+        return [loss_value, global_norm, spike_max, float(spike_index), float(bad), float(outlier), typical, coherent]
 
     def _spike_ratio(self, g2: list[float]) -> list[float]:
         if self._v_scale is not None:

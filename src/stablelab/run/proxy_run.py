@@ -181,6 +181,7 @@ def train(config: ProxyRunConfig, run_dir: str | Path,
         sink = ProxyStoreSink(writer, config.log_every, config.steps - 1)
         monitor = Monitor(model, optimizer, policy=Policy(WARN_ONLY), sync_every=config.log_every,
                           sinks=[sink], logits_module=getattr(model, "logits_module_name", None),
+                          signal_rows=0,  # the study's figures read every row, as before sampling existed
                           config={"run_id": config.run_id})
         logged: dict[int, dict] = {}
 

@@ -31,13 +31,20 @@ def attention_logit_max(
 
 @torch.no_grad()
 def attention_logit_max_fast(
-    q: torch.Tensor, k: torch.Tensor, causal: bool = True, scale: float | None = None
+    q: torch.Tensor, k: torch.Tensor, causal: bool = True, scale: float | None = None,
+    queries: int | None = None
 ) -> torch.Tensor:
     """The same number as `attention_logit_max` in fewer passes (about 3x faster on CPU): one
     matmul, the causal mask applied in place (tril_, zeros like the masked_fill above), then
-    max |z| * scale (scale > 0 commutes with the max). Used by the monitor on sampled steps."""
+    max |z| * scale (scale > 0 commutes with the max). Used by the monitor on sampled steps, with
+    `queries`: only the first ceil(queries / T) sequences of a (B, H, T, D) batch are read (the
+    max over a few sequences of every head and position; logit growth is a property of the
+    weights, seen in every sequence)."""
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
+    if queries and q.dim() == 4 and q.shape[0] * q.shape[-2] > queries:
+        keep = max(1, -(-queries // q.shape[-2]))
+        q, k = q[:keep], k[:keep]
     z = torch.matmul(q.float(), k.float().transpose(-2, -1))
     if causal:
         z.tril_(z.shape[-1] - z.shape[-2])
