@@ -125,3 +125,17 @@ def test_outcome_predictions_group_by_variant_and_axis_value():
                   "n_params": SIZES[r["width"]]} for i, r in enumerate(_runs(LAWS))]
     groups = outcome_predictions(rows, {r["run_id"]: r["early_logit"] for r in rows}, {2: TARGET})
     assert {(g["variant"], g["setting"]) for g in groups} == {("baseline", ""), ("qk_norm", "wu0.01")}
+
+
+def test_validation_line_counts_inside_per_quantity():
+    from stablelab.report.proxy_outcomes import validation_line
+
+    def point(quantity, inside):
+        return {"quantity": quantity, "variant": "baseline", "lr": 0.1, "inside": inside}
+
+    summary = {"validation": {"width": 512, "n_runs": 4, "from_widths": [64, 128],
+                              "points": [point("final_loss", True), point("final_loss", False),
+                                         point("final_loss", False), point("best_lr", True)]}}
+    line = validation_line(summary)
+    assert "2/4 observed values fell inside" in line
+    assert "final_loss 1/3, best_lr 1/1" in line
