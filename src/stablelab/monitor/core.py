@@ -79,8 +79,8 @@ class Monitor:
     incident_gap: steps without an event after which an incident closes.
     grad_scaler: the run's torch.amp.GradScaler, if any: its own overflow steps (finite loss,
         non-finite gradients) are then info events, not warnings.
-    sharpness_every, sharpness_loss_fn, sharpness_batch, sharpness_until: the scheduled
-        edge-of-stability check (monitor.scheduled), optionally only before step sharpness_until.
+    sharpness_every, sharpness_loss_fn, sharpness_batch, sharpness_until, sharpness_options: the
+        scheduled edge-of-stability check (monitor.scheduled), optionally only before a step.
     opposing_every, opposing_batch, opposing_loss: the opposing-signals check (Rosenfeld & Risteski
         2023): per-example losses of a fixed probe batch (inputs, targets); opposing_loss
         "cross_entropy", "mse" or a function (outputs, targets) -> per-example losses.
@@ -98,8 +98,9 @@ class Monitor:
                  outlier_warmup: int = 20, incident_gap: int = 50, grad_scaler: Any = None,
                  sharpness_every: int = 0, sharpness_loss_fn: Callable | None = None,
                  sharpness_batch: Any = None, sharpness_until: int | None = None,
-                 opposing_every: int = 0, opposing_batch: Any = None,
-                 opposing_loss: str | Callable = "cross_entropy", config: dict[str, Any] | None = None):
+                 sharpness_options: dict[str, Any] | None = None, opposing_every: int = 0,
+                 opposing_batch: Any = None, opposing_loss: str | Callable = "cross_entropy",
+                 config: dict[str, Any] | None = None):
         if not isinstance(sync_every, int) or sync_every < 1:
             raise UsageError(f"sync_every must be an integer >= 1, got {sync_every!r}")
         self.model, self.optimizer = model, inner_optimizer(optimizer)
@@ -123,7 +124,8 @@ class Monitor:
                                  numbers_on="device" if self.policy.skip_mode == "device" else "auto")
         self.scheduled = ScheduledChecks(model, self.measurer, sharpness_every=sharpness_every,
                                          sharpness_loss_fn=sharpness_loss_fn, sharpness_batch=sharpness_batch,
-                                         sharpness_until=sharpness_until, opposing_every=opposing_every,
+                                         sharpness_until=sharpness_until, sharpness_options=sharpness_options,
+                                         opposing_every=opposing_every,
                                          opposing_batch=opposing_batch, opposing_loss=opposing_loss)
         self.sharpness_every, self.opposing_every = sharpness_every, opposing_every
         self.params, self.names = self.measurer.params, self.measurer.names
@@ -166,8 +168,7 @@ class Monitor:
             "n_params": sum(p.numel() for p in self.params), "n_tensors": len(self.params),
             "sync_every": self.sync_every, "update_ratio_every": self.update_ratio_every,
             "sharpness_every": self.sharpness_every, "opposing_every": self.opposing_every,
-            "attention_layers": [layer.name for layer in self.attention_layers],
-            "logits_module": self.logits_module_name,
+            "attention_layers": [layer.name for layer in self.attention_layers], "logits_module": self.logits_module_name,
             "policy": {k: list(v) for k, v in self.policy.actions.items()},
             "skip_on_device": sorted(self.guard.device_skips),
             "detectors": {d.kind: d.settings() for d in self.detectors},

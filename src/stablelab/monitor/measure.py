@@ -192,15 +192,20 @@ class Measurer:
             sampled["spike_fraction"] = spike_fraction([g for g, _ in pairs], [v for _, v in pairs]
                                                        ).reshape(1).to(self.device)
 
-    def measure_sharpness(self, entry: dict[str, Any], loss_fn: Callable, batch: Any) -> None:
+    def measure_sharpness(self, entry: dict[str, Any], loss_fn: Callable, batch: Any,
+                          options: dict[str, Any] | None = None) -> None:
         """The scheduled edge-of-stability slot: sharpness against the stability edge at this lr,
-        with the training gradients put back afterwards. batch: a batch or a function returning one."""
+        with the training gradients put back afterwards. batch: a batch or a function returning one;
+        options: keyword arguments of `sharpness_check` (tol, trace_products, ...). Lanczos starts
+        from the previous check's eigenvectors."""
         from stablelab.signals.curvature import sharpness_check
 
         saved = [None if p.grad is None else p.grad.clone() for p in self.params]
         batch = batch() if callable(batch) else batch
+        warm = self.__dict__.setdefault("_sharpness_warm", {})
         try:
-            result = sharpness_check(self.model, loss_fn, batch, entry["lr"], optimizer=self.optimizer)
+            result = sharpness_check(self.model, loss_fn, batch, entry["lr"], optimizer=self.optimizer,
+                                     warm_start=warm, **(options or {}))
         finally:
             for p, g in zip(self.params, saved):
                 p.grad = g

@@ -2,8 +2,9 @@
 the training batch, and add their keys to that step's row.
 
 - sharpness (every `sharpness_every` steps, before step `sharpness_until` if given): lambda_max and
-  trace against 2/lr, preconditioned under Adam (`signals.curvature.sharpness_check`), read by the
-  `edge_of_stability` detector; Gilmer et al. 2022 look at the first steps of warm-up.
+  trace against 2/lr, preconditioned under Adam (`signals.curvature.sharpness_check`, called with
+  `sharpness_options`), read by the `edge_of_stability` detector; Gilmer et al. 2022 look at the
+  first steps of warm-up.
 - opposing signals (every `opposing_every` steps): per-example losses of a fixed probe batch through
   `monitor.opposing.OpposingSignalTracker`, read by the `opposing_signals` detector."""
 
@@ -25,7 +26,8 @@ class ScheduledChecks:
     """The two slots; `run(step, entry)` is called once per observed step."""
 
     def __init__(self, model, measurer, *, sharpness_every: int = 0, sharpness_loss_fn: Callable | None = None,
-                 sharpness_batch: Any = None, sharpness_until: int | None = None, opposing_every: int = 0,
+                 sharpness_batch: Any = None, sharpness_until: int | None = None,
+                 sharpness_options: dict[str, Any] | None = None, opposing_every: int = 0,
                  opposing_batch: Any = None, opposing_loss: str | Callable = "cross_entropy"):
         self.sharpness_every = _count("sharpness_every", sharpness_every)
         self.sharpness_until = None if sharpness_until is None else _count("sharpness_until", sharpness_until)
@@ -38,6 +40,9 @@ class ScheduledChecks:
             raise UsageError(f"opposing_loss must be 'cross_entropy', 'mse' or a function, got {opposing_loss!r}")
         self.measurer = measurer
         self.sharpness_loss_fn, self.sharpness_batch = sharpness_loss_fn, sharpness_batch
+        if sharpness_options is not None and not isinstance(sharpness_options, dict):
+            raise UsageError(f"sharpness_options must be a dict of sharpness_check arguments, got {sharpness_options!r}")
+        self.sharpness_options = sharpness_options
         self.opposing = None
         if opposing_every:
             probe = probe_losses(model, opposing_batch, opposing_loss)
@@ -46,6 +51,7 @@ class ScheduledChecks:
     def run(self, t: int, entry: dict[str, Any]) -> None:
         in_window = self.sharpness_until is None or t < self.sharpness_until
         if self.sharpness_every and t > 0 and t % self.sharpness_every == 0 and in_window:
-            self.measurer.measure_sharpness(entry, self.sharpness_loss_fn, self.sharpness_batch)
+            self.measurer.measure_sharpness(entry, self.sharpness_loss_fn, self.sharpness_batch,
+                                            self.sharpness_options)
         if self.opposing is not None and t % self.opposing_every == 0:
             entry["host"].update(self.opposing.observe(t) or {})

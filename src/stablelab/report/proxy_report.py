@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from stablelab.report.html import Page
+from stablelab.report.proxy_curvature import curvature_sections
 from stablelab.report.proxy_outcomes import outcome_markdown, outcome_sections
 from stablelab.io import atomic_write_bytes, atomic_write_json
 
@@ -294,6 +295,7 @@ def write_proxy_report(out: str | Path, summary: dict, findings: list[str], meta
                [[_key(r)[1], r["depth"], r["lr"], r["predicted"], "yes" if r["predicted_unstable"] else "no"]
                 for r in summary["prediction"]["per_lr"]])
     outcome_sections(page, summary)
+    curvature_sections(page, summary, add)
     page.heading("Runs")
     page.paragraph("Monitor events per run (stablelab.monitor, warn-only policy; details in each run's "
                    "events.jsonl, or `stablelab report OUT/runs/RUN_ID`).")

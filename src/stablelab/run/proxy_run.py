@@ -30,6 +30,7 @@ from stablelab.signals.logits import output_log_z, z_loss
 from stablelab.store.run_store import RunWriter
 
 WARN_ONLY = {"*": "warn"}  # observe, never intervene: divergence is what the study measures
+SHARPNESS_KEYS = ("lr", "lambda_max", "preconditioned_lambda_max", "adam_threshold", "adam_ratio", "sharpness_ratio")
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ class ProxyRunConfig:
     model: str = "reference"           # models.architectures.MODELS, or "custom" (a model_fn)
     precision: str = "fp32"            # models.architectures.PRECISIONS (fake-quantised linears)
     tag: str = ""                      # the swept extra axes' values, e.g. "_wu0.01_eps1e-06"
+    sharpness_every: int = 0           # preconditioned-sharpness check every N steps (0: none) ...
+    sharpness_steps: int = 100         # ... during the first steps only (Gilmer et al. 2022: warm-up)
     corpus: str = BUILTIN
     log_every: int = 10
     eval_batches: int = 8
@@ -108,12 +111,15 @@ class ProxyStoreSink(Sink):
         self.writer, self.log_every, self.last_step = writer, log_every, last_step
         self.extras: dict[int, dict] = {}
         self.max_attn_logit = 0.0
+        self.sharpness: list[dict] = []  # the scheduled curvature checks, kept whatever the step
 
     def rows(self, rows):
         for row in rows:
             step = row["step"]
             extra = self.extras.pop(step, None)
-            if step % self.log_every and step != self.last_step:
+            if _finite(row.get("sharpness_lambda_max")):
+                self.sharpness.append({k: row.get(f"sharpness_{k}") for k in SHARPNESS_KEYS} | {"step": step})
+            elif step % self.log_every and step != self.last_step:
                 continue
             row = {**row, **(extra or {})}
             value = row.get("attn_logit_max")
@@ -142,6 +148,22 @@ def evaluate(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Ten
     model.train(was_training)
     return (torch.stack(losses).mean().item(), torch.stack(log_z_means).mean().item(),
             torch.stack(log_z_maxes).amax().item())
+
+
+def _sharpness_slot(config: ProxyRunConfig, corpus, device: torch.device) -> dict:
+    """The Monitor's scheduled curvature check for the warm-up study (Gilmer et al. 2022): Adam's
+    preconditioned sharpness on a fixed training batch against 38/lr(t), every `sharpness_every`
+    steps before step `sharpness_steps`."""
+    if not config.sharpness_every:
+        return {}
+    from stablelab.run.dynamics_adam import lm_loss_twice_differentiable
+
+    generator = torch.Generator().manual_seed(4321)  # the same probe batch for every run
+    probe = tuple(t.to(device) for t in sample_batch(corpus.train, config.batch_size, config.seq_len, generator))
+    return {"sharpness_every": config.sharpness_every, "sharpness_until": config.sharpness_steps + 1,
+            "sharpness_loss_fn": lm_loss_twice_differentiable, "sharpness_batch": probe,
+            # only the preconditioned top eigenvalue matters here: no trace, 1% Lanczos tolerance
+            "sharpness_options": {"tol": 1e-2, "trace_products": 0}}
 
 
 def _first_mlp_weight(model: torch.nn.Module) -> torch.Tensor | None:
@@ -182,7 +204,7 @@ def train(config: ProxyRunConfig, run_dir: str | Path,
         monitor = Monitor(model, optimizer, policy=Policy(WARN_ONLY), sync_every=config.log_every,
                           sinks=[sink], logits_module=getattr(model, "logits_module_name", None),
                           signal_rows=0,  # the study's figures read every row, as before sampling existed
-                          config={"run_id": config.run_id})
+                          config={"run_id": config.run_id}, **_sharpness_slot(config, corpus, device))
         logged: dict[int, dict] = {}
 
         def compute_loss(step: int):
@@ -253,5 +275,11 @@ def train(config: ProxyRunConfig, run_dir: str | Path,
             "n_params": sum(p.numel() for p in params), "pid": os.getpid(),
             "events": summary["events"],
         }
+        # numel per weight matrix, to read the stored grad_norm/<name> rows as gradient RMS
+        result["param_numels"] = {name: p.numel() for name, p in model.named_parameters() if p.dim() >= 2}
+        if config.sharpness_every:
+            result["sharpness_checks"] = sink.sharpness
+            ratios = [c["adam_ratio"] for c in sink.sharpness if _finite(c.get("adam_ratio"))]
+            result["max_sharpness_ratio"] = max(ratios) if ratios else None
         writer.finish(result)
     return result

@@ -14,6 +14,7 @@ from typing import ClassVar
 
 from stablelab import config
 from stablelab.analysis.prediction import validation_points
+from stablelab.analysis.proxy_curvature import grad_rms_table, reference_lr, warmup_curvature
 from stablelab.analysis.proxy_summary import findings, summarize
 from stablelab.config import Runtime, by, csv, each, non_negative, one_of, positive, setting
 from stablelab.data.corpus import BUILTIN, load_corpus
@@ -27,7 +28,7 @@ from stablelab.run.grid import ProxyGrid, axis_label
 from stablelab.run.progress import progress_bar
 from stablelab.run.proxy_run import ProxyRunConfig, train
 from stablelab.store.columns import layer_column
-from stablelab.store.query import query
+from stablelab.store.query import metrics_table, query
 from stablelab.store.run_store import is_done, load_result
 from stablelab.studies.command import Command
 from stablelab.sweep.executor import dask_client, default_workers, run_tasks
@@ -94,6 +95,10 @@ class ProxySettings:
     mup_simple: bool = setting(_RUN.mup_simple, "muParam-simple: scale hidden LRs by base_width / width")
     mup_sweep: bool = setting(False, "sweep muParam-simple off and on (an axis)")
     log_every: int = setting(_RUN.log_every, "log metrics every N steps", check=positive)
+    sharpness_every: int = setting(0, "preconditioned-sharpness check every N steps during the first "
+                                   "--sharpness-steps (Gilmer et al. 2022, warm-up against curvature; 0: none)",
+                                   check=non_negative)
+    sharpness_steps: int = setting(100, "the first steps the sharpness checks cover", check=positive)
     prediction_step: int = setting(40, "early step whose layer-0 attention logit feeds the prediction",
                                    check=positive, fingerprint=False)
     predict_width: int = setting(1024, "width to extrapolate to", check=positive, fingerprint=False)
@@ -120,6 +125,7 @@ def grid_for(settings: ProxySettings, device: str = "cpu", model_fn=None,
         corpus = str(Path(corpus).expanduser().resolve())
     base = replace(_RUN, steps=settings.steps, batch_size=settings.batch_size, seq_len=settings.seq_len,
                    corpus=corpus, log_every=settings.log_every, device=device,
+                   sharpness_every=settings.sharpness_every, sharpness_steps=settings.sharpness_steps,
                    model="custom" if model_fn else settings.model)
     axes = (("warmup_fraction", settings.warmup), ("eps", settings.eps), ("weight_decay", settings.weight_decay),
             ("mup_simple", (False, True) if settings.mup_sweep else (settings.mup_simple,)),
@@ -132,7 +138,7 @@ def grid_for(settings: ProxySettings, device: str = "cpu", model_fn=None,
 # Settings added after sweeps were stored: left out of the fingerprint at their defaults (and one
 # weight decay stored as a number), so a sweep.json written before them still resumes.
 LATER_SETTINGS = {"model": "reference", "depths": [], "warmup": [_RUN.warmup_fraction], "eps": [_RUN.eps],
-                  "precision": ["fp32"], "mup_sweep": False}
+                  "precision": ["fp32"], "mup_sweep": False, "sharpness_every": 0, "sharpness_steps": 100}
 
 
 def sweep_fingerprint(settings: ProxySettings, grid: ProxyGrid) -> dict:
@@ -245,6 +251,26 @@ def _by_depth(grid: ProxyGrid, width: int, model_fn) -> dict[int, int]:
     return {d: parameter_count(grid, width, model_fn, d) for d in grid.depths}
 
 
+def curvature_readings(runs_dir: Path, results: list[dict], lrs: list[float]) -> dict:
+    """summary["warmup_curvature"] (runs with sharpness checks) and summary["grad_rms"] (gradient RMS
+    per weight matrix of the first variant at the grid's LR nearest 1e-2), when there is data."""
+    out = {}
+    curvature = warmup_curvature(results)
+    if curvature:
+        out["warmup_curvature"] = curvature
+    lr = reference_lr(lrs)
+    chosen = {r["run_id"] for r in results if r["lr"] == lr and r.get("param_numels")}
+    if chosen:
+        rows: dict[str, list[dict]] = {}
+        for row in metrics_table(runs_dir).to_pylist():
+            if row["run"] in chosen:
+                rows.setdefault(row["run"], []).append(row)
+        table = grad_rms_table(results, rows, lr)
+        if table:
+            out["grad_rms"] = {"lr": lr, "runs": table}
+    return out
+
+
 def analyse_and_report(out: Path, grid: ProxyGrid, results: list[dict], settings: ProxySettings,
                        sweep_seconds: float | None = None, model_fn=None,
                        held_out: list[dict] | None = None) -> dict:
@@ -266,6 +292,7 @@ def analyse_and_report(out: Path, grid: ProxyGrid, results: list[dict], settings
             "width": w, "n_params": parameter_count(grid, w, model_fn), "n_runs": len(held_out),
             "from_widths": list(grid.widths), "step": settings.prediction_step,
             "points": validation_points(results, held_out, early, _by_depth(grid, w, model_fn))}
+    summary.update(curvature_readings(out / RUNS_DIR, results, list(grid.lrs)))
     lines = findings(summary)
     if held_out:
         lines.append(validation_line(summary))
