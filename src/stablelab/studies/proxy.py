@@ -56,6 +56,16 @@ class ProxySettings:
         "logit-divergence": ({"widths": "32,64", "lrs": "1e-1,3e-1,1", "variants": "qk_norm,qk_norm+z_loss",
                               "weight_decay": "0", "steps": 2000, "log_every": 20},
                              "weight decay 0, 2000 steps, LR 0.1-1"),
+        # High LRs, 400 steps: baseline runs go non-finite from lr 1 at widths 128 and 256 (from 3 at
+        # width 64); qk-layernorm runs train at every LR up to 3 (docs/proxy.md, "Measured").
+        "divergence": ({"widths": "64,128,256", "lrs": "1e-1,3e-1,1,2,3", "variants": "baseline,qk_norm",
+                        "steps": 400},
+                       "LR 0.1-3, 400 steps: baseline diverges at high LR, qk_norm does not"),
+        # The paper's figure 1 shape by width: baseline LR sensitivity grows with width (it diverges
+        # from lr 1 at width 128), qk_norm's stays nearly flat. Depth does not do it on CPU (docs).
+        "width-sensitivity": ({"widths": "32,64,128", "lrs": "1e-2,3e-2,1e-1,3e-1,1,2",
+                               "variants": "baseline,qk_norm", "steps": 400},
+                              "LR 0.01-2, widths 32-128, 400 steps: baseline LR sensitivity grows with width"),
         "quick": ({"widths": "32,64", "lrs": "1e-3,1e-2,1e-1", "variants": "baseline,qk_norm", "steps": 100},
                   "a minute-long look: 2 widths, 3 LRs, 2 variants"),
     }
