@@ -35,6 +35,8 @@ def warmup_figure(curvature: dict):
         ax.axhline(1.0, color="r", linestyle="--", linewidth=1)
         ax.set_yscale("log")
         ax.set_xscale("symlog", linthresh=0.01)
+        longest = max((x["warmup_fraction"] for x in mine), default=0.0)
+        ax.set_xlim(0, 1.4 * longest if longest > 0 else 1.0)  # warm-up 0 at the left edge
         ax.set_xlabel("warm-up fraction of the steps")
         ax.set_ylabel("max sharpness / (38/lr(t))")
         ax.set_title(f"{variant} w{width} d{depth}", fontsize=10)
