@@ -98,3 +98,14 @@ def train_classifier(model, optimizer, monitor, x, y, g, steps: int, before_obse
         monitor.observe(loss)
         optimizer.step()
         optimizer.zero_grad()
+
+
+def full_batch_steps(model, optimizer, monitor, loss_fn, batch, steps: int) -> None:
+    """`steps` full-batch steps: loss_fn(model, batch), backward, observe, step, zero_grad; then close."""
+    for _ in range(steps):
+        loss = loss_fn(model, batch)
+        loss.backward()
+        monitor.observe(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+    monitor.close()

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from monitor_test_helpers import (EncoderClassifier, RowSink, assert_same_state, classification_task, mlp,
-                                  multiply_gradients_at, state_copy, train_classifier, warnings_of)
+from monitor_test_helpers import (EncoderClassifier, RowSink, assert_same_state, classification_task, full_batch_steps,
+                                  mlp, multiply_gradients_at, state_copy, train_classifier, warnings_of)
 from stablelab.monitor import Monitor, Policy, TrainingStopped
 
 
@@ -296,13 +296,7 @@ def test_edge_of_stability_slot_on_linear_regression():
     sink = RowSink()
     monitor = Monitor(model, optimizer, sinks=[sink], sharpness_every=5, sharpness_loss_fn=loss_fn,
                       sharpness_batch=(x, y), detectors={"loss_spike": False, "update_ratio": False})
-    for _ in range(11):
-        loss = loss_fn(model, (x, y))
-        loss.backward()
-        monitor.observe(loss)
-        optimizer.step()
-        optimizer.zero_grad()
-    monitor.close()
+    full_batch_steps(model, optimizer, monitor, loss_fn, (x, y), 11)
     rows = {r["step"]: r for r in sink.row_list}
     assert rows[5]["sharpness_lambda_max"] == pytest.approx(lambda_max, rel=1e-3)
     eos = [e for e in monitor.events if e.kind == "edge_of_stability"]

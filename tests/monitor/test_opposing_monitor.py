@@ -111,18 +111,12 @@ def test_sharpness_until_limits_the_scheduled_check_to_the_first_steps():
     x, y = torch.randn(16, 3), torch.randn(16, 1)
     loss_fn = lambda m, batch: F.mse_loss(m(batch[0]), batch[1])  # noqa: E731
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    from monitor_test_helpers import RowSink
+    from monitor_test_helpers import RowSink, full_batch_steps
 
     sink = RowSink()
     monitor = Monitor(model, optimizer, sinks=[sink], sync_every=1, sharpness_every=2, sharpness_until=7,
                       sharpness_loss_fn=loss_fn, sharpness_batch=(x, y))
-    for _ in range(12):
-        loss = loss_fn(model, (x, y))
-        loss.backward()
-        monitor.observe(loss)
-        optimizer.step()
-        optimizer.zero_grad()
-    monitor.close()
+    full_batch_steps(model, optimizer, monitor, loss_fn, (x, y), 12)
     checked = [r["step"] for r in sink.row_list if "sharpness_lambda_max" in r]
     assert checked == [2, 4, 6]
     with pytest.raises(UsageError, match="sharpness_until"):
