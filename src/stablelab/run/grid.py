@@ -15,7 +15,7 @@ from stablelab.models.variants import get_variant
 AXES = {"warmup_fraction": "wu", "eps": "eps", "weight_decay": "wd", "mup_simple": "mup", "precision": ""}
 # Run-config fields added after sweeps were stored: left out of the fingerprint at their default,
 # so a sweep stored before they existed still resumes.
-LATER_FIELDS = {"model": "reference", "precision": "fp32", "tag": ""}
+LATER_FIELDS = {"model": "reference", "precision": "fp32", "tag": "", "sharpness_every": 0, "sharpness_steps": 100}
 
 
 def axis_label(name: str, value: Any) -> str:
