@@ -311,7 +311,9 @@ def analyse_and_report(out: Path, grid: ProxyGrid, results: list[dict], settings
         "subtitle": f"{len(results)} runs of model {grid.base.model}, {grid.base.steps} steps each, corpus "
                     f"{corpus['source']} ({corpus['train_bytes'] / 1e6:.1f} MB train, Python "
                     f"{corpus['python_version']})"
-                    + (f", sweep {sweep_seconds:.0f} s" if sweep_seconds is not None else ""),
+                    + f", {sum(r.get('wall_s') or 0 for r in results):.0f} s of training in all"
+                    + (f" (this invocation {sweep_seconds:.0f} s; finished runs are read back)"
+                       if sweep_seconds is not None else ""),
         "settings": {**config.to_json(settings), "corpus": corpus, "device": grid.base.device},
         "single_optimizer": len(grid.optimizers) == 1,
         "sweep_seconds": sweep_seconds,
