@@ -6,7 +6,9 @@
 Two copies of the same model and optimizer train side by side, in alternating blocks of steps (so
 load from other processes hits both alike): one bare, one with `Monitor(...)` observing every
 step. Blocks of `--block` steps (one sync window) alternate, A B then B A; the ratio reported
-is the median over block pairs of monitored time / bare time (robust to load that drifts); on
+is the median over block pairs of monitored time / bare time (robust to load that drifts), and
+the same over windows of one sync window of steps (`--block 1`: the copies alternate every step,
+the least exposed to load that changes within a second); on
 CPU the process's CPU-time ratio (total monitored / total bare) is reported beside it, since it
 is nearly blind to other processes on a shared machine; and the attributed ratio, 1 + (time inside
 `observe()` and the monitor's step hooks) / bare step time, which load from other processes barely
@@ -47,7 +49,8 @@ def measure(variant: str, args, device: torch.device) -> dict:
     bare_opt, monitored_opt = make(bare_model), make(monitored_model)
     tmp = tempfile.TemporaryDirectory()
     policy = {"*": "warn"} if variant == "warn_only" else None
-    options = {"no_attention": {"attention": False}, "no_update_ratio": {"update_ratio_every": 0}}
+    options = {"no_attention": {"attention": False}, "no_update_ratio": {"update_ratio_every": 0},
+               "update_sample_1024": {"update_sample": 1024}}
     monitor = Monitor(monitored_model, monitored_opt, policy=policy, sync_every=args.sync_every,
                       log_dir=Path(tmp.name) / "run" if variant == "store" else None, sinks=(),
                       **options.get(variant, {}))
@@ -97,6 +100,11 @@ def measure(variant: str, args, device: torch.device) -> dict:
     bare, monitored = statistics.median(bare_times), statistics.median(monitored_times)
     # Each block pair ran back to back: the median of their ratios resists load that drifts.
     pair_ratios = [m / b for b, m in zip(bare_times, monitored_times)]
+    # Windows of one sync window of steps each (sync_every / block pairs): with --block 1 the two
+    # copies alternate every step, so both see the same load, and each window holds one sampled step.
+    per = max(1, args.sync_every // args.block)
+    window_ratios = [sum(monitored_times[k:k + per]) / sum(bare_times[k:k + per])
+                     for k in range(0, len(bare_times) - per + 1, per)]
     # CPU time of this process: what the monitor costs in work, nearly blind to other processes'
     # load on a shared machine (1 thread; on a GPU the wall-clock ratio is the one that counts).
     cpu_ratios = [m / b for b, m in zip(bare_cpu, monitored_cpu)]
@@ -109,6 +117,8 @@ def measure(variant: str, args, device: torch.device) -> dict:
     return {"variant": variant, "bare_ms": 1e3 * bare, "monitored_ms": 1e3 * monitored,
             "attributed_ms": attributed_ms, "attributed_ratio": 1 + attributed_ms / (1e3 * statistics.mean(bare_times)),
             "ratio": statistics.median(pair_ratios), "ratio_of_medians": monitored / bare,
+            "window_ratio": statistics.median(window_ratios),
+            "window_ratio_quartiles": statistics.quantiles(window_ratios, n=4),
             "pair_ratio_quartiles": statistics.quantiles(pair_ratios, n=4),
             "cpu_ratio": sum(monitored_cpu) / sum(bare_cpu),
             "cpu_pair_ratio_median": statistics.median(cpu_ratios),
@@ -148,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         c1, _, c3 = r["cpu_pair_ratio_quartiles"]
         print(f"{r['variant']:>10}: wall: bare {r['bare_ms']:.2f} ms/step, monitored {r['monitored_ms']:.2f} "
               f"ms/step, ratio {r['ratio']:.3f}x (quartiles {q1:.3f}-{q3:.3f}; ratio of medians "
-              f"{r['ratio_of_medians']:.3f})\n{'':>12}CPU time: bare {r['bare_cpu_ms']:.2f} ms/step, monitored "
+              f"{r['ratio_of_medians']:.3f}; per sync window {r['window_ratio']:.3f}, quartiles "
+              f"{r['window_ratio_quartiles'][0]:.3f}-{r['window_ratio_quartiles'][2]:.3f})\n{'':>12}CPU time: bare {r['bare_cpu_ms']:.2f} ms/step, monitored "
               f"{r['monitored_cpu_ms']:.2f} ms/step, ratio {r['cpu_ratio']:.3f}x (pair median "
               f"{r['cpu_pair_ratio_median']:.3f}, quartiles {c1:.3f}-{c3:.3f}); events {r['events']}, "
               f"internal errors {r['internal_errors']}\n{'':>12}attributed: {r['attributed_ms']:.2f} ms/step "

@@ -149,7 +149,6 @@ class Monitor:
 
         self.measurer.arm()  # step 0 is a sampled step
         if update_ratio_every and self.measurer.matrices:
-            self._handles.append(self.optimizer.register_step_pre_hook(self.measurer.before_update))
             self._handles.append(self.optimizer.register_step_post_hook(self.measurer.after_update))
         self._step = StepWrapper(self.optimizer, self._take_skip, lambda: self._closed)
 
@@ -216,6 +215,7 @@ class Monitor:
         measure_update = (self.update_ratio_every and t % self.update_ratio_every == 0
                           and not self.guard.skip_next)
         self.measurer.update_entry = entry if measure_update else None
+        self.measurer.sample_after = bool(self.update_ratio_every) and (t + 1) % self.update_ratio_every == 0
 
     # -- host side: rows, detectors, guard -----------------------------------------------------
     def _decide_now(self, entry: dict[str, Any]) -> None:

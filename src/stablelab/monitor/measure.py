@@ -6,7 +6,7 @@ optimizer's second moment, a non-finite flag, and the extreme-outlier flag of th
 (global gradient norm against a running typical norm), both in `monitor.step_numbers`. Sampled steps (every
 `sync_every`-th): attention logits and output-logit statistics (forward hooks armed for that step
 only), cos(grad, w), gradient RMS against eps and SPAM's element-wise spike fraction. Through the
-optimizer's own step hooks: the update-to-weight ratio of every weight matrix."""
+optimizer's own step hook: the update-to-weight ratio of every weight matrix."""
 
 from __future__ import annotations
 
@@ -96,6 +96,8 @@ class Measurer:
         self._views: list[torch.Tensor] | None = None
         self._view_pointers: list[int] = []
         self.update_entry: dict[str, Any] | None = None
+        self.sample_after = True       # sample the weights after this step (the next one is measured)
+        self._have_previous = False
         self.norm_history: deque[float] = deque(maxlen=128)
 
         self.sampling = True  # step 0 is a sampled step
@@ -162,6 +164,7 @@ class Measurer:
     def reset_history(self) -> None:
         """Forget the running estimates (after a rollback or a moment reset)."""
         self.numbers.reset()
+        self.forget_weights()
 
     # -- sampled steps -----------------------------------------------------------------------
     @torch.no_grad()
@@ -252,15 +255,15 @@ class Measurer:
         else:
             self.disarm()
 
-    # -- update-to-weight ratio, through the optimizer's own step hooks ---------------------------
-    def _update_views(self) -> list[torch.Tensor]:
+    # -- update-to-weight ratio, through the optimizer's own step hook ----------------------------
+    def _update_views(self) -> tuple[list[torch.Tensor], bool]:
         """Each weight matrix as a view on every k-th row, about `update_sample` elements: the RMS
         ratio of a fixed row sample estimates the whole matrix's at a fraction of the copy cost.
-        Built with two flat float32 buffers (before, after the step) whose slices take each view's
-        shape: the difference of the two samples is one op."""
+        Three flat float32 buffers (the previous step's sample, this step's, their difference) whose
+        slices take each view's shape, so the difference is one op. Returns (views, rebuilt)."""
         pointers = [self.params[i].data_ptr() for i in self.matrices]
         if self._views is not None and pointers == self._view_pointers:
-            return self._views
+            return self._views, False
         views = []
         for i in self.matrices:
             w = self.params[i].detach()
@@ -270,39 +273,44 @@ class Measurer:
             views.append(rows[::stride] if stride < rows.shape[0] else rows[:1])
         self._views, self._view_pointers = views, pointers  # rebuilt if a parameter moves
         sizes = [v.numel() for v in views]
-        self._flat = [torch.empty(sum(sizes), device=self.device) for _ in range(2)]
+        self._flat = [torch.empty(sum(sizes), device=self.device) for _ in range(3)]
         self._slices = [[part.view(v.shape) for part, v in zip(flat.split(sizes), views)] for flat in self._flat]
-        return views
+        return views, True
 
     def _segment_norms(self, slices: list[torch.Tensor]) -> torch.Tensor:
         """Per-matrix L2 norms of a flat sample's slices (one foreach norm)."""
         return stack_norms(torch._foreach_norm(slices, 2))
 
-    def before_update(self, _optimizer, _args, _kwargs) -> None:
-        if self.update_entry is None:
-            return
-        try:
-            views = self._update_views()
-            torch._foreach_copy_(self._slices[0], views)  # the sample before the step
-        except Exception as error:  # noqa: BLE001
-            self.update_entry = None
-            self.on_error(error)
+    def forget_weights(self) -> None:
+        """The weights changed outside an optimizer step (a rollback): the stored sample is no
+        longer this step's "before"."""
+        self._have_previous = False
 
     def after_update(self, _optimizer, _args, _kwargs) -> None:
+        """After each optimizer step: sample the weights (when this step or the next is measured).
+        The sample after step t-1 is the "before" of step t: weights change only in optimizer
+        steps (a skipped step calls no hook and changes nothing; a rollback calls
+        `forget_weights`), so one copy per step gives ||w_t - w_{t-1}|| / ||w_t||."""
         entry, self.update_entry = self.update_entry, None
-        if entry is None:
+        if entry is None and not self.sample_after:
+            self._have_previous = False
             return
         try:
-            if self._views is None or [self.params[i].data_ptr() for i in self.matrices] != self._view_pointers:
-                return  # a parameter moved during the step: no "before" to compare with
-            before, after = self._flat
-            torch._foreach_copy_(self._slices[1], self._views)
-            if self._inv_weight_norms is None or entry["step"] - self._weight_norm_step >= 10:
-                # ||w|| moves slowly: refreshed every 10 steps only
-                self._inv_weight_norms = 1.0 / self._segment_norms(self._slices[1]).clamp_min(1e-30)
-                self._weight_norm_step = entry["step"]
-            # ||delta w|| / ||w|| per matrix (signals.weights.update_to_weight_ratio, on one flat sample)
-            before.sub_(after)
-            entry["update"] = self._segment_norms(self._slices[0]) * self._inv_weight_norms
+            views, rebuilt = self._update_views()
+            previous, current, diff = self._flat
+            torch._foreach_copy_(self._slices[1], views)
+            if entry is not None and self._have_previous and not rebuilt:
+                if self._inv_weight_norms is None or entry["step"] - self._weight_norm_step >= 10:
+                    # ||w|| moves slowly: refreshed every 10 steps only
+                    self._inv_weight_norms = 1.0 / self._segment_norms(self._slices[1]).clamp_min(1e-30)
+                    self._weight_norm_step = entry["step"]
+                # ||delta w|| / ||w|| per matrix (signals.weights.update_to_weight_ratio, on one flat sample)
+                torch.sub(current, previous, out=diff)
+                entry["update"] = self._segment_norms(self._slices[2]) * self._inv_weight_norms
+            # this step's sample is the next step's "before"
+            self._flat[0], self._flat[1] = current, previous
+            self._slices[0], self._slices[1] = self._slices[1], self._slices[0]
+            self._have_previous = True
         except Exception as error:  # noqa: BLE001
+            self._have_previous = False
             self.on_error(error)
