@@ -98,6 +98,7 @@ class Measurer:
         self.update_entry: dict[str, Any] | None = None
         self.sample_after = True       # sample the weights after this step (the next one is measured)
         self._have_previous = False
+        self._sharpness_warm: dict[str, Any] = {}  # Lanczos start vectors kept between scheduled checks
         self.norm_history: deque[float] = deque(maxlen=128)
 
         self.sampling = True  # step 0 is a sampled step
@@ -205,10 +206,9 @@ class Measurer:
 
         saved = [None if p.grad is None else p.grad.clone() for p in self.params]
         batch = batch() if callable(batch) else batch
-        warm = self.__dict__.setdefault("_sharpness_warm", {})
         try:
             result = sharpness_check(self.model, loss_fn, batch, entry["lr"], optimizer=self.optimizer,
-                                     warm_start=warm, **(options or {}))
+                                     warm_start=self._sharpness_warm, **(options or {}))
         finally:
             for p, g in zip(self.params, saved):
                 p.grad = g

@@ -41,7 +41,8 @@ class ScheduledChecks:
         self.measurer = measurer
         self.sharpness_loss_fn, self.sharpness_batch = sharpness_loss_fn, sharpness_batch
         if sharpness_options is not None and not isinstance(sharpness_options, dict):
-            raise UsageError(f"sharpness_options must be a dict of sharpness_check arguments, got {sharpness_options!r}")
+            raise UsageError(f"sharpness_options must be a dict of sharpness_check arguments, "
+                             f"got {sharpness_options!r}")
         self.sharpness_options = sharpness_options
         self.opposing = None
         if opposing_every:
