@@ -1,233 +1,489 @@
-"""Outcome predictions for a larger width, with intervals, from a proxy study's small widths (pure).
+"""Forecasts for a larger width from a proxy study's small widths, with calibrated intervals (pure).
 
-What is extrapolated, and how (the same for every group of variant x optimizer x depth x axis value):
-- **final loss at each LR**: log(loss) fitted linearly in log10(parameter count) (a power law
-  L = a N^b per LR), read at the target size and capped at the loss at initialisation; a diverged
-  run counts as the loss at initialisation (the paper's LR-sensitivity convention).
-- **attention logit at the prediction step** (paper 3.3): log10(layer-0 max logit) against
-  log10(N), degree min(2, n - 2), at least 1 (`analysis.proxy.fit_attention_logit_growth`).
-- **best LR, largest LR that does not diverge, LR sensitivity**: computed from the predicted
-  per-LR losses (diverged = predicted loss at or above the loss at initialisation), not fitted.
-
-Intervals: every quantity is recomputed under alternative fits, and the interval is the range of
-the point prediction and those alternatives:
-- leave-one-width-out: the fit without one width (a single remaining width extrapolates as a
-  constant: "no trend");
-- seed bootstrap (with 2 or more seeds): 200 resamples of the seeds at each width, 5th-95th
-  percentile of the resampled predictions.
-With one width, nothing is fitted: the prediction is that width's value and the interval is a point."""
+The pipeline, the same for the target width, the backtest and the check (`--validate-width`):
+1. **Fit** per group (variant x optimizer x depth x axis value) and LR: the final loss with a
+   curve of `analysis.extrapolation.LOSS_MODELS`, capped at the loss at initialisation (a diverged
+   run counts as the loss at init, the paper's LR-sensitivity convention); the layer-0 attention
+   logit at the prediction step with the paper's log-log fit (section 3.3).
+2. **Backtest** (3+ widths): the same fit predicts the study's own largest width from the smaller
+   ones; no extra training. Its log ratios observed / predicted choose the loss curve (smallest
+   median error) and calibrate the intervals (`analysis.calibration`): bias = their median,
+   half-width = the split-conformal quantile of |residual - bias| at the stated level, both scaled
+   by the extrapolation distance. With fewer widths nothing can be calibrated: the intervals are
+   wide defaults and say so (`calibrated: false`).
+3. **Decisions** from draws of the per-LR losses (log-normal around the calibrated point, spread
+   = half-width / z, correlated across LRs as the backtest residuals are): the probability that
+   each LR diverges (loss at or above init: the study's criterion; attention logit above 1e4: the
+   paper's), the best LR with each LR's odds, the largest stable LR (a bound when it is the top of
+   the grid) and the LR sensitivity, each with its interval.
+The backtest's own intervals are calibrated leaving its group out (leave-one-group-out), so its
+coverage is an honest estimate of the target's."""
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
+from statistics import NormalDist
 from typing import Sequence
 
 import numpy as np
 
-from stablelab.analysis.proxy import best_lr, largest_stable_lr, lr_sensitivity
+from stablelab.analysis.calibration import (Calibration, binary_set, calibrate, coverage, grid_set, is_inside,
+                                            log_interval, z_for)
+from stablelab.analysis.extrapolation import LOSS_MODEL_TEXT, LOSS_MODELS, extrapolate, fit_group_logits, fit_group_losses, LOGIT_MODELS, LOGIT_MODEL_TEXT
+from stablelab.analysis.proxy import ATTN_LOGIT_DANGER, best_lr, largest_stable_lr, lr_sensitivity
 
+__all__ = ["extrapolate", "forecast", "validate", "METHODS", "DEFAULT_LEVEL"]
+
+DEFAULT_LEVEL = 0.9
+DRAWS = 4000
+CONTINUOUS = ("final_loss", "attn_logit")
+QUANTITIES = ("final_loss", "attn_logit", "diverged", "best_lr", "largest_stable_lr", "lr_sensitivity")
 METHODS = {
-    "final_loss": "power law per LR: log(loss) linear in log10(params), capped at the loss at init "
+    "final_loss": "per LR, the loss curve the backtest chose (see loss_model), capped at the loss at init "
                   "(diverged runs count as the loss at init)",
     "attn_logit": "paper 3.3: log10(layer-0 max attention logit at the prediction step) against "
                   "log10(params), degree min(2, n_widths - 2), at least 1",
-    "best_lr": "argmin over the grid's LRs of the predicted final losses",
-    "largest_stable_lr": "largest LR whose predicted final loss is below the loss at init",
-    "lr_sensitivity": "the paper's LR sensitivity of the predicted per-LR losses",
-    "interval": "range of the point prediction, the leave-one-width-out fits and (2+ seeds) the 5-95% "
-                "seed-bootstrap predictions",
+    "diverged": "probability that the run ends at or above the loss at init (the study's criterion), from "
+                "the calibrated loss distribution; probability_paper: that the attention logit passes 1e4 "
+                "(paper 3.3)",
+    "best_lr": "argmin of the predicted losses; interval: the narrowest LR range holding the level's share "
+               "of the draws' argmins (odds: each LR's share)",
+    "largest_stable_lr": "largest LR predicted not to diverge; at the top of the grid it is a lower bound",
+    "lr_sensitivity": "the paper's LR sensitivity of the predicted losses; interval from the draws",
+    "interval": "calibrated on the study's own backtest (its largest width predicted from the smaller ones): "
+                "bias-corrected by the backtest's median log error, half-width the split-conformal quantile "
+                "of the backtest's absolute log errors at the level, scaled by extrapolation distance",
 }
-BOOTSTRAP = 200
 
 
-def extrapolate(x: Sequence[float], y: Sequence[float], x_target: float, degree: int = 1) -> float:
-    """Polynomial fit of y on x evaluated at x_target; one point: that point (a constant)."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    if len(x) == 0:
-        return float("nan")
-    if len(x) == 1:
-        return float(y[0])
-    return float(np.polyval(np.polyfit(x, y, min(degree, len(x) - 1)), x_target))
+# ---------------------------------------------------------------------------------------------- cells
+
+def _finite(v) -> bool:
+    return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
 
 
-def _logit_degree(n: int) -> int:
-    return max(1, min(2, n - 2))
+def _capped(r: dict) -> float:
+    return min(r["final_loss"], r["init_loss"]) if _finite(r["final_loss"]) else r["init_loss"]
 
 
-def _loss_curve(sizes, losses, init, target):
-    """Predicted loss at log10 size `target` from (sizes, capped losses)."""
-    y = np.log(np.maximum(np.asarray(losses, float), 1e-12))
-    return min(float(np.exp(extrapolate(np.log10(sizes), y, target, 1))), init)
+def cell_values(runs: list[dict]) -> dict:
+    """Seed means at one (width, lr): capped loss, init loss, logit, diverged fraction."""
+    logits = [r["early_logit"] for r in runs if _finite(r.get("early_logit")) and r["early_logit"] > 0]
+    diverged = [(not _finite(r["final_loss"])) or r["final_loss"] >= r["init_loss"] for r in runs]
+    return {"final_loss": float(np.mean([_capped(r) for r in runs])),
+            "init": float(np.mean([r["init_loss"] for r in runs])),
+            "attn_logit": float(np.exp(np.mean(np.log(logits)))) if logits else float("nan"),
+            "diverged_fraction": float(np.mean(diverged)), "seeds": len(runs)}
 
 
-def _logit_curve(sizes, logits, target):
-    pts = [(s, z) for s, z in zip(sizes, logits) if z is not None and math.isfinite(z) and z > 0]
-    if not pts:
-        return float("nan")
-    x = np.log10([p[0] for p in pts])
-    return float(10 ** extrapolate(x, np.log10([p[1] for p in pts]), target, _logit_degree(len(pts))))
-
-
-def _derived(lrs, losses, inits):
-    diverged = [not (loss < init) for loss, init in zip(losses, inits)]
-    return {"best_lr": best_lr(lrs, losses), "largest_stable_lr": largest_stable_lr(lrs, diverged),
-            "lr_sensitivity": lr_sensitivity(losses, inits), "diverged": diverged}
-
-
-def _interval(point, alternatives, bootstrap):
-    values = [v for v in [point, *alternatives] if v is not None and math.isfinite(v)]
-    if bootstrap:
-        boot = [v for v in bootstrap if v is not None and math.isfinite(v)]
-        if boot:
-            values += [float(np.percentile(boot, 5)), float(np.percentile(boot, 95))]
-    if not values:
-        return None
-    return [min(values), max(values)]
-
-
-def _scenario(cells, widths, lrs, sizes, target, leave_out=None, rng=None):
-    """(per-LR predicted losses, per-LR predicted logits, init losses) under one alternative fit."""
-    use = [w for w in widths if w != leave_out]
-    losses, logits, inits = [], [], []
-    for lr in lrs:
-        xs, ls, zs, init_values = [], [], [], []
-        for w in use:
-            runs = cells[(w, lr)]
-            if rng is not None:
-                runs = [runs[i] for i in rng.integers(0, len(runs), len(runs))]
-            init = float(np.mean([r["init_loss"] for r in runs]))
-            capped = [min(r["final_loss"], r["init_loss"]) if r["final_loss"] is not None
-                      and math.isfinite(r["final_loss"]) else r["init_loss"] for r in runs]
-            z = [r["early_logit"] for r in runs if r["early_logit"] is not None and math.isfinite(r["early_logit"])]
-            xs.append(sizes[w]), ls.append(float(np.mean(capped))), init_values.append(init)
-            zs.append(float(np.mean(z)) if z else None)
-        init = float(np.mean(init_values))
-        inits.append(init)
-        losses.append(_loss_curve(xs, ls, init, target))
-        logits.append(_logit_curve(xs, zs, target))
-    return losses, logits, inits
-
-
-def predict_group(runs: list[dict], sizes: dict[int, float], n_target: float, seed: int = 0) -> dict:
-    """Predictions at `n_target` parameters for one group (one variant, optimizer, depth, axis value).
-
-    runs: per-seed rows {"width", "lr", "final_loss", "init_loss", "early_logit"};
-    sizes: width -> parameter count."""
+def _cells(rows: list[dict]) -> dict[tuple, list[dict]]:
     cells: dict[tuple, list] = defaultdict(list)
-    for r in runs:
+    for r in rows:
         cells[(r["width"], r["lr"])].append(r)
-    widths = sorted({r["width"] for r in runs})
-    lrs = sorted({r["lr"] for r in runs})
-    target = math.log10(n_target)
-    losses, logits, inits = _scenario(cells, widths, lrs, sizes, target)
-    point = _derived(lrs, losses, inits)
-    alternatives = [_scenario(cells, widths, lrs, sizes, target, leave_out=w) for w in widths] if len(widths) > 1 else []
-    boot = []
-    if min(len(v) for v in cells.values()) > 1:
-        rng = np.random.default_rng(seed)
-        boot = [_scenario(cells, widths, lrs, sizes, target, rng=rng) for _ in range(BOOTSTRAP)]
-    alt_d = [_derived(lrs, a[0], a[2]) for a in alternatives]
-    boot_d = [_derived(lrs, b[0], b[2]) for b in boot]
+    return cells
 
-    per_lr = []
-    for i, lr in enumerate(lrs):
-        per_lr.append({
-            "lr": lr,
-            "final_loss": {"predicted": losses[i], "interval": _interval(losses[i], [a[0][i] for a in alternatives],
-                                                                         [b[0][i] for b in boot])},
-            "attn_logit": {"predicted": logits[i], "interval": _interval(logits[i], [a[1][i] for a in alternatives],
-                                                                         [b[1][i] for b in boot])},
-            "diverges": point["diverged"][i],
-        })
-    out = {"per_lr": per_lr, "widths": widths, "n_target": n_target}
-    for key in ("best_lr", "largest_stable_lr", "lr_sensitivity"):
-        out[key] = {"predicted": point[key], "interval": _interval(point[key], [a[key] for a in alt_d],
-                                                                   [b[key] for b in boot_d])}
+
+def seed_spread(groups: dict[tuple, list[dict]]) -> dict[str, float]:
+    """Pooled seed-to-seed sd of log final loss and log attention logit within cells (0: one seed)."""
+    out = {}
+    for quantity, value in (("final_loss", lambda r: _capped(r)), ("attn_logit", lambda r: r.get("early_logit"))):
+        ss, dof = 0.0, 0
+        for rows in groups.values():
+            for runs in _cells(rows).values():
+                v = [math.log(value(r)) for r in runs if _finite(value(r)) and value(r) > 0
+                     and _finite(r["final_loss"]) and r["final_loss"] < r["init_loss"]]
+                if len(v) > 1:
+                    ss += float(np.sum((np.asarray(v) - np.mean(v)) ** 2))
+                    dof += len(v) - 1
+        out[quantity] = math.sqrt(ss / dof) if dof else 0.0
     return out
 
 
-def observed_group(runs: list[dict]) -> dict:
-    """The same quantities measured at one width (seed means), for the check against a prediction."""
-    cells: dict[float, list] = defaultdict(list)
-    for r in runs:
-        cells[r["lr"]].append(r)
-    lrs = sorted(cells)
-    losses, inits, logits = [], [], []
+# ---------------------------------------------------------------------------------------------- fits
+
+def raw_forecast(rows: list[dict], widths: Sequence[int], sizes: dict[int, float], n_target: float,
+                 model: str, logit_model: str = "paper") -> dict:
+    """Uncalibrated per-LR predictions at n_target from `widths` of one group's rows."""
+    cells = _cells(rows)
+    lrs = sorted({r["lr"] for r in rows})
+    use = [w for w in sorted(widths) if all((w, lr) in cells for lr in lrs)]
+    per_lr = []
+    ns = [sizes[w] for w in use]
+    table = [[cell_values(cells[(w, lr)]) for lr in lrs] for w in use]
+    usable = [[v["diverged_fraction"] == 0 for v in row] for row in table]
+    losses = fit_group_losses(model, ns, lrs, [[v["final_loss"] for v in row] for row in table], usable, n_target) \
+        if use else [float("nan")] * len(lrs)
+    logits = fit_group_logits(logit_model, ns, lrs, [[v["attn_logit"] for v in row] for row in table], n_target) \
+        if use else [float("nan")] * len(lrs)
+    for j, lr in enumerate(lrs):
+        values = [row[j] for row in table]
+        init = float(np.mean([v["init"] for v in values])) if values else float("nan")
+        loss = losses[j]
+        per_lr.append({"lr": lr, "init": init, "final_loss": loss,
+                       "attn_logit": logits[j],
+                       "diverged_fraction": values[-1]["diverged_fraction"] if values else 0.0})
+    return {"lrs": lrs, "per_lr": per_lr, "widths": use,
+            "distance": math.log(n_target / sizes[use[-1]]) if use else float("nan")}
+
+
+def observed_forecast_shape(rows: list[dict], width: int) -> dict:
+    """The quantities measured at one width (seed means), shaped like a forecast."""
+    cells = _cells(rows)
+    lrs = sorted(lr for (w, lr) in cells if w == width)
+    per_lr = []
     for lr in lrs:
-        rs = cells[lr]
-        init = float(np.mean([r["init_loss"] for r in rs]))
-        capped = [min(r["final_loss"], r["init_loss"]) if r["final_loss"] is not None
-                  and math.isfinite(r["final_loss"]) else r["init_loss"] for r in rs]
-        z = [r["early_logit"] for r in rs if r["early_logit"] is not None and math.isfinite(r["early_logit"])]
-        losses.append(float(np.mean(capped))), inits.append(init)
-        logits.append(float(np.mean(z)) if z else float("nan"))
-    derived = _derived(lrs, losses, inits)
-    return {"per_lr": [{"lr": lr, "final_loss": losses[i], "attn_logit": logits[i], "diverges": derived["diverged"][i]}
-                       for i, lr in enumerate(lrs)],
-            **{k: derived[k] for k in ("best_lr", "largest_stable_lr", "lr_sensitivity")}}
+        v = cell_values(cells[(width, lr)])
+        per_lr.append({"lr": lr, "init": v["init"], "final_loss": v["final_loss"], "attn_logit": v["attn_logit"],
+                       "diverged": v["diverged_fraction"] >= 0.5})
+    losses = [p["final_loss"] for p in per_lr]
+    inits = [p["init"] for p in per_lr]
+    return {"lrs": lrs, "per_lr": per_lr, "best_lr": best_lr(lrs, losses),
+            "largest_stable_lr": largest_stable_lr(lrs, [p["diverged"] for p in per_lr]),
+            "lr_sensitivity": lr_sensitivity(losses, inits)}
 
 
-def _point(quantity, group, lr, predicted, observed) -> dict:
-    value, interval = predicted["predicted"], predicted["interval"]
-    ok = value is not None and observed is not None and math.isfinite(value) and math.isfinite(observed)
-    ratio = observed / value if ok and value != 0 else None
-    slack = 1e-9 * max(abs(interval[0]), abs(interval[1])) if interval else 0.0  # rounding, not a margin
-    inside = bool(ok and interval is not None and interval[0] - slack <= observed <= interval[1] + slack)
-    return {"quantity": quantity, **group, "lr": lr, "predicted": value, "interval": interval,
-            "observed": observed, "ratio": ratio, "inside": inside}
+def _log_residual(observed, predicted) -> float | None:
+    if _finite(observed) and _finite(predicted) and observed > 0 and predicted > 0:
+        return math.log(observed / predicted)
+    return None
 
 
-def check_prediction(prediction: dict, observed: dict, group: dict) -> list[dict]:
-    """Predicted against observed for every quantity of one group: validation points."""
+# ---------------------------------------------------------------------------------------------- decisions
+
+def _draws(raw: dict, cal_loss: Calibration, scale: float, rng: np.random.Generator, n: int) -> np.ndarray:
+    """(n, n_lrs) draws of per-LR final losses around the calibrated points (uncapped)."""
+    points = np.array([p["final_loss"] for p in raw["per_lr"]], float)
+    centre = np.log(np.where(np.isfinite(points) & (points > 0), points, np.nan)) + cal_loss.bias * scale
+    sigma = cal_loss.half_width * scale / z_for(cal_loss.level)
+    rho = cal_loss.correlation
+    common = rng.standard_normal((n, 1))
+    own = rng.standard_normal((n, len(points)))
+    return np.exp(centre + sigma * (math.sqrt(rho) * common + math.sqrt(1 - rho) * own))
+
+
+def decisions(raw: dict, cals: dict[str, Calibration], scale: float, level: float, seed: int = 0) -> dict:
+    """Probabilities and intervals of the decisions a user acts on, from draws of the losses."""
+    rng = np.random.default_rng(seed)
+    lrs = raw["lrs"]
+    inits = np.array([p["init"] for p in raw["per_lr"]])
+    floor = np.array([p["diverged_fraction"] for p in raw["per_lr"]])
+    draws = _draws(raw, cals["final_loss"], scale, rng, DRAWS)
+    draws = np.where(np.isfinite(draws), draws, inits)
+    # A run that diverged at the largest fitted width diverges at least as often at a larger one.
+    diverged = (draws >= inits) | (rng.random(draws.shape) < floor)
+    capped = np.where(diverged, inits, np.minimum(draws, inits))
+    p_div = diverged.mean(axis=0)
+
+    points = np.array([p["final_loss"] for p in raw["per_lr"]], float)
+    centre = np.minimum(points * math.exp(cals["final_loss"].bias * scale), inits)
+    point_div = [bool(p >= 0.5) for p in p_div]
+    centre = np.where(point_div, inits, centre)
+
+    argmins = np.argmin(capped, axis=1)
+    odds = np.bincount(argmins, minlength=len(lrs)) / len(argmins)
+    best = best_lr(lrs, centre)
+    stable_idx = np.where(~diverged, np.arange(len(lrs)), -1).max(axis=1)
+    largest = largest_stable_lr(lrs, point_div)
+    top = len(lrs) - 1
+    alpha = 1 - level
+    lo_i, hi_i = np.quantile(stable_idx, [alpha / 2, 1 - alpha / 2], method="inverted_cdf")
+    lo_lr = lrs[int(lo_i)] if lo_i >= 0 else None
+    hi_lr = None if hi_i >= top else (lrs[int(hi_i)] if hi_i >= 0 else None)
+    if largest is not None and largest == lrs[top]:
+        hi_lr = None  # the top of the grid is stable: the largest stable LR is at least there
+    sens_draws = capped.mean(axis=1) - capped.min(axis=1)
+    sens = lr_sensitivity(centre, inits)
+    s_lo, s_hi = np.quantile(sens_draws, [alpha / 2, 1 - alpha / 2])
+    return {
+        "final_loss": centre.tolist(), "diverged": point_div, "probability": p_div.tolist(),
+        "best_lr": {"predicted": best, "interval": grid_set(lrs, odds.tolist(), level, best) if best is not None
+                    else None, "odds": {f"{lr:g}": float(o) for lr, o in zip(lrs, odds)}},
+        "largest_stable_lr": {"predicted": largest, "interval": [lo_lr, hi_lr],
+                              "bound": "at least" if hi_lr is None and lo_lr is not None else None},
+        "lr_sensitivity": {"predicted": sens, "interval": [float(min(s_lo, sens)), float(max(s_hi, sens))]},
+    }
+
+
+def _paper_probability(logit: float, cal: Calibration, scale: float) -> float | None:
+    """P(logit > 1e4) under the calibrated log-normal around the predicted logit (paper 3.3)."""
+    if not _finite(logit) or logit <= 0:
+        return None
+    centre = math.log(logit) + cal.bias * scale
+    sigma = max(cal.half_width * scale / z_for(cal.level), 1e-12)
+    return 1 - NormalDist(centre, sigma).cdf(math.log(ATTN_LOGIT_DANGER))
+
+
+def group_points(raw: dict, cals: dict[str, Calibration], scale: float, level: float, fields: dict,
+                 seed: int = 0) -> list[dict]:
+    """Every predicted quantity of one group, as points {quantity, ..., lr, predicted, interval, level}."""
+    dec = decisions(raw, cals, scale, level, seed)
     points = []
-    by_lr = {row["lr"]: row for row in observed["per_lr"]}
-    for row in prediction["per_lr"]:
-        seen = by_lr.get(row["lr"])
-        if seen is None:
-            continue
-        points.append(_point("final_loss", group, row["lr"], row["final_loss"], seen["final_loss"]))
-        points.append(_point("attn_logit", group, row["lr"], row["attn_logit"], seen["attn_logit"]))
-    for key in ("best_lr", "largest_stable_lr", "lr_sensitivity"):
-        points.append(_point(key, group, None, prediction[key], observed[key]))
+    for i, row in enumerate(raw["per_lr"]):
+        lr = row["lr"]
+        loss, loss_iv = log_interval(row["final_loss"], cals["final_loss"], scale)
+        if dec["diverged"][i]:
+            loss, loss_iv = row["init"], [row["init"] * math.exp(-cals["final_loss"].half_width * scale), row["init"]]
+        elif loss_iv is not None:
+            loss = min(loss, row["init"])
+            loss_iv = [min(loss_iv[0], loss), min(loss_iv[1], row["init"])]
+        logit, logit_iv = log_interval(row["attn_logit"], cals["attn_logit"], scale)
+        base = {**fields, "lr": lr, "level": level}
+        points.append({"quantity": "final_loss", **base, "predicted": loss, "interval": loss_iv,
+                       "calibrated": cals["final_loss"].calibrated})
+        points.append({"quantity": "attn_logit", **base, "predicted": logit, "interval": logit_iv,
+                       "calibrated": cals["attn_logit"].calibrated})
+        p = dec["probability"][i]
+        points.append({"quantity": "diverged", **base, "predicted": int(p >= 0.5), "interval": binary_set(p, level),
+                       "probability": p, "probability_paper": _paper_probability(row["attn_logit"],
+                                                                                cals["attn_logit"], scale),
+                       "calibrated": cals["final_loss"].calibrated})
+    base = {**fields, "lr": None, "level": level, "calibrated": cals["final_loss"].calibrated}
+    points.append({"quantity": "best_lr", **base, **dec["best_lr"]})
+    points.append({"quantity": "largest_stable_lr", **base, **dec["largest_stable_lr"]})
+    points.append({"quantity": "lr_sensitivity", **base, **dec["lr_sensitivity"]})
     return points
 
+
+# ---------------------------------------------------------------------------------------------- groups
 
 def group_key(r: dict) -> tuple:
     return (r.get("optimizer", "adamw"), r["variant"], r["depth"], r.get("tag", ""))
 
 
-def _group_fields(key: tuple) -> dict:
+def group_fields(key: tuple) -> dict:
     return {"optimizer": key[0], "variant": key[1], "depth": key[2], "setting": key[3].lstrip("_")}
 
 
-def _rows(results: list[dict], early_logits: dict[str, float]) -> dict[tuple, list[dict]]:
+def rows_by_group(results: list[dict], early_logits: dict[str, float]) -> dict[tuple, list[dict]]:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in results:
         groups[group_key(r)].append({"width": r["width"], "lr": r["lr"], "final_loss": r["final_loss"],
                                      "init_loss": r["init_loss"], "early_logit": early_logits.get(r["run_id"]),
-                                     "n_params": r["n_params"]})
+                                     "n_params": r["n_params"], "seed": r.get("seed", 0)})
     return groups
 
 
-def outcome_predictions(results: list[dict], early_logits: dict[str, float], target: dict[int, float]) -> list[dict]:
-    """One prediction per group at the target size; target: depth -> parameter count at the target width."""
-    out = []
-    for key, rows in _rows(results, early_logits).items():
-        sizes = {r["width"]: r["n_params"] for r in rows}
-        out.append({**_group_fields(key), **predict_group(rows, sizes, target[key[2]])})
+def _sizes(rows: list[dict]) -> dict[int, float]:
+    return {r["width"]: float(r["n_params"]) for r in rows}
+
+
+# ---------------------------------------------------------------------------------------------- backtest
+
+def _observe(point: dict, observed: dict) -> dict:
+    """Add observed, ratio and inside to a predicted point."""
+    q = point["quantity"]
+    by_lr = {p["lr"]: p for p in observed["per_lr"]}
+    if point["lr"] is not None:
+        seen = by_lr.get(point["lr"])
+        value = None if seen is None else (int(seen["diverged"]) if q == "diverged" else seen[q])
+    else:
+        value = observed[q]
+    ratio = (value / point["predicted"] if _finite(value) and _finite(point["predicted"]) and point["predicted"]
+             and q not in ("diverged",) else None)
+    if q == "largest_stable_lr" and value is not None and value == max(observed["lrs"]):
+        inside = point["interval"] is not None and is_inside(value, [point["interval"][0], None])  # both bounds
+    else:
+        inside = is_inside(value, point["interval"])
+    return {**point, "observed": value, "ratio": ratio, "inside": inside}
+
+
+def _residuals(raws: dict[tuple, dict], observed: dict[tuple, dict]) -> dict[str, dict[tuple, list[float]]]:
+    """quantity -> group -> log residuals observed / predicted, per LR."""
+    out: dict[str, dict[tuple, list[float]]] = {q: {} for q in CONTINUOUS}
+    for key, raw in raws.items():
+        seen = {p["lr"]: p for p in observed[key]["per_lr"]}
+        for q in CONTINUOUS:
+            r = []
+            for p in raw["per_lr"]:
+                o = seen.get(p["lr"])
+                if o is None or (q == "final_loss" and o["diverged"]):
+                    continue
+                v = _log_residual(o[q], p[q])
+                if v is not None:
+                    r.append(v)
+            out[q][key] = r
     return out
 
 
-def validation_points(train: list[dict], held: list[dict], early_logits: dict[str, float],
-                      target: dict[int, float]) -> list[dict]:
-    """Predict from `train` (the study's widths) at the size of `held` (the real larger width's
-    runs) and compare, quantity by quantity."""
+def _calibrations(residuals: dict[str, dict[tuple, list[float]]], level: float, spread: dict[str, float],
+                  exclude: tuple | None = None) -> dict[str, Calibration]:
+    cals = {}
+    z = z_for(level)
+    for q in CONTINUOUS:
+        by_group = {k: v for k, v in residuals.get(q, {}).items() if k != exclude}
+        everything = [v for vs in by_group.values() for v in vs]
+        cals[q] = calibrate(q, everything, level, by_group, seed_sd=spread.get(q, 0.0),
+                            floor=z * spread.get(q, 0.0))
+    return cals
+
+
+def _uncalibrated(level: float, spread: dict[str, float]) -> dict[str, Calibration]:
+    return _calibrations({}, level, spread)
+
+
+def choose_models(groups: dict[tuple, list[dict]], widths: list[int]) -> tuple[dict[str, str], dict]:
+    """For the final loss and the attention logit, the curve with the smallest median absolute
+    backtest log error among those the backtest's widths can fit (ties: the first listed, the
+    simpler); ({quantity: name}, {quantity: {name: median |log error|}})."""
+    held, used = widths[-1], widths[:-1]
+    seen = {k: observed_forecast_shape(rows, held) for k, rows in groups.items()}
+
+    def errors(quantity: str, **models) -> float | None:
+        raws = {}
+        for key, rows in groups.items():
+            sizes = _sizes(rows)
+            raws[key] = raw_forecast([r for r in rows if r["width"] != held], used, sizes, sizes[held], **models)
+        values = [abs(v) for vs in _residuals(raws, seen)[quantity].values() for v in vs]
+        return float(np.median(values)) if values else None
+
+    scores: dict[str, dict] = {"final_loss": {}, "attn_logit": {}}
+    for name, (_, need) in LOSS_MODELS.items():
+        if need <= len(used):
+            scores["final_loss"][name] = errors("final_loss", model=name)
+    for name in LOGIT_MODELS:
+        scores["attn_logit"][name] = errors("attn_logit", model="power_law", logit_model=name)
+    chosen = {}
+    for quantity, default in (("final_loss", "power_law"), ("attn_logit", "paper")):
+        valid = {k: v for k, v in scores[quantity].items() if v is not None}
+        chosen[quantity] = min(valid, key=valid.get) if valid else default
+    return chosen, scores
+
+
+def _forecast_raws(groups, widths, held, models):
+    raws, seen = {}, {}
+    for key, rows in groups.items():
+        sizes = _sizes(rows)
+        raws[key] = raw_forecast([r for r in rows if r["width"] != held], widths, sizes, sizes[held],
+                                 models["final_loss"], models["attn_logit"])
+        seen[key] = observed_forecast_shape(rows, held)
+    return raws, seen
+
+
+def backtest(groups: dict[tuple, list[dict]], widths: list[int], models: dict[str, str], level: float,
+             spread: dict[str, float], seed: int = 0) -> dict:
+    """Predict the largest width from the smaller ones; every point scored with intervals calibrated
+    on the other groups' residuals (with one group: on the other LRs' residuals)."""
+    held, used = widths[-1], widths[:-1]
+    raws, seen = _forecast_raws(groups, used, held, models)
+    residuals = _residuals(raws, seen)
     points = []
-    held_rows = _rows(held, early_logits)
-    for prediction in outcome_predictions(train, early_logits, target):
-        key = (prediction["optimizer"], prediction["variant"], prediction["depth"],
-               ("_" + prediction["setting"]) if prediction["setting"] else "")
-        if key in held_rows:
-            points += check_prediction(prediction, observed_group(held_rows[key]), _group_fields(key))
-    return points
+    for key, raw in raws.items():
+        fields = group_fields(key)
+        if len(raws) > 1:
+            points += [_observe(p, seen[key]) for p in
+                       group_points(raw, _calibrations(residuals, level, spread, exclude=key), 1.0, level, fields, seed)]
+            continue
+        # One group: each LR's points calibrated without that LR's residuals; the group's decisions
+        # with all of them (there is nothing else to leave out).
+        whole = group_points(raw, _calibrations(residuals, level, spread), 1.0, level, fields, seed)
+        mine = [p for p in whole if p["lr"] is None]
+        for i, lr in enumerate(raw["lrs"]):
+            held_out = {q: {key: [v for j, v in enumerate(rs[key]) if j != i]} for q, rs in residuals.items()}
+            cals = _calibrations(held_out, level, spread)
+            mine += [p for p in group_points(raw, cals, 1.0, level, fields, seed) if p["lr"] == lr]
+        points += [_observe(p, seen[key]) for p in mine]
+    return {"width": held, "from_widths": used, "models": models, "points": points,
+            "coverage": coverage(points), "accuracy": accuracy(points, seen),
+            "residuals": {q: {"|".join(map(str, k)): v for k, v in rs.items()} for q, rs in residuals.items()},
+            "distance": next(iter(raws.values()))["distance"] if raws else None}
+
+
+# ---------------------------------------------------------------------------------------------- scores
+
+def accuracy(points: list[dict], observed: dict[tuple, dict]) -> dict:
+    """Point accuracy: final-loss errors (observed / predicted - 1) and the best LR's hits and regret."""
+    loss = [p["observed"] / p["predicted"] - 1 for p in points if p["quantity"] == "final_loss"
+            and _finite(p.get("observed")) and _finite(p["predicted"]) and p["predicted"] > 0]
+    exact, within, regret = [], [], []
+    by_fields = {tuple(group_fields(k).values()): v for k, v in observed.items()}
+    for p in points:
+        if p["quantity"] != "best_lr" or p.get("observed") is None or p["predicted"] is None:
+            continue
+        seen = by_fields.get((p["optimizer"], p["variant"], p["depth"], p["setting"]))
+        if seen is None:
+            continue
+        lrs = seen["lrs"]
+        exact.append(p["predicted"] == p["observed"])
+        if p["predicted"] in lrs:
+            within.append(abs(lrs.index(p["predicted"]) - lrs.index(p["observed"])) <= 1)
+            losses = {q["lr"]: q["final_loss"] for q in seen["per_lr"]}
+            regret.append(losses[p["predicted"]] / losses[p["observed"]] - 1)
+    med = (lambda v: float(np.median(v)) if v else None)
+    mean = (lambda v: float(np.mean(v)) if v else None)
+    return {"final_loss_median_abs_error": med([abs(v) for v in loss]),
+            "final_loss_median_signed_error": med(loss),
+            "best_lr_exact": mean(exact), "best_lr_within_one": mean(within),
+            "best_lr_median_regret": med(regret), "n_final_loss": len(loss), "n_groups": len(exact)}
+
+
+# ---------------------------------------------------------------------------------------------- study
+
+def forecast(results: list[dict], early_logits: dict[str, float], target: dict[int, float],
+             level: float = DEFAULT_LEVEL, models: dict[str, str] | None = None, seed: int = 0) -> dict:
+    """The study's forecast at the target size (target: depth -> parameter count), its backtest and
+    its calibration: {"points", "groups", "backtest", "calibration", "models", ...}. `models`:
+    {"final_loss": a LOSS_MODELS name, "attn_logit": a LOGIT_MODELS name}; None: chosen by backtest."""
+    if not 0 < level < 1:
+        raise ValueError(f"interval level must be in (0, 1), got {level}")
+    groups = rows_by_group(results, early_logits)
+    widths = sorted({r["width"] for r in results})
+    spread = seed_spread(groups)
+    scores: dict = {}
+    if models is None:
+        models, scores = choose_models(groups, widths) if len(widths) >= 3 else (
+            {"final_loss": "power_law", "attn_logit": "paper"}, {})
+    bt = backtest(groups, widths, models, level, spread, seed) if len(widths) >= 3 else None
+    if bt is not None:
+        cals = _calibrations(_residuals_from(bt), level, spread)
+        bt_distance = bt["distance"]
+    else:
+        cals, bt_distance = _uncalibrated(level, spread), None
+    points, groups_out = [], []
+    for key, rows in groups.items():
+        sizes = _sizes(rows)
+        raw = raw_forecast(rows, widths, sizes, target[key[2]], models["final_loss"], models["attn_logit"])
+        scale = max(raw["distance"] / bt_distance, 1.0) if bt_distance and raw["distance"] > 0 else 1.0
+        mine = group_points(raw, cals, scale, level, group_fields(key), seed)
+        points += mine
+        groups_out.append({**group_fields(key), "widths": raw["widths"], "n_target": target[key[2]],
+                           "distance_scale": scale,
+                           **{p["quantity"]: {k: p.get(k) for k in ("predicted", "interval", "odds", "bound")
+                                              if k in p} for p in mine if p["lr"] is None}})
+    note = None if bt is not None else (f"not calibrated: {len(widths)} width(s); a backtest needs 3 or more, "
+                                        "so the intervals are wide defaults")
+    return {"points": points, "groups": groups_out, "level": level, "models": models,
+            "model_text": {"final_loss": LOSS_MODEL_TEXT[models["final_loss"]],
+                           "attn_logit": LOGIT_MODEL_TEXT[models["attn_logit"]]},
+            "model_backtest_errors": scores,
+            "calibration": {q: c.to_json() for q, c in cals.items()}, "calibration_note": note,
+            "seed_spread": spread, "backtest": bt}
+
+
+def _residuals_from(bt: dict) -> dict[str, dict[tuple, list[float]]]:
+    return {q: {tuple(k.split("|")): v for k, v in rs.items()} for q, rs in bt["residuals"].items()}
+
+
+def validate(train: list[dict], held: list[dict], early_logits: dict[str, float], target: dict[int, float],
+             level: float = DEFAULT_LEVEL, models: dict[str, str] | None = None, seed: int = 0) -> dict:
+    """Forecast the held-out width's size from `train` and score every point against `held`
+    (the real larger width's runs); derived quantities only when `held` covers every grid LR."""
+    fc = forecast(train, early_logits, target, level, models, seed)
+    held_groups = rows_by_group(held, early_logits)
+    grid_lrs = sorted({r["lr"] for r in train})
+    seen = {}
+    for key, rows in held_groups.items():
+        width = max(r["width"] for r in rows)
+        seen[key] = observed_forecast_shape(rows, width)
+    points = []
+    for p in fc["points"]:
+        key = (p["optimizer"], p["variant"], p["depth"], ("_" + p["setting"]) if p["setting"] else "")
+        if key not in seen:
+            continue
+        if p["lr"] is None and seen[key]["lrs"] != grid_lrs:
+            continue  # a subset of LRs (--validate-lrs) cannot check the best LR or the sensitivity
+        if p["lr"] is not None and p["lr"] not in seen[key]["lrs"]:
+            continue
+        points.append(_observe(p, seen[key]))
+    return {"points": points, "coverage": coverage(points), "accuracy": accuracy(points, seen),
+            "models": fc["models"], "level": level}

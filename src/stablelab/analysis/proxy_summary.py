@@ -7,7 +7,7 @@ from collections import defaultdict
 from statistics import mean
 from typing import Iterable
 
-from stablelab.analysis.prediction import METHODS, outcome_predictions
+from stablelab.analysis.prediction import DEFAULT_LEVEL, METHODS, forecast
 from stablelab.analysis.proxy import (ATTN_LOGIT_DANGER, best_lr, first_divergent_lr,
                                       fit_attention_logit_growth, largest_stable_lr, lr_sensitivity)
 
@@ -29,7 +29,7 @@ def _tag(r: dict) -> str:
 
 
 def summarize(results: list[dict], early_logits: dict[str, float], lrs: list[float],
-              depths: list[int], prediction: dict) -> dict:
+              depths: list[int], prediction: dict, level: float = DEFAULT_LEVEL) -> dict:
     """results: result.json of every run; early_logits: run_id -> layer-0 max attention logit at the
     prediction step; prediction: {"width", "n_params", "step", "sizes": {width: n_params}} and
     optionally "n_params_by_depth": {depth: n_params at the target width}."""
@@ -84,18 +84,23 @@ def summarize(results: list[dict], early_logits: dict[str, float], lrs: list[flo
 
     by_depth = {int(d): n for d, n in (prediction.get("n_params_by_depth") or {}).items()}
     target_n = {d: by_depth.get(d, prediction["n_params"]) for d in {p["depth"] for p in points}}
-    outcomes = {(g["optimizer"], g["variant"], g["depth"], g["setting"]): g
-                for g in outcome_predictions(results, early_logits, target_n)}
+    fc = forecast(results, early_logits, target_n, level)
+    outcomes = {(g["optimizer"], g["variant"], g["depth"], g["setting"]): g for g in fc["groups"]}
+    per_point = {(p["optimizer"], p["variant"], p["depth"], p["setting"], p["lr"], p["quantity"]): p
+                 for p in fc["points"]}
     predictions = []
     for (opt, variant, depth, setting), outcome in outcomes.items():
-        by_lr = {row["lr"]: row for row in outcome["per_lr"]}
         for lr in lrs:
             curve = sorted((p for p in points if (p["optimizer"], p["variant"], p["depth"], p["setting"], p["lr"])
                             == (opt, variant, depth, setting, lr)), key=lambda p: p["n_params"])
             fit = fit_attention_logit_growth([p["n_params"] for p in curve],
                                              [p["early_attn_logit_l0"] for p in curve], lr)
             predicted = fit.predict(target_n[depth]) if fit else None
-            row = by_lr.get(lr, {})
+
+            def point(quantity, _key=(opt, variant, depth, setting, lr)):
+                p = per_point.get((*_key, quantity))
+                return None if p is None else {k: p.get(k) for k in ("predicted", "interval", "probability",
+                                                                     "probability_paper") if k in p}
             predictions.append({
                 "optimizer": opt, "variant": variant, "depth": depth, "setting": setting, "lr": lr,
                 "observed": {str(p["width"]): p["early_attn_logit_l0"] for p in curve},
@@ -104,8 +109,9 @@ def summarize(results: list[dict], early_logits: dict[str, float], lrs: list[flo
                 "fit_coefficients": list(fit.coefficients) if fit else None,
                 "predicted": predicted,
                 "predicted_unstable": bool(predicted is not None and predicted > ATTN_LOGIT_DANGER),
-                "final_loss": row.get("final_loss"), "attn_logit": row.get("attn_logit"),
-                "diverges": row.get("diverges"),
+                "final_loss": point("final_loss"), "attn_logit": point("attn_logit"),
+                "diverges": bool((point("diverged") or {}).get("predicted")),
+                "diverge_probability": (point("diverged") or {}).get("probability"),
             })
     groups_out = [{k: g[k] for k in ("optimizer", "variant", "depth", "setting", "widths", "n_target",
                                      "best_lr", "largest_stable_lr", "lr_sensitivity")} for g in outcomes.values()]
@@ -122,7 +128,12 @@ def summarize(results: list[dict], early_logits: dict[str, float], lrs: list[flo
                                     "steps_done", "wall_s", "events")} for r in results]
     return {"runs": runs, "points": points, "lr_sensitivity": sensitivity, "scales": scales,
             "prediction": {**prediction, "threshold": ATTN_LOGIT_DANGER, "per_lr": predictions,
-                           "groups": groups_out, **headline, "methods": METHODS}}
+                           "groups": groups_out, **headline, "methods": METHODS, "level": level,
+                           "points": fc["points"], "models": fc["models"], "model_text": fc["model_text"],
+                           "model_backtest_errors": fc["model_backtest_errors"],
+                           "calibration": fc["calibration"], "calibration_note": fc["calibration_note"],
+                           "seed_spread": fc["seed_spread"]},
+            "backtest": fc["backtest"]}
 
 
 def findings(summary: dict) -> list[str]:

@@ -294,7 +294,7 @@ def write_proxy_report(out: str | Path, summary: dict, findings: list[str], meta
     page.table(["variant", "depth", "lr", "predicted logit", "above 1e4"],
                [[_key(r)[1], r["depth"], r["lr"], r["predicted"], "yes" if r["predicted_unstable"] else "no"]
                 for r in summary["prediction"]["per_lr"]])
-    outcome_sections(page, summary)
+    outcome_sections(page, summary, add)
     curvature_sections(page, summary, add)
     page.heading("Runs")
     page.paragraph("Monitor events per run (stablelab.monitor, warn-only policy; details in each run's "

@@ -6,6 +6,7 @@ Rerunning the same command resumes: finished runs (with a `done` marker) are not
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, replace
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from stablelab import config
-from stablelab.analysis.prediction import validation_points
+from stablelab.analysis.prediction import DEFAULT_LEVEL, validate
 from stablelab.analysis.proxy_curvature import grad_rms_table, reference_lr, warmup_curvature
 from stablelab.analysis.proxy_summary import findings, summarize
 from stablelab.config import Runtime, by, csv, each, non_negative, one_of, positive, setting
@@ -22,7 +23,7 @@ from stablelab.errors import UsageError
 from stablelab.io import atomic_write_json, read_json
 from stablelab.models.architectures import MODELS, PRECISIONS, check_model, count_model_parameters, get_model
 from stablelab.models.variants import VARIANTS, get_variant
-from stablelab.report.proxy_outcomes import validation_line
+from stablelab.report.proxy_outcomes import backtest_line, validation_line
 from stablelab.report.proxy_report import write_proxy_report
 from stablelab.run.grid import ProxyGrid, axis_label
 from stablelab.run.progress import progress_bar
@@ -70,7 +71,9 @@ class ProxySettings:
                   "a minute-long look: 2 widths, 3 LRs, 2 variants"),
     }
 
-    widths: tuple[int, ...] = setting((64, 128, 256), "comma-separated model widths", parse=csv(int),
+    # Four widths: the backtest (256 from 32-128) can then fit the same curve as the forecast.
+    widths: tuple[int, ...] = setting((32, 64, 128, 256), "comma-separated model widths (3 or more: the "
+                                      "study backtests itself and calibrates its intervals)", parse=csv(int),
                                       check=each(positive))
     model: str = setting("reference", f"architecture: {', '.join(MODELS)}", check=by(get_model))
     depth: tuple[int, ...] = setting((_RUN.depth,), "number of layers, or a comma-separated list to sweep depth",
@@ -115,6 +118,12 @@ class ProxySettings:
     validate_width: int = setting(0, "after the study, train this real width at the grid's LRs and check "
                                   "every prediction against it (0: no check)", check=non_negative,
                                   fingerprint=False)
+    validate_lrs: tuple[float, ...] = setting((), "with --validate-width: train only these of the grid's LRs "
+                                              "(the best LR and LR sensitivity are then not checked)",
+                                              parse=csv(float), fingerprint=False)
+    interval: float = setting(DEFAULT_LEVEL, "level of the prediction intervals (calibrated on the study's own "
+                              "backtest)", check=lambda v: None if 0.5 <= v < 1 else
+                              f"must be in [0.5, 1), got {v:g}", fingerprint=False)
     corpus: str = setting(BUILTIN, "text file or folder (default: the Python stdlib's source)")
 
     def check(self) -> str | None:
@@ -122,13 +131,19 @@ class ProxySettings:
                     _RUN.d_head)
         if self.validate_width and self.validate_width in self.widths:
             return f"--validate-width {self.validate_width} is one of the grid's widths; pick a larger one"
+        if self.validate_lrs and not self.validate_width:
+            return "--validate-lrs needs --validate-width"
+        stray = [lr for lr in self.validate_lrs if not any(math.isclose(lr, g) for g in self.lrs)]
+        if stray:
+            return (f"--validate-lrs {','.join(f'{v:g}' for v in stray)} not in the grid's --lrs "
+                    f"({','.join(f'{v:g}' for v in self.lrs)})")
         if self.corpus != BUILTIN and not Path(self.corpus).expanduser().exists():
             return f"corpus not found: {self.corpus}"
         return None
 
 
 def grid_for(settings: ProxySettings, device: str = "cpu", model_fn=None,
-             widths: tuple[int, ...] | None = None) -> ProxyGrid:
+             widths: tuple[int, ...] | None = None, lrs: tuple[float, ...] | None = None) -> ProxyGrid:
     """The sweep grid of these settings: every run copies the recipe and changes its axes."""
     corpus = settings.corpus
     if corpus != BUILTIN:
@@ -140,7 +155,7 @@ def grid_for(settings: ProxySettings, device: str = "cpu", model_fn=None,
     axes = (("warmup_fraction", settings.warmup), ("eps", settings.eps), ("weight_decay", settings.weight_decay),
             ("mup_simple", (False, True) if settings.mup_sweep else (settings.mup_simple,)),
             ("precision", settings.precision))
-    return ProxyGrid(widths=widths or settings.widths, depths=settings.depths or settings.depth, lrs=settings.lrs,
+    return ProxyGrid(widths=widths or settings.widths, depths=settings.depths or settings.depth, lrs=lrs or settings.lrs,
                      variants=settings.variants, seeds=tuple(range(settings.seeds)),
                      optimizers=settings.optimizer, base=base, axes=axes).validate()
 
@@ -292,18 +307,22 @@ def analyse_and_report(out: Path, grid: ProxyGrid, results: list[dict], settings
                   "sizes": {str(w): n for w, n in sizes.items()},
                   "n_params_by_depth": {str(d): n for d, n in _by_depth(grid, width, model_fn).items()}}
     early = early_attention_logits(out / RUNS_DIR, settings.prediction_step)
-    summary = summarize(results, early, list(grid.lrs), list(grid.depths), prediction)
+    summary = summarize(results, early, list(grid.lrs), list(grid.depths), prediction, settings.interval)
     swept = grid.swept()
     if swept:
         summary["axes"] = {name: {str(v): axis_label(name, v) for v in values} for name, values in swept}
     if held_out:
         w = settings.validate_width
+        checked = validate(results, held_out, early, _by_depth(grid, w, model_fn), settings.interval,
+                           summary["prediction"]["models"])
         summary["validation"] = {
             "width": w, "n_params": parameter_count(grid, w, model_fn), "n_runs": len(held_out),
             "from_widths": list(grid.widths), "step": settings.prediction_step,
-            "points": validation_points(results, held_out, early, _by_depth(grid, w, model_fn))}
+            "lrs": sorted({r["lr"] for r in held_out}), **checked}
     summary.update(curvature_readings(out / RUNS_DIR, results, list(grid.lrs)))
     lines = findings(summary)
+    if summary.get("backtest"):
+        lines.append(backtest_line(summary))
     if held_out:
         lines.append(validation_line(summary))
     corpus = load_corpus(grid.base.corpus).describe()
@@ -319,6 +338,13 @@ def analyse_and_report(out: Path, grid: ProxyGrid, results: list[dict], settings
         "sweep_seconds": sweep_seconds,
     }
     return write_proxy_report(out, summary, lines, meta)
+
+
+def _validation_lrs(settings: ProxySettings) -> tuple[float, ...]:
+    """--validate-lrs spelled as the grid spells them (so the check's run ids match the grid's LRs)."""
+    if not settings.validate_lrs:
+        return settings.lrs
+    return tuple(g for g in settings.lrs if any(math.isclose(g, v) for v in settings.validate_lrs))
 
 
 def run_study(settings: ProxySettings, runtime: Runtime, model_fn=None) -> dict:
@@ -340,7 +366,8 @@ def run_study(settings: ProxySettings, runtime: Runtime, model_fn=None) -> dict:
     results = run_sweep(grid, out, runtime.workers, runtime.address, progress=runtime.progress, model_fn=model_fn)
     held_out = None
     if settings.validate_width:
-        check_grid = grid_for(settings, runtime.device, model_fn, widths=(settings.validate_width,))
+        check_grid = grid_for(settings, runtime.device, model_fn, widths=(settings.validate_width,),
+                              lrs=_validation_lrs(settings))
         print(f"prediction check: {len(check_grid.runs())} runs at width {settings.validate_width}")
         held_out = run_sweep(check_grid, out, runtime.workers, runtime.address, progress=runtime.progress,
                              model_fn=model_fn, label="prediction check")

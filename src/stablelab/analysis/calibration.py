@@ -1,0 +1,159 @@
+"""Prediction intervals calibrated on a study's own backtest (pure functions).
+
+A study with three or more widths predicts its own largest width from the smaller ones (the
+backtest, `analysis.prediction`). The log ratios observed / predicted of that backtest are the
+calibration set: their median is the extrapolation's bias, and a split-conformal quantile of their
+absolute deviation from it is the half-width of the interval (Vovk et al. 2005; Angelopoulos &
+Bates 2021, "A gentle introduction to conformal prediction", section 1: the ceil((n+1)(1-alpha))-th
+smallest score gives coverage >= 1 - alpha for an exchangeable new point). Residuals are scaled
+by the extrapolation distance (log of target size over the largest fitted size) relative to the
+backtest's, so a forecast two doublings ahead gets twice the backtest's spread and bias."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from statistics import NormalDist
+from typing import Sequence
+
+import numpy as np
+
+# Used when a quantity cannot be calibrated (fewer than 3 widths, or too few backtest points for the
+# level): wide ranges, in log space, larger than every backtest spread measured on the default grid.
+UNCALIBRATED_HALF_WIDTH = {"final_loss": math.log(1.25), "attn_logit": math.log(10.0),
+                           "lr_sensitivity": math.log(3.0)}
+
+
+def z_for(level: float) -> float:
+    """Two-sided normal quantile: z_for(0.9) = 1.645."""
+    return NormalDist().inv_cdf(0.5 + level / 2)
+
+
+def conformal_quantile(scores: Sequence[float], level: float) -> float | None:
+    """The ceil((n + 1) level)-th smallest score (split conformal); None when n is too small for the
+    level (that many points cannot promise it)."""
+    s = sorted(float(v) for v in scores if v is not None and math.isfinite(v))
+    k = math.ceil((len(s) + 1) * level)
+    if not s or k > len(s):
+        return None
+    return s[k - 1]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How one quantity class's intervals are built, in log space, at the backtest's distance:
+    point x exp(bias * scale), interval point x exp(+-half_width * scale), scale = the target's
+    extrapolation distance over the backtest's."""
+
+    quantity: str
+    level: float
+    bias: float            # median log(observed / predicted) of the backtest
+    half_width: float      # conformal quantile of |residual - bias|, or the uncalibrated default
+    n: int                 # backtest residuals used
+    calibrated: bool
+    correlation: float = 0.0   # share of the residual variance common to all LRs of a group
+    seed_sd: float = 0.0       # seed-to-seed sd of log values at the study's widths (0: one seed)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def correlation_across_lrs(residuals_by_group: dict) -> float:
+    """Share rho of the residual variance that is common to all LRs of a group, from
+    E[mean_g^2] = rho s^2 + (1 - rho) s^2 / n (residuals centred), clipped to [0, 0.95]."""
+    groups = [np.asarray(v, float) for v in residuals_by_group.values() if len(v) > 1]
+    if len(groups) < 2:
+        return 0.5
+    everything = np.concatenate(groups)
+    centre = float(np.median(everything))
+    s2 = float(np.mean((everything - centre) ** 2))
+    if s2 <= 0:
+        return 0.0
+    n = float(np.mean([len(g) for g in groups]))
+    m2 = float(np.mean([(np.mean(g) - centre) ** 2 for g in groups]))
+    return float(np.clip((m2 - s2 / n) / (s2 * (1 - 1 / n)), 0.0, 0.95))
+
+
+def calibrate(quantity: str, residuals: Sequence[float], level: float, residuals_by_group: dict | None = None,
+              seed_sd: float = 0.0, floor: float = 0.0) -> Calibration:
+    """Bias and half-width for one quantity class from backtest log residuals; falls back to the
+    wide default (calibrated=False) when there are too few residuals for the level. `floor`: a
+    half-width below which the interval is not allowed to go (the seed spread and the fit's own)."""
+    r = [float(v) for v in residuals if v is not None and math.isfinite(v)]
+    rho = correlation_across_lrs(residuals_by_group or {})
+    if r:
+        bias = float(np.median(r))
+        q = conformal_quantile([abs(v - bias) for v in r], level)
+    else:
+        bias, q = 0.0, None
+    if q is None:
+        default = UNCALIBRATED_HALF_WIDTH.get(quantity, math.log(3.0))
+        return Calibration(quantity, level, 0.0, max(default, floor), len(r), False, rho, seed_sd)
+    return Calibration(quantity, level, bias, max(q, floor), len(r), True, rho, seed_sd)
+
+
+def log_interval(point: float, cal: Calibration, scale: float = 1.0) -> tuple[float, list[float] | None]:
+    """(bias-corrected point, interval) for a positive quantity."""
+    if point is None or not math.isfinite(point) or point <= 0:
+        return point, None
+    centre = point * math.exp(cal.bias * scale)
+    h = cal.half_width * scale
+    return centre, [centre * math.exp(-h), centre * math.exp(h)]
+
+
+def binary_set(probability: float, level: float) -> list[int]:
+    """The level prediction set of a yes/no outcome: [0, 0] (no), [1, 1] (yes) or [0, 1] (either)."""
+    alpha = 1 - level
+    lo = 0 if probability < 1 - alpha / 2 else 1
+    hi = 1 if probability > alpha / 2 else 0
+    return [lo, hi]
+
+
+def grid_set(values: Sequence[float], probabilities: Sequence[float], level: float, point: float) -> list[float]:
+    """The narrowest contiguous range of grid values around `point` holding `level` of the probability;
+    never a single value (a grid point stands for the range up to its neighbours)."""
+    values = list(values)
+    p = list(probabilities)
+    i = j = values.index(point)
+    mass = p[i]
+    while mass < level - 1e-12 and (i > 0 or j < len(values) - 1):
+        left = p[i - 1] if i > 0 else -1.0
+        right = p[j + 1] if j < len(values) - 1 else -1.0
+        if left >= right:
+            i -= 1
+            mass += p[i]
+        else:
+            j += 1
+            mass += p[j]
+    if i == j:  # widen to the likelier neighbour
+        left = p[i - 1] if i > 0 else -1.0
+        right = p[j + 1] if j < len(values) - 1 else -1.0
+        if left < 0 and right < 0:
+            return [values[i], values[j]]
+        if left >= right:
+            i -= 1
+        else:
+            j += 1
+    return [values[i], values[j]]
+
+
+def is_inside(observed, interval, bound: str | None = None) -> bool:
+    """Observed within the interval; an interval with a None end is a bound ("at least lo")."""
+    if observed is None or interval is None or (isinstance(observed, float) and not math.isfinite(observed)):
+        return False
+    lo, hi = interval
+    slack = 1e-9 * max(abs(lo or 0.0), abs(hi or 0.0))  # rounding, not a margin
+    return (lo is None or observed >= lo - slack) and (hi is None or observed <= hi + slack)
+
+
+def coverage(points: Sequence[dict]) -> dict:
+    """quantity class -> {"inside", "total", "fraction"}, plus "all"."""
+    out: dict[str, dict] = {}
+    for p in points:
+        for key in (p["quantity"], "all"):
+            c = out.setdefault(key, {"inside": 0, "total": 0})
+            c["inside"] += bool(p["inside"])
+            c["total"] += 1
+    for c in out.values():
+        c["fraction"] = c["inside"] / c["total"] if c["total"] else None
+    return out
