@@ -18,7 +18,7 @@ TINY = ["--widths", "32,64", "--lrs", "1e-3,1e-1", "--variants", "baseline", "--
 
 
 def test_a_sweep_stored_before_the_new_axes_still_resumes():
-    settings = config.from_flags(ProxySettings, {})
+    settings = config.from_flags(ProxySettings, {"widths": "64,128,256"})  # the default before width 32 joined
     assert sweep_fingerprint(settings, grid_for(settings)) == OLD_DEFAULT_SWEEP
     assert [c.run_id for c in grid_for(settings).runs()][:2] == ["baseline_w64_d2_lr0.0003_s0",
                                                                  "baseline_w64_d2_lr0.001_s0"]
@@ -55,9 +55,17 @@ def test_sweep_with_axes_and_validation(tmp_path):
     assert set(pred["best_lr"]) >= {"predicted", "interval"}
     validation = summary["validation"]
     assert validation["width"] == 128 and validation["n_runs"] == 2 * 2
-    assert len(validation["points"]) == 2 * (2 * 2 + 3)
+    assert len(validation["points"]) == 2 * (2 * 3 + 3)  # per LR: final loss, logit, diverged; 3 per group
     for p in validation["points"]:
-        assert set(p) >= {"quantity", "variant", "lr", "predicted", "interval", "observed", "ratio", "inside"}
+        assert set(p) >= {"quantity", "variant", "lr", "predicted", "interval", "level", "observed", "ratio",
+                          "inside"}
+    assert validation["coverage"]["all"]["total"] == len(validation["points"])
+    assert set(validation["accuracy"]) >= {"final_loss_median_abs_error", "final_loss_median_signed_error",
+                                           "best_lr_exact", "best_lr_within_one", "best_lr_median_regret"}
+    # two widths: no backtest, and the intervals say they are not calibrated
+    assert summary["backtest"] is None and "not calibrated" in pred["calibration_note"]
+    assert all(p["calibrated"] is False and p["level"] == 0.9 for p in pred["points"])
+    assert all("probability" in p for p in pred["points"] if p["quantity"] == "diverged")
     page = (out / "report.html").read_text()
     assert "Prediction checked" in page and "LR sensitivity per warmup_fraction" in page
     # the validation runs are not part of the fits, and a rerun redoes nothing
@@ -74,6 +82,44 @@ def test_sweep_with_axes_and_validation(tmp_path):
     (["--eps", "-1"], "--eps"),
 ])
 def test_bad_axis_input(tmp_path, capsys, args, message):
+    assert main(["proxy", *TINY, *args, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+def test_three_widths_backtest_themselves_in_summary_and_report(tmp_path):
+    """With 3 widths the study predicts its own largest width from the smaller two (no extra runs):
+    summary.json's backtest has every point scored, and the report has its section and figure."""
+    out = tmp_path / "bt"
+    args = ["--widths", "32,64,96", "--lrs", "1e-3,1e-2,1e-1", "--variants", "baseline", "--steps", "12",
+            "--batch-size", "4", "--seq-len", "16", "--log-every", "4", "--prediction-step", "4",
+            "--workers", "2", "--no-progress", "--interval", "0.8", "--validate-width", "128",
+            "--validate-lrs", "1e-2"]
+    assert main(["proxy", *args, "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    bt = summary["backtest"]
+    assert bt["width"] == 96 and bt["from_widths"] == [32, 64]
+    assert len(bt["points"]) == 3 * 3 + 3
+    for p in bt["points"]:
+        assert set(p) >= {"quantity", "variant", "lr", "predicted", "interval", "level", "observed", "inside"}
+        assert p["level"] == 0.8
+    assert bt["coverage"]["all"] == {"inside": sum(p["inside"] for p in bt["points"]), "total": 12,
+                                     "fraction": sum(p["inside"] for p in bt["points"]) / 12}
+    # the check trained only lr 1e-2 at width 128: its per-LR points, no best LR or sensitivity
+    assert sorted({r["run_id"] for r in summary["runs"]}) == sorted(
+        f"baseline_w{w}_d2_lr{lr}_s0" for w in (32, 64, 96) for lr in ("0.001", "0.01", "0.1"))
+    assert {p["lr"] for p in summary["validation"]["points"]} == {0.01}
+    assert len(summary["validation"]["points"]) == 3
+    page = (out / "report.html").read_text()
+    assert "how well this study predicts itself" in page and (out / "figures" / "forecast.png").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--validate-lrs", "1e-3"], "--validate-lrs needs --validate-width"),
+    (["--validate-width", "128", "--validate-lrs", "5e-3"], "not in the grid's --lrs"),
+    (["--interval", "1.5"], "--interval"),
+])
+def test_bad_forecast_input(tmp_path, capsys, args, message):
     assert main(["proxy", *TINY, *args, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err

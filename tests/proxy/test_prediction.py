@@ -1,141 +1,230 @@
-"""Outcome predictions and their intervals on synthetic studies with known power laws."""
+"""Forecasts, backtest and calibrated intervals on synthetic studies with known laws and noise."""
 
 import math
 
 import numpy as np
 import pytest
 
-from stablelab.analysis.prediction import (check_prediction, extrapolate, observed_group, outcome_predictions,
-                                           predict_group, validation_points)
+from stablelab.analysis.calibration import binary_set, conformal_quantile, coverage, grid_set, is_inside
+from stablelab.analysis.extrapolation import extrapolate, fit_group_losses, fit_loss, lr_shift, saturating
+from stablelab.analysis.prediction import accuracy, forecast, validate
 
-SIZES = {32: 1e5, 64: 4e5, 128: 1.6e6}
-TARGET = 6.4e6  # the next width of the same ladder
+WIDTHS = (32, 64, 128, 256)
+SIZES = {32: 1e5, 64: 4e5, 128: 1.6e6, 256: 6.4e6, 512: 2.56e7}
 INIT = 5.5
+LRS = (1e-3, 1e-2, 1e-1)
+POWER = {1e-3: (9.0, -0.05), 1e-2: (8.0, -0.06), 1e-1: (2.0, 0.05)}  # lr 0.1 gets worse with size
 
 
-def _law(a, b, n):
-    return a * n ** b
-
-
-def _runs(laws, sizes=SIZES, seeds=1, noise=0.0, logit=lambda lr, n: 10 * lr * n ** 0.5, seed=0):
-    """laws: lr -> (a, b) with final_loss = a N^b; attention logit = 10 lr N^0.5."""
-    rng = np.random.default_rng(seed)
+def _rows(law, widths=WIDTHS, seeds=1, noise=0.0, rng=None, variants=("baseline",), logit=None):
+    """Result rows of a synthetic study: final_loss = law(lr, N) x exp(noise Z)."""
+    rng = rng or np.random.default_rng(0)
+    logit = logit or (lambda lr, n: 10 * lr * n ** 0.5)
     rows = []
-    for w, n in sizes.items():
-        for lr, (a, b) in laws.items():
-            for s in range(seeds):
-                loss = _law(a, b, n) * (1 + noise * rng.standard_normal())
-                rows.append({"width": w, "lr": lr, "final_loss": min(loss, 99.0), "init_loss": INIT,
-                             "early_logit": logit(lr, n) * (1 + noise * rng.standard_normal()), "seed": s})
+    for v in variants:
+        for w in widths:
+            for lr in LRS:
+                for s in range(seeds):
+                    n = SIZES[w]
+                    rows.append({"run_id": f"{v}_{w}_{lr}_{s}", "variant": v, "optimizer": "adamw", "depth": 2,
+                                 "tag": "", "width": w, "lr": lr, "seed": s, "n_params": n, "init_loss": INIT,
+                                 "final_loss": law(lr, n) * math.exp(noise * rng.standard_normal()),
+                                 "early": logit(lr, n) * math.exp(noise * rng.standard_normal())})
     return rows
 
 
-LAWS = {1e-3: (9.0, -0.05), 1e-2: (8.0, -0.06), 1e-1: (2.0, 0.06)}  # lr 0.1 gets worse with size
+def _early(rows):
+    return {r["run_id"]: r["early"] for r in rows}
 
+
+def _power(lr, n):
+    a, b = POWER[lr]
+    return a * n ** b
+
+
+# ------------------------------------------------------------------------------------------- curves
 
 def test_extrapolate_is_a_line_and_one_point_is_a_constant():
     assert extrapolate([0, 1], [1, 3], 2) == pytest.approx(5)
     assert extrapolate([1], [7], 5) == 7
 
 
-def test_exact_power_laws_are_predicted_exactly():
-    pred = predict_group(_runs(LAWS), SIZES, TARGET)
-    for row in pred["per_lr"]:
-        a, b = LAWS[row["lr"]]
-        truth = min(_law(a, b, TARGET), INIT)
-        assert row["final_loss"]["predicted"] == pytest.approx(truth, rel=1e-9)
-        lo, hi = row["final_loss"]["interval"]
-        assert lo * (1 - 1e-9) <= truth <= hi * (1 + 1e-9)
-        assert row["attn_logit"]["predicted"] == pytest.approx(10 * row["lr"] * TARGET ** 0.5, rel=1e-9)
-    truths = {lr: min(_law(a, b, TARGET), INIT) for lr, (a, b) in LAWS.items()}
-    assert pred["best_lr"]["predicted"] == min(truths, key=truths.get) == 1e-2
-    expected_sens = np.mean([v - min(truths.values()) for v in truths.values()])
-    assert pred["lr_sensitivity"]["predicted"] == pytest.approx(expected_sens, rel=1e-9)
+@pytest.mark.parametrize("model", ["power_law", "log_quadratic"])
+def test_a_power_law_is_extrapolated_exactly_by_the_curves_that_contain_it(model):
+    ns = [1e5, 4e5, 1.6e6]
+    assert fit_loss(model, ns, [9.0 * n ** -0.05 for n in ns], 6.4e6) == pytest.approx(9.0 * 6.4e6 ** -0.05, rel=1e-9)
 
 
-def test_leave_one_width_out_interval_covers_a_bent_curve():
-    """The loss at lr 1e-2 flattens at the largest width: the line through all three widths and the
-    fits without one of them disagree, and the interval spans them."""
-    rows = _runs(LAWS)
-    for r in rows:
-        if r["width"] == 128 and r["lr"] == 1e-2:
-            r["final_loss"] *= 1.05
-    row = next(r for r in predict_group(rows, SIZES, TARGET)["per_lr"] if r["lr"] == 1e-2)
-    lo, hi = row["final_loss"]["interval"]
-    x = np.log10([1e5, 4e5])
-    line_small = math.exp(extrapolate(x, np.log([_law(8.0, -0.06, 1e5), _law(8.0, -0.06, 4e5)]), math.log10(TARGET)))
-    assert lo <= line_small <= hi and hi - lo > 0.05
-    assert lo <= row["final_loss"]["predicted"] <= hi
+def test_saturating_recovers_an_offset_power_law():
+    ns = np.array([1e5, 4e5, 1.6e6, 6.4e6])
+    truth = lambda n: 1.7 + 40.0 * n ** -0.3  # noqa: E731; alpha 0.3 lies on the fit's grid
+    value = saturating(np.log10(ns), truth(ns), math.log10(2.56e7))
+    assert value == pytest.approx(truth(2.56e7), rel=1e-6)
 
 
-def test_divergence_is_predicted_when_the_loss_crosses_init():
-    laws = {1e-3: (9.0, -0.05), 1.0: (1.5, 0.09)}  # lr 1 reaches INIT between 1.6e6 and 6.4e6 params
-    assert _law(1.5, 0.09, 1.6e6) < INIT < _law(1.5, 0.09, TARGET)
-    pred = predict_group(_runs(laws), SIZES, TARGET)
-    by_lr = {r["lr"]: r for r in pred["per_lr"]}
-    assert by_lr[1.0]["diverges"] and by_lr[1.0]["final_loss"]["predicted"] == INIT
-    assert not by_lr[1e-3]["diverges"]
-    assert pred["largest_stable_lr"]["predicted"] == 1e-3
+def test_lr_shift_recovers_a_shifted_curve_and_turns_where_a_power_law_cannot():
+    """log L = F(log10 lr + a x) + b x with F cubic: the fit reads the larger model's losses exactly,
+    including the low-LR side getting worse relative to the power law through each LR."""
+    a, b = 0.55, -0.02
+    coef = [0.9, 0.08, 0.05, 0.01]  # F(u) = 0.9 + 0.08 u + 0.05 u^2 + 0.01 u^3 around the optimum
+
+    def law(lr, n):
+        x = math.log10(n) - 6.0
+        u = math.log10(lr) + 2.0 + a * x
+        return math.exp(sum(c * u ** k for k, c in enumerate(coef)) + b * x)
+
+    lrs = [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
+    ns = [SIZES[w] for w in WIDTHS]
+    table = [[law(lr, n) for lr in lrs] for n in ns]
+    got = fit_group_losses("lr_shift", ns, lrs, table, [[True] * len(lrs)] * len(ns), SIZES[512])
+    assert got == pytest.approx([law(lr, SIZES[512]) for lr in lrs], rel=1e-6)
+    xs, us = np.meshgrid(np.log10(ns), np.log10(lrs), indexing="ij")
+    _, shift = lr_shift(xs.ravel(), us.ravel(), np.log(np.asarray(table)).ravel())
+    assert shift == pytest.approx(a, abs=1e-3)
 
 
-def test_seed_bootstrap_interval_covers_the_truth():
-    covered = 0
-    trials = 20
-    for seed in range(trials):
-        pred = predict_group(_runs(LAWS, seeds=4, noise=0.01, seed=seed), SIZES, TARGET, seed=seed)
-        row = next(r for r in pred["per_lr"] if r["lr"] == 1e-3)
-        lo, hi = row["final_loss"]["interval"]
-        covered += lo <= _law(9.0, -0.05, TARGET) <= hi
-        assert hi > lo
-    assert covered >= 0.8 * trials
+# ------------------------------------------------------------------------------------------- calibration
+
+def test_conformal_quantile_by_hand():
+    scores = [0.1 * k for k in range(1, 11)]  # n = 10: ceil(11 x 0.9) = 10th smallest
+    assert conformal_quantile(scores, 0.9) == pytest.approx(1.0)
+    assert conformal_quantile(scores, 0.5) == pytest.approx(0.6)  # ceil(11 x 0.5) = 6th
+    assert conformal_quantile(scores[:8], 0.9) is None  # ceil(9 x 0.9) = 9 > 8: cannot promise 90%
 
 
-def test_validation_points_compare_prediction_and_a_real_larger_width():
-    train = [{**r, "run_id": f"t{i}", "optimizer": "adamw", "variant": "baseline", "depth": 2, "tag": "",
-              "n_params": SIZES[r["width"]]} for i, r in enumerate(_runs(LAWS))]
-    held = [{**r, "run_id": f"h{i}", "optimizer": "adamw", "variant": "baseline", "depth": 2, "tag": "",
-             "n_params": TARGET} for i, r in enumerate(_runs(LAWS, sizes={256: TARGET}))]
-    logits = {r["run_id"]: r["early_logit"] for r in train + held}
-    points = validation_points(train, held, logits, {2: TARGET})
-    quantities = sorted({p["quantity"] for p in points})
-    assert quantities == ["attn_logit", "best_lr", "final_loss", "largest_stable_lr", "lr_sensitivity"]
-    assert len(points) == 2 * len(LAWS) + 3
-    for p in points:  # exact laws: observed equals predicted
-        assert p["inside"] and p["ratio"] == pytest.approx(1.0, rel=1e-9)
-        assert p["variant"] == "baseline"
+def test_binary_and_grid_sets_by_hand():
+    assert binary_set(0.01, 0.9) == [0, 0] and binary_set(0.99, 0.9) == [1, 1] and binary_set(0.5, 0.9) == [0, 1]
+    lrs = [1e-3, 3e-3, 1e-2, 3e-2]
+    assert grid_set(lrs, [0.06, 0.55, 0.3, 0.09], 0.9, 3e-3) == [3e-3, 3e-2]  # 0.55 + 0.3 + 0.09 = 0.94
+    assert grid_set(lrs, [0.05, 0.6, 0.3, 0.05], 0.9, 3e-3) == [3e-3, 1e-2]  # 0.6 + 0.3 reaches 0.9
+    assert grid_set(lrs, [0.0, 1.0, 0.0, 0.0], 0.9, 3e-3) == [1e-3, 3e-3]  # never a single grid value
+    assert is_inside(0.3, [0.3, None]) and not is_inside(0.1, [0.3, None])
 
 
-def test_check_prediction_flags_an_observation_outside():
-    prediction = {"per_lr": [{"lr": 0.1, "final_loss": {"predicted": 3.0, "interval": [2.9, 3.1]},
-                              "attn_logit": {"predicted": 100.0, "interval": [50.0, 200.0]}}],
-                  "best_lr": {"predicted": 0.1, "interval": [0.1, 0.1]},
-                  "largest_stable_lr": {"predicted": 0.1, "interval": [0.1, 0.1]},
-                  "lr_sensitivity": {"predicted": 0.2, "interval": [0.1, 0.3]}}
-    observed = observed_group([{"lr": 0.1, "final_loss": 3.3, "init_loss": INIT, "early_logit": 400.0}])
-    points = {p["quantity"]: p for p in check_prediction(prediction, observed, {"variant": "v"})}
-    assert not points["final_loss"]["inside"] and points["final_loss"]["ratio"] == pytest.approx(1.1)
-    assert not points["attn_logit"]["inside"] and points["attn_logit"]["ratio"] == pytest.approx(4.0)
-    assert points["best_lr"]["inside"] and points["lr_sensitivity"]["observed"] == 0.0
+def test_two_widths_cannot_be_calibrated_and_say_so_with_wide_intervals():
+    rows = _rows(_power, widths=(32, 64))
+    fc = forecast(rows, _early(rows), {2: SIZES[512]})
+    assert fc["backtest"] is None and "not calibrated" in fc["calibration_note"]
+    for p in fc["points"]:
+        assert p["calibrated"] is False
+        if p["quantity"] == "diverged":  # a yes/no prediction set, not an interval
+            continue
+        lo, hi = p["interval"]
+        assert lo != hi
+        if p["quantity"] == "final_loss":
+            assert hi / lo >= 1.25 ** 2 * (1 - 1e-9) or hi == INIT
 
 
-def test_outcome_predictions_group_by_variant_and_axis_value():
-    rows = []
-    for variant, tag in (("baseline", ""), ("qk_norm", "_wu0.01")):
-        rows += [{**r, "run_id": f"{variant}{i}", "optimizer": "adamw", "variant": variant, "depth": 2, "tag": tag,
-                  "n_params": SIZES[r["width"]]} for i, r in enumerate(_runs(LAWS))]
-    groups = outcome_predictions(rows, {r["run_id"]: r["early_logit"] for r in rows}, {2: TARGET})
-    assert {(g["variant"], g["setting"]) for g in groups} == {("baseline", ""), ("qk_norm", "wu0.01")}
+def test_backtest_coverage_arithmetic_by_hand_on_a_built_sweep():
+    """Three widths, power law fixed: the backtest predicts width 128 from 32 and 64; recompute each
+    final-loss prediction by hand, its inside flag from its interval, and the coverage counts."""
+    rng = np.random.default_rng(3)
+    rows = _rows(_power, widths=(32, 64, 128), noise=0.02, rng=rng, variants=("a", "b", "c", "d"))
+    fc = forecast(rows, _early(rows), {2: SIZES[256]}, models={"final_loss": "power_law", "attn_logit": "paper"})
+    bt = fc["backtest"]
+    assert bt["width"] == 128 and bt["from_widths"] == [32, 64]
+    by_cell = {(r["variant"], r["width"], r["lr"]): r["final_loss"] for r in rows}
+    losses = [p for p in bt["points"] if p["quantity"] == "final_loss"]
+    assert len(losses) == 4 * len(LRS)
+    for p in losses:
+        y = [math.log(by_cell[(p["variant"], w, p["lr"])]) for w in (32, 64)]
+        slope = (y[1] - y[0]) / (math.log10(SIZES[64]) - math.log10(SIZES[32]))
+        raw = math.exp(y[1] + slope * (math.log10(SIZES[128]) - math.log10(SIZES[64])))
+        assert p["observed"] == by_cell[(p["variant"], 128, p["lr"])]
+        lo, hi = p["interval"]
+        assert lo < p["predicted"] < hi and p["inside"] == (lo <= p["observed"] <= hi)
+        # the point is the raw power law times the other three variants' median residual (leave one group out)
+        others = [math.log(by_cell[(v, 128, lr)]) - (2 * math.log(by_cell[(v, 64, lr)]) - math.log(by_cell[(v, 32, lr)]))
+                  for v in "abcd" if v != p["variant"] for lr in LRS]
+        assert p["predicted"] == pytest.approx(min(raw * math.exp(float(np.median(others))), INIT), rel=1e-9)
+    cov = bt["coverage"]
+    for q in ("final_loss", "attn_logit", "diverged", "best_lr", "largest_stable_lr", "lr_sensitivity"):
+        mine = [p for p in bt["points"] if p["quantity"] == q]
+        assert cov[q] == {"inside": sum(p["inside"] for p in mine), "total": len(mine),
+                          "fraction": sum(p["inside"] for p in mine) / len(mine)}
+    assert cov["all"]["total"] == len(bt["points"]) == 4 * (3 * len(LRS) + 3)
+    # the target's calibration is the backtest residuals' median and conformal quantile
+    residuals = [math.log(by_cell[(v, 128, lr)] / math.exp(
+        2 * math.log(by_cell[(v, 64, lr)]) - math.log(by_cell[(v, 32, lr)]))) for v in "abcd" for lr in LRS]
+    cal = fc["calibration"]["final_loss"]
+    assert cal["bias"] == pytest.approx(float(np.median(residuals)), abs=1e-12)
+    assert cal["half_width"] == pytest.approx(
+        conformal_quantile([abs(r - cal["bias"]) for r in residuals], 0.9), abs=1e-12)
 
 
-def test_validation_line_counts_inside_per_quantity():
-    from stablelab.report.proxy_outcomes import validation_line
+@pytest.mark.parametrize("level", [0.9])
+def test_calibrated_intervals_cover_fresh_draws_at_their_level(level):
+    """Synthetic sweeps with known noise (log-normal, 3% per run, four variants of the same laws):
+    the 90% intervals of the final loss and the attention logit at width 512 cover 85-95% of fresh
+    draws of the truth plus the same noise."""
+    inside = total = 0
+    for trial in range(30):
+        rng = np.random.default_rng(100 + trial)
+        rows = _rows(_power, noise=0.03, rng=rng, variants=("a", "b", "c", "d", "e", "f", "g", "h"))
+        fc = forecast(rows, _early(rows), {2: SIZES[512]}, level=level,
+                      models={"final_loss": "power_law", "attn_logit": "paper"}, seed=trial)
+        for p in fc["points"]:
+            if p["quantity"] == "final_loss":
+                truth = _power(p["lr"], SIZES[512])
+            elif p["quantity"] == "attn_logit":
+                truth = 10 * p["lr"] * SIZES[512] ** 0.5
+            else:
+                continue
+            draw = truth * math.exp(0.03 * rng.standard_normal())
+            inside += is_inside(draw, p["interval"])
+            total += 1
+    assert 0.85 <= inside / total <= 0.95, inside / total
 
-    def point(quantity, inside):
-        return {"quantity": quantity, "variant": "baseline", "lr": 0.1, "inside": inside}
 
-    summary = {"validation": {"width": 512, "n_runs": 4, "from_widths": [64, 128],
-                              "points": [point("final_loss", True), point("final_loss", False),
-                                         point("final_loss", False), point("best_lr", True)]}}
-    line = validation_line(summary)
-    assert "2/4 observed values fell inside" in line
-    assert "final_loss 1/3, best_lr 1/1" in line
+# ------------------------------------------------------------------------------------------- decisions
+
+def test_divergence_is_a_probability_and_a_stable_top_lr_is_a_bound():
+    def law(lr, n):  # lr 0.1 crosses the loss at init between widths 256 and 512
+        return _power(lr, n) if lr < 0.1 else 1.48 * n ** 0.08
+
+    assert law(0.1, SIZES[256]) < INIT < law(0.1, SIZES[512])
+    rows = _rows(law, variants=("a", "b", "c"))
+    fc = forecast(rows, _early(rows), {2: SIZES[512]}, models={"final_loss": "power_law", "attn_logit": "paper"})
+    div = {p["lr"]: p for p in fc["points"] if p["quantity"] == "diverged" and p["variant"] == "a"}
+    assert div[0.1]["probability"] > 0.9 and div[0.1]["predicted"] == 1
+    assert div[1e-3]["probability"] < 0.05 and div[1e-3]["interval"] == [0, 0]
+    stable = next(p for p in fc["points"] if p["quantity"] == "largest_stable_lr" and p["variant"] == "a")
+    assert stable["predicted"] == 1e-2 and stable["interval"][1] in (1e-2, None)
+
+    rows = _rows(_power, variants=("a", "b", "c"))
+    fc = forecast(rows, _early(rows), {2: SIZES[512]}, models={"final_loss": "power_law", "attn_logit": "paper"})
+    stable = next(p for p in fc["points"] if p["quantity"] == "largest_stable_lr" and p["variant"] == "a")
+    assert stable["predicted"] == 0.1 and stable["interval"] == [0.1, None] and stable["bound"] == "at least"
+    best = next(p for p in fc["points"] if p["quantity"] == "best_lr" and p["variant"] == "a")
+    truths = {lr: _power(lr, SIZES[512]) for lr in LRS}
+    assert best["predicted"] == min(truths, key=truths.get)
+    assert sum(best["odds"].values()) == pytest.approx(1.0)
+
+
+def test_accuracy_by_hand():
+    points = [{"quantity": "final_loss", "predicted": 2.0, "observed": 2.1},
+              {"quantity": "final_loss", "predicted": 2.0, "observed": 1.9},
+              {"quantity": "final_loss", "predicted": 4.0, "observed": 4.4},
+              {"quantity": "best_lr", "optimizer": "adamw", "variant": "a", "depth": 2, "setting": "",
+               "predicted": 1e-2, "observed": 1e-3}]
+    observed = {("adamw", "a", 2, ""): {"lrs": [1e-3, 1e-2, 1e-1], "per_lr": [
+        {"lr": 1e-3, "final_loss": 2.0}, {"lr": 1e-2, "final_loss": 2.05}, {"lr": 1e-1, "final_loss": 3.0}]}}
+    acc = accuracy(points, observed)
+    assert acc["final_loss_median_abs_error"] == pytest.approx(0.05)  # |e| = 0.05, 0.05, 0.1
+    assert acc["final_loss_median_signed_error"] == pytest.approx(0.05)  # 0.05, -0.05, 0.1
+    assert acc["best_lr_exact"] == 0 and acc["best_lr_within_one"] == 1
+    assert acc["best_lr_median_regret"] == pytest.approx(0.025)
+
+
+def test_validation_on_a_subset_of_lrs_checks_only_per_lr_points():
+    rows = _rows(_power, variants=("a", "b", "c"))
+    held = [dict(r, run_id="h" + r["run_id"]) for r in _rows(_power, widths=(512,), variants=("a", "b", "c"))
+            if r["lr"] != 1e-3]
+    early = {**_early(rows), **_early(held)}
+    v = validate(rows, held, early, {2: SIZES[512]}, models={"final_loss": "power_law", "attn_logit": "paper"})
+    assert {p["quantity"] for p in v["points"]} == {"final_loss", "attn_logit", "diverged"}
+    assert {p["lr"] for p in v["points"]} == {1e-2, 1e-1}
+    assert coverage(v["points"])["all"]["total"] == 3 * 2 * 3
+    # exact laws, no noise: every point inside, and the errors are zero
+    assert all(p["inside"] for p in v["points"])
+    assert v["accuracy"]["final_loss_median_abs_error"] == pytest.approx(0.0, abs=1e-9)

@@ -12,7 +12,7 @@ backtest's, so a forecast two doublings ahead gets twice the backtest's spread a
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from statistics import NormalDist
 from typing import Sequence
 
@@ -90,6 +90,27 @@ def calibrate(quantity: str, residuals: Sequence[float], level: float, residuals
         default = UNCALIBRATED_HALF_WIDTH.get(quantity, math.log(3.0))
         return Calibration(quantity, level, 0.0, max(default, floor), len(r), False, rho, seed_sd)
     return Calibration(quantity, level, bias, max(q, floor), len(r), True, rho, seed_sd)
+
+
+def line_leverage(xs: Sequence[float], x_target: float) -> float:
+    """Leverage of a least-squares line at x_target: 1/n + (x_t - mean)^2 / sum (x - mean)^2; the
+    prediction error's variance is sigma^2 (1 + leverage) for noise sigma per point."""
+    x = np.asarray(xs, float)
+    sxx = float(np.sum((x - x.mean()) ** 2))
+    return 1 / len(x) + ((x_target - x.mean()) ** 2 / sxx if sxx > 0 else 0.0)
+
+
+def leverage_ratio(xs_target, x_target, xs_backtest, x_backtest) -> float:
+    """sqrt((1 + h_target) / (1 + h_backtest)): how much larger the target's noise-driven error is
+    than the backtest's, for a line fitted to the same kind of points."""
+    return math.sqrt((1 + line_leverage(xs_target, x_target)) / (1 + line_leverage(xs_backtest, x_backtest)))
+
+
+def scaled(cal: Calibration, distance: float, leverage: float = 1.0) -> Calibration:
+    """The calibration at the target: bias and half-width grow with the extrapolation distance
+    (relative to the backtest's); for a per-LR line, the half-width also follows its leverage."""
+    return replace(cal, bias=cal.bias * distance,
+                   half_width=max(cal.half_width * distance * leverage, z_for(cal.level) * cal.seed_sd))
 
 
 def log_interval(point: float, cal: Calibration, scale: float = 1.0) -> tuple[float, list[float] | None]:

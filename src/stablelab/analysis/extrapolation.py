@@ -17,7 +17,7 @@ The study chooses among those that its backtest can fit by their backtest error,
 
 Attention logit at the prediction step: Wortsman et al. 2023 section 3.3 fit log10(logit) against
 log10(size) with a quadratic; with few sizes a quadratic interpolates exactly and extrapolates
-wildly, so degree min(2, n - 2), at least 1."""
+wildly, so a line below 5 sizes (`logit_degree`); `lr_shift` is the alternative the backtest weighs."""
 
 from __future__ import annotations
 
@@ -154,7 +154,7 @@ def fit_group_losses(model: str, sizes: Sequence[float], lrs: Sequence[float], l
 LOGIT_MODELS = ("paper", "lr_shift")
 LOGIT_MODEL_TEXT = {
     "paper": "paper 3.3: log10(layer-0 max attention logit at the prediction step) against log10(params) per LR, "
-             "degree min(2, n_widths - 2), at least 1",
+             "a line (a quadratic from 5 widths)",
     "lr_shift": "one fit per group: log z = G(log10 lr + a log10 N) + b log10 N, G cubic",
 }
 
@@ -174,7 +174,9 @@ def fit_group_logits(model: str, sizes: Sequence[float], lrs: Sequence[float], l
 
 
 def logit_degree(n: int) -> int:
-    return max(1, min(2, n - 2))
+    """Quadratic (the paper's) only from 5 sizes: then the backtest, one size fewer, fits the same
+    degree with a point to spare, and its errors calibrate the target's; otherwise a line."""
+    return max(1, min(2, n - 3))
 
 
 def fit_logit(sizes: Sequence[float], logits: Sequence[float | None], n_target: float) -> float:

@@ -29,8 +29,8 @@ from typing import Sequence
 import numpy as np
 
 from stablelab.analysis.calibration import (Calibration, binary_set, calibrate, coverage, grid_set, is_inside,
-                                            log_interval, z_for)
-from stablelab.analysis.extrapolation import LOSS_MODEL_TEXT, LOSS_MODELS, extrapolate, fit_group_logits, fit_group_losses, LOGIT_MODELS, LOGIT_MODEL_TEXT
+                                            leverage_ratio, log_interval, scaled, z_for)
+from stablelab.analysis.extrapolation import LOSS_MODEL_TEXT, LOSS_MODELS, extrapolate, fit_group_logits, fit_group_losses, LOGIT_MODELS, LOGIT_MODEL_TEXT, logit_degree
 from stablelab.analysis.proxy import ATTN_LOGIT_DANGER, best_lr, largest_stable_lr, lr_sensitivity
 
 __all__ = ["extrapolate", "forecast", "validate", "METHODS", "DEFAULT_LEVEL"]
@@ -42,8 +42,7 @@ QUANTITIES = ("final_loss", "attn_logit", "diverged", "best_lr", "largest_stable
 METHODS = {
     "final_loss": "per LR, the loss curve the backtest chose (see loss_model), capped at the loss at init "
                   "(diverged runs count as the loss at init)",
-    "attn_logit": "paper 3.3: log10(layer-0 max attention logit at the prediction step) against "
-                  "log10(params), degree min(2, n_widths - 2), at least 1",
+    "attn_logit": "the logit curve the backtest chose (see models): paper 3.3's log-log fit per LR, or lr_shift",
     "diverged": "probability that the run ends at or above the loss at init (the study's criterion), from "
                 "the calibrated loss distribution; probability_paper: that the attention logit passes 1e4 "
                 "(paper 3.3)",
@@ -444,7 +443,9 @@ def forecast(results: list[dict], early_logits: dict[str, float], target: dict[i
         sizes = _sizes(rows)
         raw = raw_forecast(rows, widths, sizes, target[key[2]], models["final_loss"], models["attn_logit"])
         scale = max(raw["distance"] / bt_distance, 1.0) if bt_distance and raw["distance"] > 0 else 1.0
-        mine = group_points(raw, cals, scale, level, group_fields(key), seed)
+        lev = _leverage(models, widths, sizes, target[key[2]]) if bt is not None else {}
+        mine = group_points(raw, {q: scaled(c, scale, lev.get(q, 1.0)) for q, c in cals.items()}, 1.0, level,
+                            group_fields(key), seed)
         points += mine
         groups_out.append({**group_fields(key), "widths": raw["widths"], "n_target": target[key[2]],
                            "distance_scale": scale,
@@ -458,6 +459,17 @@ def forecast(results: list[dict], early_logits: dict[str, float], target: dict[i
             "model_backtest_errors": scores,
             "calibration": {q: c.to_json() for q, c in cals.items()}, "calibration_note": note,
             "seed_spread": spread, "backtest": bt}
+
+
+def _leverage(models: dict[str, str], widths: list[int], sizes: dict[int, float], n_target: float) -> dict:
+    """Per quantity, the leverage ratio of the target's fit to the backtest's, for the curves that are
+    a least-squares line per LR in log size (power_law; paper's logit fit below 5 widths)."""
+    x = [math.log10(sizes[w]) for w in widths]
+    ratio = leverage_ratio(x, math.log10(n_target), x[:-1], x[-1])
+    lines = {"final_loss": models["final_loss"] == "power_law",
+             "attn_logit": models["attn_logit"] == "paper" and logit_degree(len(widths)) == 1
+             and logit_degree(len(widths) - 1) == 1}
+    return {q: ratio for q, is_line in lines.items() if is_line}
 
 
 def _residuals_from(bt: dict) -> dict[str, dict[tuple, list[float]]]:
