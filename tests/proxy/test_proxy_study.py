@@ -51,8 +51,8 @@ def test_lr_sensitivity_matches_the_runs(tiny_study):
 
 def test_report_is_self_contained(tiny_study):
     page = (tiny_study / "report.html").read_text()
-    # six figures of the sweep, and the gradient RMS per layer (its LRs include 1e-2's nearest)
-    assert page.count("data:image/png;base64,") == 7 and "Gradient RMS against AdamW eps" in page
+    # six figures of the sweep, the forecast, and the gradient RMS per layer (its LRs include 1e-2's nearest)
+    assert page.count("data:image/png;base64,") == 8 and "Gradient RMS against AdamW eps" in page
     assert "http://" not in page and "https://" not in page  # opens offline
     assert "LR sensitivity" in page and "Prediction" in page
     assert (tiny_study / "summary.md").read_text().startswith("# Proxy study summary")
