@@ -9,6 +9,8 @@ from typing import Sequence
 
 import numpy as np
 
+from stablelab.analysis.extrapolation import logit_degree
+
 ATTN_LOGIT_DANGER = 1e4  # paper 3.3: runs whose layer-0 attention logit passed ~1e4 diverged
 
 
@@ -72,13 +74,14 @@ class LogitFit:
 def fit_attention_logit_growth(sizes: Sequence[float], logits: Sequence[float], lr: float) -> LogitFit | None:
     """Paper 3.3 fits the layer-0 max attention logit at a fixed early step against model size,
     quadratic in log-size. With few sizes a quadratic interpolates exactly and extrapolates wildly,
-    so we use degree min(2, n_points - 2) (a least-squares line for three sizes), at least 1."""
+    so a least-squares line below 5 sizes (`analysis.extrapolation.logit_degree`, which the forecast's
+    backtest also uses)."""
     points = [(s, z) for s, z in zip(sizes, logits) if z is not None and np.isfinite(z) and z > 0]
     if len(points) < 2:
         return None
     x = np.log10([p[0] for p in points])
     y = np.log10([p[1] for p in points])
-    degree = max(1, min(2, len(points) - 2))
+    degree = logit_degree(len(points))
     coefficients = np.polyfit(x, y, degree)
     return LogitFit(lr, degree, tuple(float(c) for c in coefficients),
                     tuple(float(p[0]) for p in points), tuple(float(p[1]) for p in points))

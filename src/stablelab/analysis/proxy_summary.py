@@ -194,12 +194,21 @@ def findings(summary: dict) -> list[str]:
         )
 
     pred = summary["prediction"]
-    flagged = [p for p in pred["per_lr"] if p["predicted_unstable"]]
-    if flagged:
-        lines.append(f"Prediction for width {pred['width']} ({pred['n_params'] / 1e6:.1f}M params): layer-0 "
-                     f"attention logit at step {pred['step']} predicted above {pred['threshold']:g} for "
-                     + "; ".join(f"{p['variant']} lr {p['lr']:g} ({p['predicted']:.2g})" for p in flagged) + ".")
+    risky = [p for p in pred.get("points", []) if p["quantity"] == "diverged"
+             and ((p.get("probability_paper") or 0) >= 0.5 or p["probability"] >= 0.5)]
+    if risky:
+        lines.append(f"Prediction for width {pred['width']} ({pred['n_params'] / 1e6:.1f}M params): likely to diverge "
+                     f"(P >= 50% by the loss at init, or by the layer-0 attention logit at step {pred['step']} passing "
+                     f"{pred['threshold']:g}, paper 3.3): "
+                     + "; ".join(f"{p['variant']} lr {p['lr']:g} (P {p['probability']:.0%} / "
+                                 f"{(p.get('probability_paper') or 0):.0%})" for p in risky) + ".")
     else:
-        lines.append(f"Prediction for width {pred['width']}: no LR is predicted to cross "
-                     f"{pred['threshold']:g} in layer 0 at step {pred['step']}.")
+        lines.append(f"Prediction for width {pred['width']}: no LR is predicted to diverge or to cross "
+                     f"{pred['threshold']:g} in layer 0 at step {pred['step']} (each P < 50%).")
+    best = [g for g in pred.get("groups", []) if g["best_lr"].get("predicted") is not None]
+    if best:
+        lines.append(f"Best LR predicted for width {pred['width']}: " + "; ".join(
+            f"{g['variant']}{' ' + g['setting'] if g['setting'] else ''} {g['best_lr']['predicted']:g} (odds "
+            + ", ".join(f"{lr} {o:.0%}" for lr, o in g["best_lr"].get("odds", {}).items() if o >= 0.05) + ")"
+            for g in best) + ".")
     return lines

@@ -1,0 +1,117 @@
+"""Decisions a user acts on, from a forecast's per-LR losses and its calibration (pure).
+
+Draws of the per-LR final losses (log-normal around the calibrated point, sd = half-width / z,
+correlated across LRs as the backtest's errors are) give the probability that each LR diverges,
+the best LR with each LR's odds, the largest stable LR (a bound at the top of the grid) and the LR
+sensitivity (Wortsman et al. 2023, section 2), each with its interval; `group_points` turns one
+group's forecast into the points of summary.json."""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+import numpy as np
+
+from stablelab.analysis.calibration import Calibration, binary_set, grid_set, log_interval, z_for
+from stablelab.analysis.proxy import ATTN_LOGIT_DANGER, best_lr, largest_stable_lr, lr_sensitivity
+
+DRAWS = 4000
+
+
+def _finite(v) -> bool:
+    return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _draws(raw: dict, cal_loss: Calibration, scale: float, rng: np.random.Generator, n: int) -> np.ndarray:
+    """(n, n_lrs) draws of per-LR final losses around the calibrated points (uncapped)."""
+    points = np.array([p["final_loss"] for p in raw["per_lr"]], float)
+    centre = np.log(np.where(np.isfinite(points) & (points > 0), points, np.nan)) + cal_loss.bias * scale
+    sigma = cal_loss.half_width * scale / z_for(cal_loss.level)
+    rho = cal_loss.correlation
+    common = rng.standard_normal((n, 1))
+    own = rng.standard_normal((n, len(points)))
+    return np.exp(centre + sigma * (math.sqrt(rho) * common + math.sqrt(1 - rho) * own))
+
+
+def decisions(raw: dict, cals: dict[str, Calibration], scale: float, level: float, seed: int = 0) -> dict:
+    """Probabilities and intervals of the decisions a user acts on, from draws of the losses."""
+    rng = np.random.default_rng(seed)
+    lrs = raw["lrs"]
+    inits = np.array([p["init"] for p in raw["per_lr"]])
+    floor = np.array([p["diverged_fraction"] for p in raw["per_lr"]])
+    draws = _draws(raw, cals["final_loss"], scale, rng, DRAWS)
+    draws = np.where(np.isfinite(draws), draws, inits)
+    # A run that diverged at the largest fitted width diverges at least as often at a larger one.
+    diverged = (draws >= inits) | (rng.random(draws.shape) < floor)
+    capped = np.where(diverged, inits, np.minimum(draws, inits))
+    p_div = diverged.mean(axis=0)
+
+    points = np.array([p["final_loss"] for p in raw["per_lr"]], float)
+    centre = np.minimum(points * math.exp(cals["final_loss"].bias * scale), inits)
+    point_div = [bool(p >= 0.5) for p in p_div]
+    centre = np.where(point_div, inits, centre)
+
+    argmins = np.argmin(capped, axis=1)
+    odds = np.bincount(argmins, minlength=len(lrs)) / len(argmins)
+    best = best_lr(lrs, centre)
+    stable_idx = np.where(~diverged, np.arange(len(lrs)), -1).max(axis=1)
+    largest = largest_stable_lr(lrs, point_div)
+    top = len(lrs) - 1
+    alpha = 1 - level
+    lo_i, hi_i = np.quantile(stable_idx, [alpha / 2, 1 - alpha / 2], method="inverted_cdf")
+    lo_lr = lrs[int(lo_i)] if lo_i >= 0 else None
+    hi_lr = None if hi_i >= top else (lrs[int(hi_i)] if hi_i >= 0 else None)
+    if largest is not None and largest == lrs[top]:
+        hi_lr = None  # the top of the grid is stable: the largest stable LR is at least there
+    sens_draws = capped.mean(axis=1) - capped.min(axis=1)
+    sens = lr_sensitivity(centre, inits)
+    s_lo, s_hi = np.quantile(sens_draws, [alpha / 2, 1 - alpha / 2])
+    return {
+        "final_loss": centre.tolist(), "diverged": point_div, "probability": p_div.tolist(),
+        "best_lr": {"predicted": best, "interval": grid_set(lrs, odds.tolist(), level, best) if best is not None
+                    else None, "odds": {f"{lr:g}": float(o) for lr, o in zip(lrs, odds)}},
+        "largest_stable_lr": {"predicted": largest, "interval": [lo_lr, hi_lr],
+                              "bound": "at least" if hi_lr is None and lo_lr is not None else None},
+        "lr_sensitivity": {"predicted": sens, "interval": [float(min(s_lo, sens)), float(max(s_hi, sens))]},
+    }
+
+
+def _paper_probability(logit: float, cal: Calibration, scale: float) -> float | None:
+    """P(logit > 1e4) under the calibrated log-normal around the predicted logit (paper 3.3)."""
+    if not _finite(logit) or logit <= 0:
+        return None
+    centre = math.log(logit) + cal.bias * scale
+    sigma = max(cal.half_width * scale / z_for(cal.level), 1e-12)
+    return 1 - NormalDist(centre, sigma).cdf(math.log(ATTN_LOGIT_DANGER))
+
+
+def group_points(raw: dict, cals: dict[str, Calibration], scale: float, level: float, fields: dict,
+                 seed: int = 0) -> list[dict]:
+    """Every predicted quantity of one group, as points {quantity, ..., lr, predicted, interval, level}."""
+    dec = decisions(raw, cals, scale, level, seed)
+    points = []
+    for i, row in enumerate(raw["per_lr"]):
+        lr = row["lr"]
+        loss, loss_iv = log_interval(row["final_loss"], cals["final_loss"], scale)
+        if dec["diverged"][i]:
+            loss, loss_iv = row["init"], [row["init"] * math.exp(-cals["final_loss"].half_width * scale), row["init"]]
+        elif loss_iv is not None:
+            loss = min(loss, row["init"])
+            loss_iv = [min(loss_iv[0], loss), min(loss_iv[1], row["init"])]
+        logit, logit_iv = log_interval(row["attn_logit"], cals["attn_logit"], scale)
+        base = {**fields, "lr": lr, "level": level}
+        points.append({"quantity": "final_loss", **base, "predicted": loss, "interval": loss_iv,
+                       "calibrated": cals["final_loss"].calibrated})
+        points.append({"quantity": "attn_logit", **base, "predicted": logit, "interval": logit_iv,
+                       "calibrated": cals["attn_logit"].calibrated})
+        p = dec["probability"][i]
+        points.append({"quantity": "diverged", **base, "predicted": int(p >= 0.5), "interval": binary_set(p, level),
+                       "probability": p, "probability_paper": _paper_probability(row["attn_logit"],
+                                                                                cals["attn_logit"], scale),
+                       "calibrated": cals["final_loss"].calibrated})
+    base = {**fields, "lr": None, "level": level, "calibrated": cals["final_loss"].calibrated}
+    points.append({"quantity": "best_lr", **base, **dec["best_lr"]})
+    points.append({"quantity": "largest_stable_lr", **base, **dec["largest_stable_lr"]})
+    points.append({"quantity": "lr_sensitivity", **base, **dec["lr_sensitivity"]})
+    return points
