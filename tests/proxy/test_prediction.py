@@ -124,6 +124,10 @@ def test_backtest_coverage_arithmetic_by_hand_on_a_built_sweep():
     bt = fc["backtest"]
     assert bt["width"] == 128 and bt["from_widths"] == [32, 64]
     by_cell = {(r["variant"], r["width"], r["lr"]): r["final_loss"] for r in rows}
+
+    def residual(v, lr):  # log(observed / predicted) at width 128, the line through widths 32 and 64
+        return math.log(by_cell[(v, 128, lr)]) - (2 * math.log(by_cell[(v, 64, lr)]) - math.log(by_cell[(v, 32, lr)]))
+
     losses = [p for p in bt["points"] if p["quantity"] == "final_loss"]
     assert len(losses) == 4 * len(LRS)
     for p in losses:
@@ -133,9 +137,9 @@ def test_backtest_coverage_arithmetic_by_hand_on_a_built_sweep():
         assert p["observed"] == by_cell[(p["variant"], 128, p["lr"])]
         lo, hi = p["interval"]
         assert lo < p["predicted"] < hi and p["inside"] == (lo <= p["observed"] <= hi)
-        # the point is the raw power law times the other three variants' median residual (leave one group out)
-        others = [math.log(by_cell[(v, 128, lr)]) - (2 * math.log(by_cell[(v, 64, lr)]) - math.log(by_cell[(v, 32, lr)]))
-                  for v in "abcd" if v != p["variant"] for lr in LRS]
+        # the point is the raw power law times the other three variants' median residual at this LR
+        # (leave one group out)
+        others = [residual(v, p["lr"]) for v in "abcd" if v != p["variant"]]
         assert p["predicted"] == pytest.approx(min(raw * math.exp(float(np.median(others))), INIT), rel=1e-9)
     cov = bt["coverage"]
     for q in ("final_loss", "attn_logit", "diverged", "best_lr", "largest_stable_lr", "lr_sensitivity"):
@@ -143,13 +147,15 @@ def test_backtest_coverage_arithmetic_by_hand_on_a_built_sweep():
         assert cov[q] == {"inside": sum(p["inside"] for p in mine), "total": len(mine),
                           "fraction": sum(p["inside"] for p in mine) / len(mine)}
     assert cov["all"]["total"] == len(bt["points"]) == 4 * (3 * len(LRS) + 3)
-    # the target's calibration is the backtest residuals' median and conformal quantile
-    residuals = [math.log(by_cell[(v, 128, lr)] / math.exp(
-        2 * math.log(by_cell[(v, 64, lr)]) - math.log(by_cell[(v, 32, lr)]))) for v in "abcd" for lr in LRS]
+    # the target's calibration: per-LR medians of the residuals, and the conformal quantile of each
+    # residual's distance from the median of the OTHER variants at its LR (jackknife+)
     cal = fc["calibration"]["final_loss"]
-    assert cal["bias"] == pytest.approx(float(np.median(residuals)), abs=1e-12)
-    assert cal["half_width"] == pytest.approx(
-        conformal_quantile([abs(r - cal["bias"]) for r in residuals], 0.9), abs=1e-12)
+    assert cal["bias"] == pytest.approx(float(np.median([residual(v, lr) for v in "abcd" for lr in LRS])), abs=1e-12)
+    for lr in LRS:
+        assert cal["bias_by_lr"][f"{lr:g}"] == pytest.approx(float(np.median([residual(v, lr) for v in "abcd"])))
+    scores = [abs(residual(v, lr) - float(np.median([residual(u, lr) for u in "abcd" if u != v])))
+              for v in "abcd" for lr in LRS]
+    assert cal["half_width"] == pytest.approx(conformal_quantile(scores, 0.9), abs=1e-12)
 
 
 @pytest.mark.parametrize("level", [0.9])

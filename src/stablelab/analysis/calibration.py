@@ -2,8 +2,9 @@
 
 A study with three or more widths predicts its own largest width from the smaller ones (the
 backtest, `analysis.prediction`). The log ratios observed / predicted of that backtest are the
-calibration set: their median is the extrapolation's bias, and a split-conformal quantile of their
-absolute deviation from it is the half-width of the interval (Vovk et al. 2005; Angelopoulos &
+calibration set: their median per LR is the extrapolation's bias, and a split-conformal quantile
+of their absolute deviation from it (jackknife+: the bias computed without the scored point's
+group) is the half-width of the interval (Vovk et al. 2005; Angelopoulos &
 Bates 2021, "A gentle introduction to conformal prediction", section 1: the ceil((n+1)(1-alpha))-th
 smallest score gives coverage >= 1 - alpha for an exchangeable new point). Residuals are scaled
 by the extrapolation distance (log of target size over the largest fitted size) relative to the
@@ -42,20 +43,29 @@ def conformal_quantile(scores: Sequence[float], level: float) -> float | None:
 @dataclass(frozen=True)
 class Calibration:
     """How one quantity class's intervals are built, in log space, at the backtest's distance:
-    point x exp(bias * scale), interval point x exp(+-half_width * scale), scale = the target's
-    extrapolation distance over the backtest's."""
+    point x exp(bias at its LR), interval point x exp(+-half_width); `scaled` moves both to the
+    target's extrapolation distance."""
 
     quantity: str
     level: float
-    bias: float            # median log(observed / predicted) of the backtest
-    half_width: float      # conformal quantile of |residual - bias|, or the uncalibrated default
+    bias: float            # median log(observed / predicted) of the backtest, all LRs
+    half_width: float      # conformal quantile of the jackknife scores, or the uncalibrated default
     n: int                 # backtest residuals used
     calibrated: bool
     correlation: float = 0.0   # share of the residual variance common to all LRs of a group
     seed_sd: float = 0.0       # seed-to-seed sd of log values at the study's widths (0: one seed)
+    bias_by_lr: tuple = ()     # ((lr, median residual at that LR over groups), ...)
+
+    def bias_at(self, lr) -> float:
+        for value, b in self.bias_by_lr:
+            if lr is not None and math.isclose(value, lr):
+                return b
+        return self.bias
 
     def to_json(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out["bias_by_lr"] = {f"{lr:g}": b for lr, b in self.bias_by_lr}
+        return out
 
 
 def correlation_across_lrs(residuals_by_group: dict) -> float:
@@ -74,22 +84,55 @@ def correlation_across_lrs(residuals_by_group: dict) -> float:
     return float(np.clip((m2 - s2 / n) / (s2 * (1 - 1 / n)), 0.0, 0.95))
 
 
-def calibrate(quantity: str, residuals: Sequence[float], level: float, residuals_by_group: dict | None = None,
-              seed_sd: float = 0.0, floor: float = 0.0) -> Calibration:
-    """Bias and half-width for one quantity class from backtest log residuals; falls back to the
-    wide default (calibrated=False) when there are too few residuals for the level. `floor`: a
-    half-width below which the interval is not allowed to go (the seed spread and the fit's own)."""
-    r = [float(v) for v in residuals if v is not None and math.isfinite(v)]
-    rho = correlation_across_lrs(residuals_by_group or {})
-    if r:
-        bias = float(np.median(r))
-        q = conformal_quantile([abs(v - bias) for v in r], level)
-    else:
-        bias, q = 0.0, None
+def _bias_by_lr(by_group: dict, skip=None) -> dict:
+    """lr -> median residual over the groups (other than `skip`) that have it, from 2 groups up."""
+    values: dict = {}
+    for g, rs in by_group.items():
+        if g != skip:
+            for lr, r in rs.items():
+                values.setdefault(lr, []).append(r)
+    return {lr: float(np.median(v)) for lr, v in values.items() if len(v) >= 2}
+
+
+def calibrate(quantity: str, residuals_by_group: dict, level: float, seed_sd: float = 0.0,
+              floor: float = 0.0) -> Calibration:
+    """Bias and half-width for one quantity class from backtest log residuals
+    ({group: {lr: log(observed / predicted)}}).
+
+    The bias is per LR: the median over groups at that LR (the extrapolation errs the same way for
+    every variant at one LR: at low LR a larger model is further from convergence, at high LR less
+    hurt). Each residual's score is its distance from the bias computed WITHOUT its own group
+    (jackknife+, Barber et al. 2021), so the conformal quantile is not flattered by fitting the bias
+    on the point it scores. With one group, the bias is the median over the other LRs. Falls back
+    to the wide default (calibrated=False) when there are too few residuals for the level."""
+    by_group = {g: {lr: float(r) for lr, r in rs.items() if r is not None and math.isfinite(r)}
+                for g, rs in residuals_by_group.items()}
+    everything = [r for rs in by_group.values() for r in rs.values()]
+    rho = correlation_across_lrs({g: list(rs.values()) for g, rs in by_group.items()})
+    if not everything:
+        default = UNCALIBRATED_HALF_WIDTH.get(quantity, math.log(3.0))
+        return Calibration(quantity, level, 0.0, max(default, floor), 0, False, rho, seed_sd)
+    overall = float(np.median(everything))
+    scores = []
+    for g, rs in by_group.items():
+        others = _bias_by_lr(by_group, skip=g) if len(by_group) > 2 else {}
+        rest = [r for h, o in by_group.items() if h != g for r in o.values()]
+        for lr, r in rs.items():
+            if lr in others:
+                centre = others[lr]
+            elif len(by_group) > 1 and rest:
+                centre = float(np.median(rest))
+            else:  # one group: the median of its other LRs
+                own = [v for k, v in rs.items() if k != lr]
+                centre = float(np.median(own)) if own else overall
+            scores.append(abs(r - centre))
+    q = conformal_quantile(scores, level)
+    by_lr = _bias_by_lr(by_group) if len(by_group) > 2 else {}
     if q is None:
         default = UNCALIBRATED_HALF_WIDTH.get(quantity, math.log(3.0))
-        return Calibration(quantity, level, 0.0, max(default, floor), len(r), False, rho, seed_sd)
-    return Calibration(quantity, level, bias, max(q, floor), len(r), True, rho, seed_sd)
+        return Calibration(quantity, level, 0.0, max(default, floor), len(everything), False, rho, seed_sd)
+    return Calibration(quantity, level, overall, max(q, floor), len(everything), True, rho, seed_sd,
+                       tuple(sorted(by_lr.items())))
 
 
 def line_leverage(xs: Sequence[float], x_target: float) -> float:
@@ -109,16 +152,16 @@ def leverage_ratio(xs_target, x_target, xs_backtest, x_backtest) -> float:
 def scaled(cal: Calibration, distance: float, leverage: float = 1.0) -> Calibration:
     """The calibration at the target: bias and half-width grow with the extrapolation distance
     (relative to the backtest's); for a per-LR line, the half-width also follows its leverage."""
-    return replace(cal, bias=cal.bias * distance,
+    return replace(cal, bias=cal.bias * distance, bias_by_lr=tuple((lr, b * distance) for lr, b in cal.bias_by_lr),
                    half_width=max(cal.half_width * distance * leverage, z_for(cal.level) * cal.seed_sd))
 
 
-def log_interval(point: float, cal: Calibration, scale: float = 1.0) -> tuple[float, list[float] | None]:
-    """(bias-corrected point, interval) for a positive quantity."""
+def log_interval(point: float, cal: Calibration, lr=None) -> tuple[float, list[float] | None]:
+    """(bias-corrected point, interval) for a positive quantity at one LR."""
     if point is None or not math.isfinite(point) or point <= 0:
         return point, None
-    centre = point * math.exp(cal.bias * scale)
-    h = cal.half_width * scale
+    centre = point * math.exp(cal.bias_at(lr))
+    h = cal.half_width
     return centre, [centre * math.exp(-h), centre * math.exp(h)]
 
 

@@ -23,24 +23,25 @@ def _finite(v) -> bool:
     return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
 
 
-def _draws(raw: dict, cal_loss: Calibration, scale: float, rng: np.random.Generator, n: int) -> np.ndarray:
+def _draws(raw: dict, cal_loss: Calibration, rng: np.random.Generator, n: int) -> np.ndarray:
     """(n, n_lrs) draws of per-LR final losses around the calibrated points (uncapped)."""
     points = np.array([p["final_loss"] for p in raw["per_lr"]], float)
-    centre = np.log(np.where(np.isfinite(points) & (points > 0), points, np.nan)) + cal_loss.bias * scale
-    sigma = cal_loss.half_width * scale / z_for(cal_loss.level)
+    bias = np.array([cal_loss.bias_at(p["lr"]) for p in raw["per_lr"]])
+    centre = np.log(np.where(np.isfinite(points) & (points > 0), points, np.nan)) + bias
+    sigma = cal_loss.half_width / z_for(cal_loss.level)
     rho = cal_loss.correlation
     common = rng.standard_normal((n, 1))
     own = rng.standard_normal((n, len(points)))
     return np.exp(centre + sigma * (math.sqrt(rho) * common + math.sqrt(1 - rho) * own))
 
 
-def decisions(raw: dict, cals: dict[str, Calibration], scale: float, level: float, seed: int = 0) -> dict:
+def decisions(raw: dict, cals: dict[str, Calibration], level: float, seed: int = 0) -> dict:
     """Probabilities and intervals of the decisions a user acts on, from draws of the losses."""
     rng = np.random.default_rng(seed)
     lrs = raw["lrs"]
     inits = np.array([p["init"] for p in raw["per_lr"]])
     floor = np.array([p["diverged_fraction"] for p in raw["per_lr"]])
-    draws = _draws(raw, cals["final_loss"], scale, rng, DRAWS)
+    draws = _draws(raw, cals["final_loss"], rng, DRAWS)
     draws = np.where(np.isfinite(draws), draws, inits)
     # A run that diverged at the largest fitted width diverges at least as often at a larger one.
     diverged = (draws >= inits) | (rng.random(draws.shape) < floor)
@@ -48,7 +49,8 @@ def decisions(raw: dict, cals: dict[str, Calibration], scale: float, level: floa
     p_div = diverged.mean(axis=0)
 
     points = np.array([p["final_loss"] for p in raw["per_lr"]], float)
-    centre = np.minimum(points * math.exp(cals["final_loss"].bias * scale), inits)
+    bias = np.array([cals["final_loss"].bias_at(p["lr"]) for p in raw["per_lr"]])
+    centre = np.minimum(points * np.exp(bias), inits)
     point_div = [bool(p >= 0.5) for p in p_div]
     centre = np.where(point_div, inits, centre)
 
@@ -77,29 +79,29 @@ def decisions(raw: dict, cals: dict[str, Calibration], scale: float, level: floa
     }
 
 
-def _paper_probability(logit: float, cal: Calibration, scale: float) -> float | None:
+def _paper_probability(logit: float, cal: Calibration, lr: float) -> float | None:
     """P(logit > 1e4) under the calibrated log-normal around the predicted logit (paper 3.3)."""
     if not _finite(logit) or logit <= 0:
         return None
-    centre = math.log(logit) + cal.bias * scale
-    sigma = max(cal.half_width * scale / z_for(cal.level), 1e-12)
+    centre = math.log(logit) + cal.bias_at(lr)
+    sigma = max(cal.half_width / z_for(cal.level), 1e-12)
     return 1 - NormalDist(centre, sigma).cdf(math.log(ATTN_LOGIT_DANGER))
 
 
-def group_points(raw: dict, cals: dict[str, Calibration], scale: float, level: float, fields: dict,
+def group_points(raw: dict, cals: dict[str, Calibration], level: float, fields: dict,
                  seed: int = 0) -> list[dict]:
     """Every predicted quantity of one group, as points {quantity, ..., lr, predicted, interval, level}."""
-    dec = decisions(raw, cals, scale, level, seed)
+    dec = decisions(raw, cals, level, seed)
     points = []
     for i, row in enumerate(raw["per_lr"]):
         lr = row["lr"]
-        loss, loss_iv = log_interval(row["final_loss"], cals["final_loss"], scale)
+        loss, loss_iv = log_interval(row["final_loss"], cals["final_loss"], lr)
         if dec["diverged"][i]:
-            loss, loss_iv = row["init"], [row["init"] * math.exp(-cals["final_loss"].half_width * scale), row["init"]]
+            loss, loss_iv = row["init"], [row["init"] * math.exp(-cals["final_loss"].half_width), row["init"]]
         elif loss_iv is not None:
             loss = min(loss, row["init"])
             loss_iv = [min(loss_iv[0], loss), min(loss_iv[1], row["init"])]
-        logit, logit_iv = log_interval(row["attn_logit"], cals["attn_logit"], scale)
+        logit, logit_iv = log_interval(row["attn_logit"], cals["attn_logit"], lr)
         base = {**fields, "lr": lr, "level": level}
         points.append({"quantity": "final_loss", **base, "predicted": loss, "interval": loss_iv,
                        "calibrated": cals["final_loss"].calibrated})
@@ -108,7 +110,7 @@ def group_points(raw: dict, cals: dict[str, Calibration], scale: float, level: f
         p = dec["probability"][i]
         points.append({"quantity": "diverged", **base, "predicted": int(p >= 0.5), "interval": binary_set(p, level),
                        "probability": p, "probability_paper": _paper_probability(row["attn_logit"],
-                                                                                cals["attn_logit"], scale),
+                                                                                cals["attn_logit"], lr),
                        "calibrated": cals["final_loss"].calibrated})
     base = {**fields, "lr": None, "level": level, "calibrated": cals["final_loss"].calibrated}
     points.append({"quantity": "best_lr", **base, **dec["best_lr"]})

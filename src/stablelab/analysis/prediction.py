@@ -186,34 +186,29 @@ def _observe(point: dict, observed: dict) -> dict:
     return {**point, "observed": value, "ratio": ratio, "inside": inside}
 
 
-def _residuals(raws: dict[tuple, dict], observed: dict[tuple, dict]) -> dict[str, dict[tuple, list[float]]]:
-    """quantity -> group -> log residuals observed / predicted, per LR."""
-    out: dict[str, dict[tuple, list[float]]] = {q: {} for q in CONTINUOUS}
+def _residuals(raws: dict[tuple, dict], observed: dict[tuple, dict]) -> dict[str, dict[tuple, dict]]:
+    """quantity -> group -> {lr: log(observed / predicted)} (diverged observations left out of the loss)."""
+    out: dict[str, dict[tuple, dict]] = {q: {} for q in CONTINUOUS}
     for key, raw in raws.items():
         seen = {p["lr"]: p for p in observed[key]["per_lr"]}
         for q in CONTINUOUS:
-            r = []
+            r = {}
             for p in raw["per_lr"]:
                 o = seen.get(p["lr"])
                 if o is None or (q == "final_loss" and o["diverged"]):
                     continue
                 v = _log_residual(o[q], p[q])
                 if v is not None:
-                    r.append(v)
+                    r[p["lr"]] = v
             out[q][key] = r
     return out
 
 
-def _calibrations(residuals: dict[str, dict[tuple, list[float]]], level: float, spread: dict[str, float],
+def _calibrations(residuals: dict[str, dict[tuple, dict]], level: float, spread: dict[str, float],
                   exclude: tuple | None = None) -> dict[str, Calibration]:
-    cals = {}
     z = z_for(level)
-    for q in CONTINUOUS:
-        by_group = {k: v for k, v in residuals.get(q, {}).items() if k != exclude}
-        everything = [v for vs in by_group.values() for v in vs]
-        cals[q] = calibrate(q, everything, level, by_group, seed_sd=spread.get(q, 0.0),
-                            floor=z * spread.get(q, 0.0))
-    return cals
+    return {q: calibrate(q, {k: v for k, v in residuals.get(q, {}).items() if k != exclude}, level,
+                         seed_sd=spread.get(q, 0.0), floor=z * spread.get(q, 0.0)) for q in CONTINUOUS}
 
 
 def _uncalibrated(level: float, spread: dict[str, float]) -> dict[str, Calibration]:
@@ -232,7 +227,7 @@ def choose_models(groups: dict[tuple, list[dict]], widths: list[int]) -> tuple[d
         for key, rows in groups.items():
             sizes = _sizes(rows)
             raws[key] = raw_forecast([r for r in rows if r["width"] != held], used, sizes, sizes[held], **models)
-        values = [abs(v) for vs in _residuals(raws, seen)[quantity].values() for v in vs]
+        values = [abs(v) for vs in _residuals(raws, seen)[quantity].values() for v in vs.values()]
         return float(np.median(values)) if values else None
 
     scores: dict[str, dict] = {"final_loss": {}, "attn_logit": {}}
@@ -270,20 +265,21 @@ def backtest(groups: dict[tuple, list[dict]], widths: list[int], models: dict[st
         fields = group_fields(key)
         if len(raws) > 1:
             points += [_observe(p, seen[key]) for p in
-                       group_points(raw, _calibrations(residuals, level, spread, exclude=key), 1.0, level, fields, seed)]
+                       group_points(raw, _calibrations(residuals, level, spread, exclude=key), level, fields, seed)]
             continue
         # One group: each LR's points calibrated without that LR's residuals; the group's decisions
         # with all of them (there is nothing else to leave out).
-        whole = group_points(raw, _calibrations(residuals, level, spread), 1.0, level, fields, seed)
+        whole = group_points(raw, _calibrations(residuals, level, spread), level, fields, seed)
         mine = [p for p in whole if p["lr"] is None]
-        for i, lr in enumerate(raw["lrs"]):
-            held_out = {q: {key: [v for j, v in enumerate(rs[key]) if j != i]} for q, rs in residuals.items()}
+        for lr in raw["lrs"]:
+            held_out = {q: {key: {k: v for k, v in rs[key].items() if k != lr}} for q, rs in residuals.items()}
             cals = _calibrations(held_out, level, spread)
-            mine += [p for p in group_points(raw, cals, 1.0, level, fields, seed) if p["lr"] == lr]
+            mine += [p for p in group_points(raw, cals, level, fields, seed) if p["lr"] == lr]
         points += [_observe(p, seen[key]) for p in mine]
     return {"width": held, "from_widths": used, "models": models, "points": points,
             "coverage": coverage(points), "accuracy": accuracy(points, seen),
-            "residuals": {q: {"|".join(map(str, k)): v for k, v in rs.items()} for q, rs in residuals.items()},
+            "residuals": {q: {"|".join(map(str, k)): {f"{lr:g}": r for lr, r in v.items()} for k, v in rs.items()}
+                          for q, rs in residuals.items()},
             "distance": next(iter(raws.values()))["distance"] if raws else None}
 
 
@@ -343,7 +339,7 @@ def forecast(results: list[dict], early_logits: dict[str, float], target: dict[i
         raw = raw_forecast(rows, widths, sizes, target[key[2]], models["final_loss"], models["attn_logit"])
         scale = max(raw["distance"] / bt_distance, 1.0) if bt_distance and raw["distance"] > 0 else 1.0
         lev = _leverage(models, widths, sizes, target[key[2]]) if bt is not None else {}
-        mine = group_points(raw, {q: scaled(c, scale, lev.get(q, 1.0)) for q, c in cals.items()}, 1.0, level,
+        mine = group_points(raw, {q: scaled(c, scale, lev.get(q, 1.0)) for q, c in cals.items()}, level,
                             group_fields(key), seed)
         points += mine
         groups_out.append({**group_fields(key), "widths": raw["widths"], "n_target": target[key[2]],
@@ -371,8 +367,9 @@ def _leverage(models: dict[str, str], widths: list[int], sizes: dict[int, float]
     return {q: ratio for q, is_line in lines.items() if is_line}
 
 
-def _residuals_from(bt: dict) -> dict[str, dict[tuple, list[float]]]:
-    return {q: {tuple(k.split("|")): v for k, v in rs.items()} for q, rs in bt["residuals"].items()}
+def _residuals_from(bt: dict) -> dict[str, dict[tuple, dict]]:
+    return {q: {tuple(k.split("|")): {float(lr): r for lr, r in v.items()} for k, v in rs.items()}
+            for q, rs in bt["residuals"].items()}
 
 
 def validate(train: list[dict], held: list[dict], early_logits: dict[str, float], target: dict[int, float],
