@@ -194,14 +194,18 @@ def findings(summary: dict) -> list[str]:
         )
 
     pred = summary["prediction"]
-    risky = [p for p in pred.get("points", []) if p["quantity"] == "diverged"
-             and ((p.get("probability_paper") or 0) >= 0.5 or p["probability"] >= 0.5)]
-    if risky:
-        lines.append(f"Prediction for width {pred['width']} ({pred['n_params'] / 1e6:.1f}M params): likely to diverge "
-                     f"(P >= 50% by the loss at init, or by the layer-0 attention logit at step {pred['step']} passing "
-                     f"{pred['threshold']:g}, paper 3.3): "
-                     + "; ".join(f"{p['variant']} lr {p['lr']:g} (P {p['probability']:.0%} / "
-                                 f"{(p.get('probability_paper') or 0):.0%})" for p in risky) + ".")
+    divergent = [p for p in pred.get("points", []) if p["quantity"] == "diverged"]
+    by_loss = [p for p in divergent if p["probability"] >= 0.5]
+    by_logit = [p for p in divergent if (p.get("probability_paper") or 0) >= 0.5]
+
+    def names(ps, key):
+        return "; ".join(f"{p['variant']} lr {p['lr']:g} ({p[key]:.0%})" for p in ps) or "none"
+
+    if by_loss or by_logit:
+        lines.append(f"Prediction for width {pred['width']} ({pred['n_params'] / 1e6:.1f}M params), P >= 50%: "
+                     f"final loss at or above the loss at init (the study's divergence) for {names(by_loss, 'probability')}"
+                     f"; layer-0 attention logit at step {pred['step']} above {pred['threshold']:g} (the paper's sign "
+                     f"of divergence, 3.3) for {names(by_logit, 'probability_paper')}.")
     else:
         lines.append(f"Prediction for width {pred['width']}: no LR is predicted to diverge or to cross "
                      f"{pred['threshold']:g} in layer 0 at step {pred['step']} (each P < 50%).")
