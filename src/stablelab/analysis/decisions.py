@@ -66,6 +66,8 @@ def decisions(raw: dict, cals: dict[str, Calibration], level: float, seed: int =
     hi_lr = None if hi_i >= top else (lrs[int(hi_i)] if hi_i >= 0 else None)
     if largest is not None and largest == lrs[top]:
         hi_lr = None  # the top of the grid is stable: the largest stable LR is at least there
+    if hi_lr is not None and lo_lr == hi_lr:  # one grid LR stands for the range up to the next one
+        hi_lr = lrs[lrs.index(hi_lr) + 1]
     sens_draws = capped.mean(axis=1) - capped.min(axis=1)
     sens = lr_sensitivity(centre, inits)
     s_lo, s_hi = np.quantile(sens_draws, [alpha / 2, 1 - alpha / 2])
