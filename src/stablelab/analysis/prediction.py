@@ -27,7 +27,8 @@ import numpy as np
 from stablelab.analysis.calibration import (Calibration, calibrate, coverage, is_inside, leverage_ratio, scaled,
                                             z_for)
 from stablelab.analysis.decisions import group_points
-from stablelab.analysis.extrapolation import LOSS_MODEL_TEXT, LOSS_MODELS, extrapolate, fit_group_logits, fit_group_losses, LOGIT_MODELS, LOGIT_MODEL_TEXT, logit_degree
+from stablelab.analysis.extrapolation import (LOGIT_MODEL_TEXT, LOGIT_MODELS, LOSS_MODEL_TEXT, LOSS_MODELS, extrapolate,
+                                              fit_group_logits, fit_group_losses, logit_degree)
 from stablelab.analysis.proxy import best_lr, largest_stable_lr, lr_sensitivity
 
 __all__ = ["extrapolate", "forecast", "validate", "METHODS", "DEFAULT_LEVEL"]

@@ -113,7 +113,7 @@ def summarize(results: list[dict], early_logits: dict[str, float], lrs: list[flo
                 "diverges": bool((point("diverged") or {}).get("predicted")),
                 "diverge_probability": (point("diverged") or {}).get("probability"),
             })
-    groups_out = [{k: g[k] for k in ("optimizer", "variant", "depth", "setting", "widths", "n_target",
+    groups_out = [{k: g[k] for k in ("optimizer", "variant", "depth", "setting", "widths", "n_target", "distance_scale",
                                      "best_lr", "largest_stable_lr", "lr_sensitivity")} for g in outcomes.values()]
     first = groups_out[0] if groups_out else {}
     headline = {key: {**first.get(key, {"predicted": None, "interval": None}),
@@ -203,7 +203,8 @@ def findings(summary: dict) -> list[str]:
 
     if by_loss or by_logit:
         lines.append(f"Prediction for width {pred['width']} ({pred['n_params'] / 1e6:.1f}M params), P >= 50%: "
-                     f"final loss at or above the loss at init (the study's divergence) for {names(by_loss, 'probability')}"
+                     "final loss at or above the loss at init (the study's divergence) for "
+                     f"{names(by_loss, 'probability')}"
                      f"; layer-0 attention logit at step {pred['step']} above {pred['threshold']:g} (the paper's sign "
                      f"of divergence, 3.3) for {names(by_logit, 'probability_paper')}.")
     else:

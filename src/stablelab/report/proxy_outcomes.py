@@ -134,13 +134,17 @@ def calibration_text(pred: dict) -> str:
     parts = []
     for q, c in cal.items():
         if c["calibrated"]:
-            parts.append(f"{q}: bias {100 * (math.exp(c['bias']) - 1):+.1f}%, x/÷ {math.exp(c['half_width']):.3g} "
-                         f"from {c['n']} backtest residuals")
+            by_lr = list((c.get("bias_by_lr") or {}).values())
+            bias = (f"bias {100 * (math.exp(min(by_lr)) - 1):+.1f}% to {100 * (math.exp(max(by_lr)) - 1):+.1f}% by LR"
+                    if by_lr else f"bias {100 * (math.exp(c['bias']) - 1):+.1f}%")
+            parts.append(f"{q}: {bias}, x/÷ {math.exp(c['half_width']):.4g} from {c['n']} backtest residuals")
         else:
             parts.append(f"{q}: NOT calibrated (wide default x/÷ {math.exp(c['half_width']):.3g})")
     models = pred.get("model_text") or {}
+    scales = sorted({g.get("distance_scale", 1.0) for g in pred.get("groups", [])})
+    scale = f", scaled x{scales[0]:.2g} to the target's distance" if scales and scales[0] != 1.0 else ""
     return (f"Intervals at level {_pct(pred.get('level'))}, calibrated on the study's own backtest (bias-corrected "
-            f"point, split-conformal half-width, scaled by extrapolation distance): " + "; ".join(parts) + ". "
+            f"point, split-conformal half-width; at the backtest's distance{scale}): " + "; ".join(parts) + ". "
             + (pred["calibration_note"] + ". " if pred.get("calibration_note") else "")
             + "Curves chosen by backtest error: " + "; ".join(f"{k}: {v}" for k, v in models.items()) + ".")
 
