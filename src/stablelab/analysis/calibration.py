@@ -94,6 +94,27 @@ def _bias_by_lr(by_group: dict, skip=None) -> dict:
     return {lr: float(np.median(v)) for lr, v in values.items() if len(v) >= 2}
 
 
+def jackknife_scores(by_group: dict) -> list[float]:
+    """|residual - the bias at its LR computed without its own group| for every residual
+    ({group: {lr: residual}}); with one group, the bias is the median of its other LRs."""
+    everything = [r for rs in by_group.values() for r in rs.values()]
+    overall = float(np.median(everything)) if everything else 0.0
+    scores = []
+    for g, rs in by_group.items():
+        others = _bias_by_lr(by_group, skip=g) if len(by_group) > 2 else {}
+        rest = [r for h, o in by_group.items() if h != g for r in o.values()]
+        for lr, r in rs.items():
+            if lr in others:
+                centre = others[lr]
+            elif len(by_group) > 1 and rest:
+                centre = float(np.median(rest))
+            else:  # one group: the median of its other LRs
+                own = [v for k, v in rs.items() if k != lr]
+                centre = float(np.median(own)) if own else overall
+            scores.append(abs(r - centre))
+    return scores
+
+
 def calibrate(quantity: str, residuals_by_group: dict, level: float, seed_sd: float = 0.0,
               floor: float = 0.0) -> Calibration:
     """Bias and half-width for one quantity class from backtest log residuals
@@ -113,19 +134,7 @@ def calibrate(quantity: str, residuals_by_group: dict, level: float, seed_sd: fl
         default = UNCALIBRATED_HALF_WIDTH.get(quantity, math.log(3.0))
         return Calibration(quantity, level, 0.0, max(default, floor), 0, False, rho, seed_sd)
     overall = float(np.median(everything))
-    scores = []
-    for g, rs in by_group.items():
-        others = _bias_by_lr(by_group, skip=g) if len(by_group) > 2 else {}
-        rest = [r for h, o in by_group.items() if h != g for r in o.values()]
-        for lr, r in rs.items():
-            if lr in others:
-                centre = others[lr]
-            elif len(by_group) > 1 and rest:
-                centre = float(np.median(rest))
-            else:  # one group: the median of its other LRs
-                own = [v for k, v in rs.items() if k != lr]
-                centre = float(np.median(own)) if own else overall
-            scores.append(abs(r - centre))
+    scores = jackknife_scores(by_group)
     q = conformal_quantile(scores, level)
     by_lr = _bias_by_lr(by_group) if len(by_group) > 2 else {}
     if q is None:

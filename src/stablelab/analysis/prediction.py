@@ -218,8 +218,8 @@ def _uncalibrated(level: float, spread: dict[str, float]) -> dict[str, Calibrati
 
 def choose_models(groups: dict[tuple, list[dict]], widths: list[int]) -> tuple[dict[str, str], dict]:
     """For the final loss and the attention logit, the curve with the smallest median absolute
-    backtest log error among those the backtest's widths can fit (ties: the first listed, the
-    simpler); ({quantity: name}, {quantity: {name: median |log error|}})."""
+    backtest log error (before the bias correction), among those the backtest's widths can fit
+    (ties: the first listed, the simpler); ({quantity: name}, {quantity: {name: median |log error|}})."""
     held, used = widths[-1], widths[:-1]
     seen = {k: observed_forecast_shape(rows, held) for k, rows in groups.items()}
 
@@ -228,6 +228,8 @@ def choose_models(groups: dict[tuple, list[dict]], widths: list[int]) -> tuple[d
         for key, rows in groups.items():
             sizes = _sizes(rows)
             raws[key] = raw_forecast([r for r in rows if r["width"] != held], used, sizes, sizes[held], **models)
+        # the curve's own error, before the calibration's bias correction: a curve that needs less
+        # correction depends less on the backtest's errors repeating at the target
         values = [abs(v) for vs in _residuals(raws, seen)[quantity].values() for v in vs.values()]
         return float(np.median(values)) if values else None
 
