@@ -1,15 +1,16 @@
 """Forecasts for a larger width from a proxy study's small widths, with calibrated intervals (pure).
 
 The pipeline, the same for the target width, the backtest and the check (`--validate-width`):
-1. **Fit** per group (variant x optimizer x depth x axis value) and LR: the final loss with a
-   curve of `analysis.extrapolation.LOSS_MODELS`, capped at the loss at initialisation (a diverged
-   run counts as the loss at init, the paper's LR-sensitivity convention); the layer-0 attention
-   logit at the prediction step with the paper's log-log fit (section 3.3).
+1. **Fit** per group (variant x optimizer x depth x axis value): the final loss with a curve of
+   `analysis.extrapolation.LOSS_MODELS` (per LR, or `lr_shift` over all LRs at once), capped at
+   the loss at initialisation (a diverged run counts as the loss at init, the paper's
+   LR-sensitivity convention); the layer-0 attention logit at the prediction step with the paper's
+   log-log fit (section 3.3) or `lr_shift`.
 2. **Backtest** (3+ widths): the same fit predicts the study's own largest width from the smaller
-   ones; no extra training. Its log ratios observed / predicted choose the loss curve (smallest
-   median error) and calibrate the intervals (`analysis.calibration`): bias = their median,
-   half-width = the split-conformal quantile of |residual - bias| at the stated level, both scaled
-   by the extrapolation distance. With fewer widths nothing can be calibrated: the intervals are
+   ones; no extra training. Its log ratios observed / predicted choose the curves (smallest median
+   error) and calibrate the intervals (`analysis.calibration`): bias = their median per LR,
+   half-width = the split-conformal quantile of the jackknife+ scores at the stated level, both
+   scaled by the extrapolation distance. With fewer widths nothing can be calibrated: the intervals are
    wide defaults and say so (`calibrated: false`).
 3. **Decisions** (`analysis.decisions`): probabilities and intervals for divergence, the best LR,
    the largest stable LR and the LR sensitivity, from draws of the calibrated per-LR losses.
@@ -35,9 +36,8 @@ __all__ = ["extrapolate", "forecast", "validate", "METHODS", "DEFAULT_LEVEL"]
 
 DEFAULT_LEVEL = 0.9
 CONTINUOUS = ("final_loss", "attn_logit")
-QUANTITIES = ("final_loss", "attn_logit", "diverged", "best_lr", "largest_stable_lr", "lr_sensitivity")
 METHODS = {
-    "final_loss": "per LR, the loss curve the backtest chose (see loss_model), capped at the loss at init "
+    "final_loss": "the loss curve the backtest chose (see models), capped at the loss at init "
                   "(diverged runs count as the loss at init)",
     "attn_logit": "the logit curve the backtest chose (see models): paper 3.3's log-log fit per LR, or lr_shift",
     "diverged": "probability that the run ends at or above the loss at init (the study's criterion), from "
@@ -48,8 +48,8 @@ METHODS = {
     "largest_stable_lr": "largest LR predicted not to diverge; at the top of the grid it is a lower bound",
     "lr_sensitivity": "the paper's LR sensitivity of the predicted losses; interval from the draws",
     "interval": "calibrated on the study's own backtest (its largest width predicted from the smaller ones): "
-                "bias-corrected by the backtest's median log error, half-width the split-conformal quantile "
-                "of the backtest's absolute log errors at the level, scaled by extrapolation distance",
+                "bias-corrected by the backtest's median log error at each LR, half-width the split-conformal "
+                "quantile of the backtest's jackknife+ errors at the level, scaled by extrapolation distance",
 }
 
 
