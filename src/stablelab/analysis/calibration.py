@@ -21,8 +21,7 @@ import numpy as np
 
 # Used when a quantity cannot be calibrated (fewer than 3 widths, or too few backtest points for the
 # level): wide ranges, in log space, larger than every backtest spread measured on the default grid.
-UNCALIBRATED_HALF_WIDTH = {"final_loss": math.log(1.25), "attn_logit": math.log(10.0),
-                           "lr_sensitivity": math.log(3.0)}
+UNCALIBRATED_HALF_WIDTH = {"final_loss": math.log(1.25), "attn_logit": math.log(10.0)}
 
 
 def z_for(level: float) -> float:
@@ -130,18 +129,13 @@ def calibrate(quantity: str, residuals_by_group: dict, level: float, seed_sd: fl
                 for g, rs in residuals_by_group.items()}
     everything = [r for rs in by_group.values() for r in rs.values()]
     rho = correlation_across_lrs({g: list(rs.values()) for g, rs in by_group.items()})
-    if not everything:
-        default = UNCALIBRATED_HALF_WIDTH.get(quantity, math.log(3.0))
-        return Calibration(quantity, level, 0.0, max(default, floor), 0, False, rho, seed_sd)
-    overall = float(np.median(everything))
-    scores = jackknife_scores(by_group)
-    q = conformal_quantile(scores, level)
-    by_lr = _bias_by_lr(by_group) if len(by_group) > 2 else {}
+    q = conformal_quantile(jackknife_scores(by_group), level) if everything else None
     if q is None:
-        default = UNCALIBRATED_HALF_WIDTH.get(quantity, math.log(3.0))
-        return Calibration(quantity, level, 0.0, max(default, floor), len(everything), False, rho, seed_sd)
-    return Calibration(quantity, level, overall, max(q, floor), len(everything), True, rho, seed_sd,
-                       tuple(sorted(by_lr.items())))
+        return Calibration(quantity, level, 0.0, max(UNCALIBRATED_HALF_WIDTH[quantity], floor), len(everything),
+                           False, rho, seed_sd)
+    by_lr = _bias_by_lr(by_group) if len(by_group) > 2 else {}
+    return Calibration(quantity, level, float(np.median(everything)), max(q, floor), len(everything), True, rho,
+                       seed_sd, tuple(sorted(by_lr.items())))
 
 
 def line_leverage(xs: Sequence[float], x_target: float) -> float:
@@ -210,7 +204,7 @@ def grid_set(values: Sequence[float], probabilities: Sequence[float], level: flo
     return [values[i], values[j]]
 
 
-def is_inside(observed, interval, bound: str | None = None) -> bool:
+def is_inside(observed, interval) -> bool:
     """Observed within the interval; an interval with a None end is a bound ("at least lo")."""
     if observed is None or interval is None or (isinstance(observed, float) and not math.isfinite(observed)):
         return False

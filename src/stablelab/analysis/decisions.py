@@ -23,16 +23,14 @@ def _finite(v) -> bool:
     return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
 
 
-def _draws(raw: dict, cal_loss: Calibration, rng: np.random.Generator, n: int) -> np.ndarray:
-    """(n, n_lrs) draws of per-LR final losses around the calibrated points (uncapped)."""
-    points = np.array([p["final_loss"] for p in raw["per_lr"]], float)
-    bias = np.array([cal_loss.bias_at(p["lr"]) for p in raw["per_lr"]])
-    centre = np.log(np.where(np.isfinite(points) & (points > 0), points, np.nan)) + bias
+def _draws(centre: np.ndarray, cal_loss: Calibration, rng: np.random.Generator, n: int) -> np.ndarray:
+    """(n, n_lrs) draws of per-LR final losses, log-normal around the bias-corrected points (uncapped)."""
     sigma = cal_loss.half_width / z_for(cal_loss.level)
     rho = cal_loss.correlation
     common = rng.standard_normal((n, 1))
-    own = rng.standard_normal((n, len(points)))
-    return np.exp(centre + sigma * (math.sqrt(rho) * common + math.sqrt(1 - rho) * own))
+    own = rng.standard_normal((n, len(centre)))
+    with np.errstate(invalid="ignore"):  # a point that could not be fitted stays NaN
+        return np.exp(np.log(centre) + sigma * (math.sqrt(rho) * common + math.sqrt(1 - rho) * own))
 
 
 def decisions(raw: dict, cals: dict[str, Calibration], level: float, seed: int = 0) -> dict:
@@ -41,16 +39,16 @@ def decisions(raw: dict, cals: dict[str, Calibration], level: float, seed: int =
     lrs = raw["lrs"]
     inits = np.array([p["init"] for p in raw["per_lr"]])
     floor = np.array([p["diverged_fraction"] for p in raw["per_lr"]])
-    draws = _draws(raw, cals["final_loss"], rng, DRAWS)
+    points = np.array([p["final_loss"] for p in raw["per_lr"]], float)
+    corrected = points * np.exp([cals["final_loss"].bias_at(lr) for lr in lrs])
+    draws = _draws(np.where(corrected > 0, corrected, np.nan), cals["final_loss"], rng, DRAWS)
     draws = np.where(np.isfinite(draws), draws, inits)
     # A run that diverged at the largest fitted width diverges at least as often at a larger one.
     diverged = (draws >= inits) | (rng.random(draws.shape) < floor)
     capped = np.where(diverged, inits, np.minimum(draws, inits))
     p_div = diverged.mean(axis=0)
 
-    points = np.array([p["final_loss"] for p in raw["per_lr"]], float)
-    bias = np.array([cals["final_loss"].bias_at(p["lr"]) for p in raw["per_lr"]])
-    centre = np.minimum(points * np.exp(bias), inits)
+    centre = np.minimum(corrected, inits)
     point_div = [bool(p >= 0.5) for p in p_div]
     centre = np.where(point_div, inits, centre)
 
@@ -68,11 +66,11 @@ def decisions(raw: dict, cals: dict[str, Calibration], level: float, seed: int =
         hi_lr = None  # the top of the grid is stable: the largest stable LR is at least there
     if hi_lr is not None and lo_lr == hi_lr:  # one grid LR stands for the range up to the next one
         hi_lr = lrs[lrs.index(hi_lr) + 1]
-    sens_draws = capped.mean(axis=1) - capped.min(axis=1)
+    sens_draws = capped.mean(axis=1) - capped.min(axis=1)  # lr_sensitivity of each draw, vectorised
     sens = lr_sensitivity(centre, inits)
     s_lo, s_hi = np.quantile(sens_draws, [alpha / 2, 1 - alpha / 2])
     return {
-        "final_loss": centre.tolist(), "diverged": point_div, "probability": p_div.tolist(),
+        "diverged": point_div, "probability": p_div.tolist(),
         "best_lr": {"predicted": best, "interval": grid_set(lrs, odds.tolist(), level, best) if best is not None
                     else None, "odds": {f"{lr:g}": float(o) for lr, o in zip(lrs, odds)}},
         "largest_stable_lr": {"predicted": largest, "interval": [lo_lr, hi_lr],

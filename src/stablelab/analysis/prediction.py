@@ -181,8 +181,8 @@ def _observe(point: dict, observed: dict) -> dict:
         value = observed[q]
     ratio = (value / point["predicted"] if _finite(value) and _finite(point["predicted"]) and point["predicted"]
              and q not in ("diverged",) else None)
-    # An observed largest stable LR at the top of the grid is itself a bound ("at least"): inside only an
-    # interval open above it, or one whose upper end is that top LR.
+    # An observed largest stable LR at the top of the grid is itself "at least" that LR: it falls
+    # inside a forecast bound [top, None] and outside an interval that ends below the top.
     inside = is_inside(value, point["interval"])
     return {**point, "observed": value, "ratio": ratio, "inside": inside}
 
@@ -257,9 +257,10 @@ def _forecast_raws(groups, widths, held, models):
 
 
 def backtest(groups: dict[tuple, list[dict]], widths: list[int], models: dict[str, str], level: float,
-             spread: dict[str, float], seed: int = 0) -> dict:
+             spread: dict[str, float], seed: int = 0) -> tuple[dict, dict]:
     """Predict the largest width from the smaller ones; every point scored with intervals calibrated
-    on the other groups' residuals (with one group: on the other LRs' residuals)."""
+    on the other groups' residuals (with one group: on the other LRs' residuals). Returns the
+    summary's backtest and the residuals ({quantity: {group: {lr: log error}}}) that calibrate."""
     held, used = widths[-1], widths[:-1]
     raws, seen = _forecast_raws(groups, used, held, models)
     residuals = _residuals(raws, seen)
@@ -283,7 +284,7 @@ def backtest(groups: dict[tuple, list[dict]], widths: list[int], models: dict[st
             "coverage": coverage(points), "accuracy": accuracy(points, seen),
             "residuals": {q: {"|".join(map(str, k)): {f"{lr:g}": r for lr, r in v.items()} for k, v in rs.items()}
                           for q, rs in residuals.items()},
-            "distance": next(iter(raws.values()))["distance"] if raws else None}
+            "distance": next(iter(raws.values()))["distance"] if raws else None}, residuals
 
 
 # ---------------------------------------------------------------------------------------------- scores
@@ -330,9 +331,9 @@ def forecast(results: list[dict], early_logits: dict[str, float], target: dict[i
     if models is None:
         models, scores = choose_models(groups, widths) if len(widths) >= 3 else (
             {"final_loss": "power_law", "attn_logit": "paper"}, {})
-    bt = backtest(groups, widths, models, level, spread, seed) if len(widths) >= 3 else None
+    bt, residuals = backtest(groups, widths, models, level, spread, seed) if len(widths) >= 3 else (None, {})
     if bt is not None:
-        cals = _calibrations(_residuals_from(bt), level, spread)
+        cals = _calibrations(residuals, level, spread)
         bt_distance = bt["distance"]
     else:
         cals, bt_distance = _uncalibrated(level, spread), None
@@ -368,11 +369,6 @@ def _leverage(models: dict[str, str], widths: list[int], sizes: dict[int, float]
              "attn_logit": models["attn_logit"] == "paper" and logit_degree(len(widths)) == 1
              and logit_degree(len(widths) - 1) == 1}
     return {q: ratio for q, is_line in lines.items() if is_line}
-
-
-def _residuals_from(bt: dict) -> dict[str, dict[tuple, dict]]:
-    return {q: {tuple(k.split("|")): {float(lr): r for lr, r in v.items()} for k, v in rs.items()}
-            for q, rs in bt["residuals"].items()}
 
 
 def validate(train: list[dict], held: list[dict], early_logits: dict[str, float], target: dict[int, float],
