@@ -100,6 +100,9 @@ def test_three_widths_backtest_themselves_in_summary_and_report(tmp_path):
     bt = summary["backtest"]
     assert bt["width"] == 96 and bt["from_widths"] == [32, 64]
     assert len(bt["points"]) == 3 * 3 + 3
+    # one variant: at most 3 backtest residuals per class, too few for an 80% interval (4 needed)
+    assert "not calibrated" in summary["prediction"]["calibration_note"] and "4 or more" in \
+        summary["prediction"]["calibration_note"]
     for p in bt["points"]:
         assert set(p) >= {"quantity", "variant", "lr", "predicted", "interval", "level", "observed", "inside"}
         assert p["level"] == 0.8

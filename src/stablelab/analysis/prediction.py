@@ -350,8 +350,10 @@ def forecast(results: list[dict], early_logits: dict[str, float], target: dict[i
                            "distance_scale": scale,
                            **{p["quantity"]: {k: p.get(k) for k in ("predicted", "interval", "odds", "bound")
                                               if k in p} for p in mine if p["lr"] is None}})
-    note = None if bt is not None else (f"not calibrated: {len(widths)} width(s); a backtest needs 3 or more, "
-                                        "so the intervals are wide defaults")
+    short = [f"{q} ({c.n} backtest points)" for q, c in cals.items() if not c.calibrated]
+    note = (f"not calibrated: {len(widths)} width(s); a backtest needs 3 or more, so the intervals are wide "
+            "defaults" if bt is None else f"not calibrated: {', '.join(short)}; a {level:.0%} interval needs "
+            f"{math.ceil(level / (1 - level) - 1e-9)} or more, so these are wide defaults" if short else None)
     return {"points": points, "groups": groups_out, "level": level, "models": models,
             "model_text": {"final_loss": LOSS_MODEL_TEXT[models["final_loss"]],
                            "attn_logit": LOGIT_MODEL_TEXT[models["attn_logit"]]},
