@@ -42,7 +42,8 @@ def test_run_store_and_report_page(tmp_path):
     assert load_result(run_dir)["events"] == {"grad_outlier": 1, "skip": 1}
     [incident] = load_result(run_dir)["incidents"]
     assert incident["kind"] == "grad_outlier" and incident["start"] == 30 and incident["actions"] == ["skip"]
-    assert json.loads((run_dir / "incidents.json").read_text()) == load_result(run_dir)["incidents"]
+    assert json.loads((run_dir / "incidents.json").read_text()) == [
+        {**i, "session": 0} for i in load_result(run_dir)["incidents"]]
 
     assert main(["report", str(run_dir)]) == 0
     html = (run_dir / "report.html").read_text()

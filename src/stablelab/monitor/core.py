@@ -20,7 +20,6 @@ is decided on the device: on an accelerator it reads nothing back per step (Poli
 from __future__ import annotations
 
 import logging
-import math
 import time
 import traceback
 import warnings
@@ -31,14 +30,17 @@ import torch
 from torch import nn
 
 from stablelab.errors import UsageError
+from stablelab.monitor.detection import Detection
 from stablelab.monitor.detectors import Detector, build_detectors, monitor_detector_settings
+from stablelab.monitor.distributed import Agreement
 from stablelab.monitor.events import Event, TrainingStopped
-from stablelab.monitor.guard import DEVICE_DECIDED, Guard, Policy, Snapshot, effective_lr
+from stablelab.monitor.guard import Guard, Policy, Snapshot, effective_lr
 from stablelab.monitor.incidents import Incident, IncidentTracker
-from stablelab.monitor.measure import FAST, Measurer, find_logits_module
-from stablelab.monitor.readback import fast_row, fast_values, first_nonfinite, read_back, step_row
+from stablelab.monitor.measure import Measurer, find_logits_module
 from stablelab.monitor.scheduled import ScheduledChecks
-from stablelab.monitor.sinks import RunStoreSink, Sink, make_sink
+from stablelab.monitor.sink_set import build_sinks
+from stablelab.monitor.sinks import Sink
+from stablelab.monitor.state import load_monitor_state, monitor_state
 from stablelab.monitor.stepping import StepWrapper, inner_optimizer
 
 log = logging.getLogger("stablelab.monitor")
@@ -50,8 +52,9 @@ class Monitor:
     """Stability signals, detectors, incidents and a guard for any PyTorch training loop.
 
     model, optimizer: what to watch (the optimizer's `step` is wrapped so it honours the guard).
-    log_dir: a run-store folder (config.json, metrics.jsonl, events.jsonl, incidents.json; Parquet
-        and `done` at close), readable by `stablelab report LOG_DIR`.
+    log_dir: the monitor's own folder (monitor.log_folder: a new or empty one, or one an earlier
+        session of this run wrote, which is continued; a folder holding other files is refused),
+        readable by `stablelab report LOG_DIR`. Under torch.distributed only rank 0 writes it.
     policy: a Policy, or a dict kind -> action(s); None = skip non-finite steps and extreme
         gradient outliers, warn otherwise.
     sync_every: steps between host reads (and between sampled steps).
@@ -84,7 +87,11 @@ class Monitor:
     opposing_every, opposing_batch, opposing_loss: the opposing-signals check (Rosenfeld & Risteski
         2023): per-example losses of a fixed probe batch (inputs, targets); opposing_loss
         "cross_entropy", "mse" or a function (outputs, targets) -> per-example losses.
-    config: extra fields recorded in the run's config.json."""
+    config: extra fields recorded in the run's config.json.
+    start_step: the number of the first observed step (a resumed loop's iteration, so events name
+        the loop's steps); default: where load_state_dict() or the continued log_dir left off, else 0.
+    all_ranks: under torch.distributed, let every rank write (rank r to `LOG_DIR-rank{r}`) and
+        print; default: rank 0 only."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
                  log_dir: str | Path | None = None, policy: Policy | dict | None = None, *,
@@ -100,20 +107,22 @@ class Monitor:
                  sharpness_batch: Any = None, sharpness_until: int | None = None,
                  sharpness_options: dict[str, Any] | None = None, opposing_every: int = 0,
                  opposing_batch: Any = None, opposing_loss: str | Callable = "cross_entropy",
-                 config: dict[str, Any] | None = None):
+                 config: dict[str, Any] | None = None, start_step: int | None = None,
+                 all_ranks: bool = False):
         if not isinstance(sync_every, int) or sync_every < 1:
             raise UsageError(f"sync_every must be an integer >= 1, got {sync_every!r}")
+        if start_step is not None and (not isinstance(start_step, int) or start_step < 0):
+            raise UsageError(f"start_step must be an integer >= 0, got {start_step!r}")
         self.model, self.optimizer = model, inner_optimizer(optimizer)
         self.policy = policy if isinstance(policy, Policy) else Policy(policy) if policy else Policy()
         self.sync_every, self.update_ratio_every = sync_every, update_ratio_every
         self.detectors: list[Detector] = build_detectors(
             monitor_detector_settings(detectors, target_false_alarm_rate, grad_scaler))
-        self.step = 0
-        self.events: list[Event] = []
-        self.internal_errors = 0
+        self.step, self.events, self.internal_errors, self.started = 0, [], 0, time.time()
+        self._earlier_counts: dict[str, int] = {}  # events of the sessions before a load_state_dict
+        self._deferred: list[Event] = []  # found by state_dict()'s flush, handled at the next decision
         self.skipped_steps: list[int] = []
         self._skipped: set[int] = set()
-        self.started = time.time()
 
         self.measurer = Measurer(model, self.optimizer, on_error=self._internal_error, attention=attention,
                                  logits_module=logits_module, task=task, update_sample=update_sample,
@@ -131,23 +140,33 @@ class Monitor:
         self.params, self.names = self.measurer.params, self.measurer.names
         self.attention_layers = self.measurer.attention_layers
         self.logits_module_name = self.measurer.logits_module_name
-        self.snapshot = Snapshot(self.policy.snapshot_dir) if self.policy.uses("rollback") else None
+        self.agreement = Agreement([d.kind for d in self.detectors])
+        snapshot_dir = self.policy.snapshot_dir  # one file per rank under torch.distributed
+        if snapshot_dir and self.agreement.active:
+            snapshot_dir = str(Path(snapshot_dir) / f"rank{self.agreement.rank}")
+        self.snapshot = Snapshot(snapshot_dir) if self.policy.uses("rollback") else None
         self.guard = Guard(self.policy, model, self.optimizer, self.measurer, self.snapshot)
         self.tracker = IncidentTracker(gap=incident_gap, link=incident_gap)
         self._immediate = {d.kind for d in self.detectors
                            if d.every_step and self.policy.acts_before_step(d.kind)} - self.guard.device_skips
+        self.detection = Detection(self.detectors, self.measurer, self._immediate, self.guard.device_skips,
+                                   self._internal_error)
         self._pending: list[dict[str, Any]] = []
-        self._clean_since_snapshot = True
-        self._closed = False
+        self._clean_since_snapshot, self._closed, self._sample_weights = True, False, False
         self._handles: list = []
+        self._agreed_step: int | None = None  # the last step voted on under torch.distributed
 
         # Sinks first: a sink that cannot start (a missing package) leaves the model untouched.
-        self.sinks: list[Sink] = [make_sink(sink, log_dir) if isinstance(sink, str) else sink
-                                  for sink in sinks]
-        if log_dir is not None:
-            self.sinks.insert(0, RunStoreSink(log_dir, {**self.describe(), **(config or {})}))
+        self.sinks, folder = build_sinks(sinks, log_dir, {**self.describe(), **(config or {})},
+                                         self.agreement.rank, all_ranks, self._count_error)
+        self.log_folder = folder
 
-        self.measurer.arm()  # step 0 is a sampled step
+        if start_step is None:
+            start_step = folder.next_step if folder is not None and folder.next_step is not None else 0
+            if self.agreement.active:  # every rank numbers steps as rank 0 does
+                start_step = self.agreement.broadcast(start_step)
+        self.step = start_step
+        self.measurer.next_step(self.step % sync_every == 0)  # arms the hooks on a sampled step
         if update_ratio_every and self.measurer.matrices:
             self._handles.append(self.optimizer.register_step_post_hook(self.measurer.after_update))
         self._step = StepWrapper(self.optimizer, self._take_skip, lambda: self._closed)
@@ -186,9 +205,18 @@ class Monitor:
             raise
         except Exception as error:  # noqa: BLE001 - a monitor must not stop training
             self._internal_error(error)
+            if self.agreement.active and self._agreed_step != self.step and self._decides(self.step):
+                try:  # the other ranks wait for this rank's vote
+                    self._handle([], {})
+                except Exception as error:  # noqa: BLE001
+                    self._internal_error(error)
         finally:
             self.step += 1
             self.measurer.next_step(self.step % self.sync_every == 0)
+
+    def _decides(self, t: int) -> bool:
+        """Whether step t is a decision point (under torch.distributed: a vote on every rank)."""
+        return bool(self._immediate) or t % self.sync_every == 0
 
     def _observe(self, loss) -> None:
         t = self.step
@@ -196,8 +224,10 @@ class Monitor:
             self.guard.skip_next = False
             self.skipped_steps.append(t - 1)
             self._skipped.add(t - 1)
-        if t % self.sync_every == 0 and self._pending:
-            self._flush_quietly()
+        if self._sample_weights:  # after load_state_dict: today's weights are the next update's "before"
+            self._sample_weights = False
+            self.measurer.sample_weights_now()
+        events = self._flush("collect") if t % self.sync_every == 0 else []
         lr = max((effective_lr(g) for g in self.optimizer.param_groups), default=float("nan"))
         entry = self.measurer.measure(t, loss, lr)
         self._pending.append(entry)
@@ -205,7 +235,9 @@ class Monitor:
             self.measurer.drop_gradients(entry)
             entry["device_skip"] = True
         if self._immediate:
-            self._decide_now(entry)
+            events += self.detection.now(entry, self._pending[-2] if len(self._pending) >= 2 else None)
+        if events or self._deferred or (self.agreement.active and self._decides(t)):
+            self._handle(events, {"grad_norm": entry["host"].get("grad_norm")})
         if t % self.sync_every == 0:
             self.measurer.measure_sampled(entry)
             self.measurer.refresh_second_moments()
@@ -218,88 +250,51 @@ class Monitor:
         self.measurer.sample_after = bool(self.update_ratio_every) and (t + 1) % self.update_ratio_every == 0
 
     # -- host side: rows, detectors, guard -----------------------------------------------------
-    def _decide_now(self, entry: dict[str, Any]) -> None:
-        """Read this step's fast numbers (and the previous step's update ratio, in the same read)
-        and run the detectors whose action must precede the step."""
-        previous = self._pending[-2] if len(self._pending) >= 2 else None
-        update_detector = next((d for d in self.detectors if d.kind == "update_ratio"), None)
-        with_update = (previous is not None and "update" in previous and update_detector is not None
-                       and previous["update"].numel() > 0)
-        values = fast_values(entry["fast"], previous["update"] if with_update else None)  # one host read
-        host = fast_row(entry, values[:len(FAST)], self.names)
-        if host.get("nonfinite"):
-            host["nonfinite_param"] = first_nonfinite(self.names, entry["norms"].tolist())
-        entry["host"].update(host)
-        events = []
-        if with_update:
-            row = {"step": previous["step"], "lr": previous["lr"], "update_ratio_max": values[-2],
-                   "update_param": self.names[self.measurer.matrices[int(values[-1])]]}
-            events.extend(self._check(update_detector, previous["step"], row))
-            previous["done"].add("update_ratio")
-        for detector in self.detectors:
-            if detector.kind in self._immediate:
-                events.extend(self._check(detector, entry["step"], host))
-                entry["done"].add(detector.kind)
-        self._note_norm(host)
-        self._handle(events)
-
-    def _check(self, detector: Detector, step: int, row: dict[str, Any]) -> list[Event]:
-        try:  # one broken detector must not silence the others
-            return detector.check(step, row)
+    def _flush(self, mode: str) -> list[Event]:
+        """Read every pending step back in one transfer, run the detectors, write the rows. The
+        events found are returned ("collect": the caller decides), kept for the next decision
+        ("defer": state_dict) or decided on this rank alone ("local": close, stop)."""
+        entries, self._pending = self._pending, []
+        events: list[Event] = []
+        try:
+            events = self._read(entries)
         except Exception as error:  # noqa: BLE001
             self._internal_error(error)
-            return []
+        if mode == "defer":
+            self._deferred.extend(events)
+        elif mode == "local":
+            self._handle(events, {}, agree=False)
+        return events if mode == "collect" else []
 
-    def _note_norm(self, row: dict[str, Any]) -> None:
-        value = row.get("grad_norm")
-        if isinstance(value, float) and math.isfinite(value) and not (row.get("nonfinite") or row.get("outlier")):
-            self.measurer.norm_history.append(value)
-
-    def _flush(self) -> None:
-        """Read every pending step back in one transfer, run the detectors, write the rows."""
-        entries, self._pending = self._pending, []
+    def _read(self, entries: list[dict[str, Any]]) -> list[Event]:
         if not entries:
-            return
-        reads = read_back(entries, self.measurer.device)
-        rows, events = [], []
-        for entry, read in zip(entries, reads):
-            row = step_row(entry, read, self.names, self.measurer.matrices)
-            device_skipped = entry.get("device_skip") and (
-                (row["nonfinite"] and "nonfinite" in self.guard.device_skips)
-                or (row["outlier"] and "grad_outlier" in self.guard.device_skips))
-            if device_skipped:
-                self.skipped_steps.append(entry["step"])
-                self._skipped.add(entry["step"])
-            row["skipped"] = int(entry["step"] in self._skipped)
-            for detector in self.detectors:
-                if detector.kind not in entry["done"]:
-                    found = self._check(detector, entry["step"], row)
-                    if device_skipped and detector.kind in DEVICE_DECIDED:
-                        for event in found:
-                            event.data["device_skipped"] = True
-                    events.extend(found)
-            if not entry["done"]:
-                self._note_norm(row)
-            row["nonfinite"], row["outlier"] = int(row["nonfinite"]), int(row["outlier"])
-            rows.append(row)
-        for sink in self.sinks:
-            sink.rows(rows)
-        self._handle(events)
-        self._report_incidents([], self.tracker.close_before(entries[-1]["step"]))
+            return []
+        rows, events, device_skipped = self.detection.read(entries, self._skipped)
+        self.skipped_steps.extend(device_skipped)
+        self._skipped.update(device_skipped)
+        self.sinks.rows(rows)
+        self.sinks.incidents([], self.tracker.close_before(entries[-1]["step"]))
+        return events
 
-    def _handle(self, events: list[Event]) -> None:
+    def _handle(self, events: list[Event], data: dict[str, Any], agree: bool = True) -> None:
         """Record events, apply the policy's interventions (each one an event too), group them
-        into incidents."""
-        if not events:
-            return
-        if any(e.severity != "info" for e in events):
+        into incidents. Under torch.distributed every rank carries out the same interventions."""
+        events, self._deferred = self._deferred + events, []
+        planned = self.guard.plan(events)
+        dirty = any(e.severity != "info" for e in events)
+        if agree and self.agreement.active:
+            self._agreed_step = self.step
+            planned, dirty = self.agreement.agree(planned, dirty, self.step, data)
+        if dirty:
             self._clean_since_snapshot = False
-        applied = self.guard.decide(events)
+        if not (events or planned):
+            return
+        applied = self.guard.apply(planned)
         self._emit(events + applied)
-        self._report_incidents(*self.tracker.add(events + applied))
+        self.sinks.incidents(*self.tracker.add(events + applied))
         stop_event, self.guard.stop_event = self.guard.stop_event, None
         if stop_event is not None:
-            self._flush_quietly()
+            self._flush_quietly("local")
             raise TrainingStopped(stop_event)
 
     def _maybe_snapshot(self, entry: dict[str, Any]) -> None:
@@ -320,20 +315,7 @@ class Monitor:
 
     def _emit(self, events: list[Event]) -> None:
         self.events.extend(events)
-        for sink in self.sinks:
-            try:
-                sink.events(events)
-            except Exception as error:  # noqa: BLE001
-                self._internal_error(error)
-
-    def _report_incidents(self, opened: list[Incident], closed: list[Incident]) -> None:
-        if not (opened or closed):
-            return
-        for sink in self.sinks:
-            try:
-                sink.incidents(opened, closed)
-            except Exception as error:  # noqa: BLE001
-                self._internal_error(error)
+        self.sinks.events(events)
 
     # -- the optimizer's step honours the guard -------------------------------------------------
     def _take_skip(self) -> bool:
@@ -344,7 +326,25 @@ class Monitor:
             self.measurer.update_entry = None
         return skip
 
+    # -- resume -----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The monitor's state for a checkpoint (monitor.state): plain types that
+        torch.load(..., weights_only=True) and JSON read. Writes the pending rows first (one host
+        read); events they raise are decided at the next step, here or after a resume."""
+        self._flush("defer")
+        return monitor_state(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Go on from a state_dict(): call after building the Monitor, before the first observe().
+        The step number continues from the state unless the Monitor was given start_step."""
+        if self._pending or self.events:
+            raise UsageError("load_state_dict() must come before the first observe()")
+        load_monitor_state(self, state)
+
     # -- errors, close --------------------------------------------------------------------------
+    def _count_error(self) -> None:
+        self.internal_errors += 1
+
     def _internal_error(self, error: BaseException) -> None:
         self.internal_errors += 1
         if self.internal_errors == 1:
@@ -353,44 +353,44 @@ class Monitor:
             warnings.warn(f"stablelab monitor: internal error, training continues: {error!r}",
                           RuntimeWarning, stacklevel=3)
 
-    def _flush_quietly(self) -> None:
+    def _flush_quietly(self, mode: str) -> None:
         try:
-            self._flush()
+            self._flush(mode)
         except TrainingStopped:
             raise
         except Exception as error:  # noqa: BLE001
             self._internal_error(error)
 
-    def summary(self) -> dict[str, Any]:
-        counts: dict[str, int] = {}
+    def event_counts(self) -> dict[str, int]:
+        counts = dict(self._earlier_counts)
         for event in self.events:
             counts[event.kind] = counts.get(event.kind, 0) + 1
+        return counts
+
+    def summary(self) -> dict[str, Any]:
+        counts = self.event_counts()  # with the sessions before a load_state_dict()
         return {"steps": self.step, "events": counts, "skipped_steps": len(self.skipped_steps),
                 "incidents": [i.to_dict() for i in self.incidents],
                 "internal_errors": self.internal_errors, "wall_s": time.time() - self.started,
-                "diverged": any(e.kind == "nonfinite" for e in self.events)}
+                "diverged": counts.get("nonfinite", 0) > 0}
 
     def close(self) -> dict[str, Any]:
-        """Flush what is pending, close open incidents, seal the run store, remove hooks, restore
+        """Flush what is pending, close open incidents, seal the log folder, remove hooks, restore
         optimizer.step."""
         if self._closed:
             return self.summary()
         try:
-            self._flush_quietly()
+            self._flush_quietly("local")
         except TrainingStopped:  # training is over anyway; the event is recorded
             pass
-        self._report_incidents([], self.tracker.close_all())
+        self.sinks.incidents([], self.tracker.close_all())
         self._closed = True
         self.measurer.disarm()
         for handle in self._handles:
             handle.remove()
         self._step.restore()
         summary = self.summary()
-        for sink in self.sinks:
-            try:
-                sink.close(summary)
-            except Exception as error:  # noqa: BLE001
-                self._internal_error(error)
+        self.sinks.close(summary)
         return summary
 
     def __enter__(self) -> "Monitor":

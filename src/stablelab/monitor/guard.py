@@ -288,10 +288,18 @@ class Guard:
                              and "skip" in policy.for_kind(kind)}
 
     def decide(self, events: list[Event]) -> list[Event]:
+        return self.apply(self.plan(events))
+
+    def plan(self, events: list[Event]) -> dict[str, Event]:
+        """action -> the event that calls for it (the first one), by the policy."""
         actions: dict[str, Event] = {}
         for event in events:
             for action in self.policy.for_kind(event.kind):
                 actions.setdefault(action, event)
+        return actions
+
+    def apply(self, actions: dict[str, Event]) -> list[Event]:
+        """Carry out the planned actions in ORDER; returns the interventions' events."""
         applied = []
         for action in ORDER:
             cause = actions.get(action)

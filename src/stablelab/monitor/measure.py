@@ -286,6 +286,20 @@ class Measurer:
         longer this step's "before"."""
         self._have_previous = False
 
+    @torch.no_grad()
+    def sample_weights_now(self) -> None:
+        """Take the weights as they are now as the next step's "before" (after a resume, where
+        the previous step's update ran in another process)."""
+        if not self.matrices:
+            return
+        try:
+            views, _ = self._update_views()
+            torch._foreach_copy_(self._slices[0], views)
+            self._have_previous = True
+        except Exception as error:  # noqa: BLE001
+            self._have_previous = False
+            self.on_error(error)
+
     def after_update(self, _optimizer, _args, _kwargs) -> None:
         """After each optimizer step: sample the weights (when this step or the next is measured).
         The sample after step t-1 is the "before" of step t: weights change only in optimizer

@@ -72,7 +72,9 @@ def summarise(rows: list[dict[str, Any]], events: list[dict[str, Any]]) -> dict[
 
 
 def render(run_dir: Path, rows: list[dict[str, Any]], events: list[dict[str, Any]],
-           config: dict[str, Any], max_events: int = 200, incidents: list[dict[str, Any]] | None = None):
+           config: dict[str, Any], max_events: int = 200, incidents: list[dict[str, Any]] | None = None,
+           restarts: list[int] = ()):
+    """restarts: the first step of every session after the first (a monitor folder continued)."""
     from stablelab.report.html import Page, plt
 
     summary = summarise(rows, events)
@@ -84,6 +86,10 @@ def render(run_dir: Path, rows: list[dict[str, Any]], events: list[dict[str, Any
         warn.append(True)
     if not lines:
         lines.append("no warnings or critical events")
+        warn.append(False)
+    if restarts:
+        lines.append(f"restarted {len(restarts)} time(s): at step(s) {', '.join(map(str, restarts))} "
+                     "(grey dotted lines); a step logged again after a restart shows the later session's value")
         warn.append(False)
     if summary["final_loss"] is not None:
         lines.append(f"final logged loss {summary['final_loss']:.4g} (min {summary['min_loss']:.4g})")
@@ -117,6 +123,8 @@ def render(run_dir: Path, rows: list[dict[str, Any]], events: list[dict[str, Any
                 colour = SEVERITY_COLOURS.get(event.get("severity"), "grey")
                 style = "--" if event.get("severity") == "info" else "-"
                 ax.axvline(event.get("step", 0), color=colour, lw=0.8, ls=style, alpha=0.7)
+            for step in restarts:
+                ax.axvline(step, color="grey", lw=1.2, ls=":")
             ax.set_title(title, fontsize=9, loc="left")
             if len(keys) > 1:
                 ax.legend(fontsize=7, loc="upper left")
@@ -163,12 +171,16 @@ def run(args) -> int:
         raise UsageError(f"{run_dir} is not a folder")
     if not any((run_dir / name).exists() for name in (METRICS, PARQUET, EVENTS)):
         raise UsageError(f"{run_dir} holds no metrics.jsonl, metrics.parquet or events.jsonl: not a run folder")
-    rows = load_metrics(run_dir)
+    from stablelab.monitor.log_folder import load_rows, sessions
+
+    started = sessions(run_dir)  # a monitor folder: its rows as they stand, restarts marked
+    rows = load_rows(run_dir) if started else load_metrics(run_dir)
+    restarts = [int(s["first_step"]) for s in started if s.get("continued")]
     events = load_events(run_dir)
     config = read_json(run_dir / CONFIG) if (run_dir / CONFIG).exists() else {}
     out = Path(args.out) if args.out else run_dir
     incidents = read_json(run_dir / "incidents.json") if (run_dir / "incidents.json").exists() else None
-    page, summary = render(run_dir, rows, events, config, args.max_events, incidents)
+    page, summary = render(run_dir, rows, events, config, args.max_events, incidents, restarts)
     page.write(out / "report.html")
     atomic_write_json(out / "summary.json", {"run_dir": str(run_dir), **summary})
     print(f"wrote {out / 'report.html'} and {out / 'summary.json'}")
