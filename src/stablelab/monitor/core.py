@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from stablelab.errors import UsageError
+from stablelab.monitor.description import describe
 from stablelab.monitor.detection import Detection
 from stablelab.monitor.detectors import Detector, build_detectors, monitor_detector_settings
 from stablelab.monitor.distributed import Agreement
@@ -91,7 +92,9 @@ class Monitor:
     start_step: the number of the first observed step (a resumed loop's iteration, so events name
         the loop's steps); default: where load_state_dict() or the continued log_dir left off, else 0.
     all_ranks: under torch.distributed, let every rank write (rank r to `LOG_DIR-rank{r}`) and
-        print; default: rank 0 only."""
+        print; default: rank 0 only.
+    on_stop: "raise" (TrainingStopped out of observe) or "flag" (`stop_requested` holds the
+        event and the step is skipped: for trainers with their own stop flag)."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
                  log_dir: str | Path | None = None, policy: Policy | dict | None = None, *,
@@ -108,11 +111,14 @@ class Monitor:
                  sharpness_options: dict[str, Any] | None = None, opposing_every: int = 0,
                  opposing_batch: Any = None, opposing_loss: str | Callable = "cross_entropy",
                  config: dict[str, Any] | None = None, start_step: int | None = None,
-                 all_ranks: bool = False):
+                 all_ranks: bool = False, on_stop: str = "raise"):
         if not isinstance(sync_every, int) or sync_every < 1:
             raise UsageError(f"sync_every must be an integer >= 1, got {sync_every!r}")
         if start_step is not None and (not isinstance(start_step, int) or start_step < 0):
             raise UsageError(f"start_step must be an integer >= 0, got {start_step!r}")
+        if on_stop not in ("raise", "flag"):
+            raise UsageError(f"on_stop must be 'raise' or 'flag', got {on_stop!r}")
+        self.on_stop, self.stop_requested = on_stop, None
         self.model, self.optimizer = model, inner_optimizer(optimizer)
         self.policy = policy if isinstance(policy, Policy) else Policy(policy) if policy else Policy()
         self.sync_every, self.update_ratio_every = sync_every, update_ratio_every
@@ -178,20 +184,8 @@ class Monitor:
         """Every incident so far (open ones included), in the order they opened."""
         return self.tracker.incidents
 
-    # -- description ------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
-        return {
-            "kind": "monitor", "model": type(self.model).__name__,
-            "optimizer": type(self.optimizer).__name__,
-            "n_params": sum(p.numel() for p in self.params), "n_tensors": len(self.params),
-            "sync_every": self.sync_every, "update_ratio_every": self.update_ratio_every,
-            "sharpness_every": self.sharpness_every, "opposing_every": self.opposing_every,
-            "attention_layers": [layer.name for layer in self.attention_layers], "logits_module": self.logits_module_name,
-            "policy": {k: list(v) for k, v in self.policy.actions.items()},
-            "skip_on_device": sorted(self.guard.device_skips),
-            "detectors": {d.kind: d.settings() for d in self.detectors},
-            "every_step_detectors": sorted(self._immediate),
-        }
+        return describe(self)
 
     # -- the one moment the monitor reads gradients -------------------------------------------
     def observe(self, loss: torch.Tensor | float | None = None) -> None:
@@ -295,7 +289,9 @@ class Monitor:
         stop_event, self.guard.stop_event = self.guard.stop_event, None
         if stop_event is not None:
             self._flush_quietly("local")
-            raise TrainingStopped(stop_event)
+            self.stop_requested, self.guard.skip_next = stop_event, True  # the step is not taken
+            if self.on_stop == "raise":
+                raise TrainingStopped(stop_event)
 
     def _maybe_snapshot(self, entry: dict[str, Any]) -> None:
         """At a sampled step: save the weights as they are now (before this step's update) if the
