@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from stablelab.errors import UsageError
-from stablelab.monitor.description import describe
+from stablelab.monitor.description import describe, event_counts, summary
 from stablelab.monitor.detection import Detection
 from stablelab.monitor.detectors import Detector, build_detectors, monitor_detector_settings
 from stablelab.monitor.distributed import Agreement
@@ -161,6 +161,7 @@ class Monitor:
         self._clean_since_snapshot, self._closed, self._sample_weights = True, False, False
         self._handles: list = []
         self._agreed_step: int | None = None  # the last step voted on under torch.distributed
+        self._flushed_to: int | None = None  # the last step read back, its incidents not yet closed
 
         # Sinks first: a sink that cannot start (a missing package) leaves the model untouched.
         self.sinks, folder = build_sinks(sinks, log_dir, {**self.describe(), **(config or {})},
@@ -232,6 +233,8 @@ class Monitor:
             events += self.detection.now(entry, self._pending[-2] if len(self._pending) >= 2 else None)
         if events or self._deferred or (self.agreement.active and self._decides(t)):
             self._handle(events, {"grad_norm": entry["host"].get("grad_norm")})
+            entry["lr"] = max((effective_lr(g) for g in self.optimizer.param_groups), default=float("nan"))
+        self._close_incidents()
         if t % self.sync_every == 0:
             self.measurer.measure_sampled(entry)
             self.measurer.refresh_second_moments()
@@ -258,7 +261,14 @@ class Monitor:
             self._deferred.extend(events)
         elif mode == "local":
             self._handle(events, {}, agree=False)
+            self._close_incidents()
         return events if mode == "collect" else []
+
+    def _close_incidents(self) -> None:
+        """Close the incidents quiet for longer than the gap, once the flushed events are in."""
+        if self._flushed_to is not None:
+            self.sinks.incidents([], self.tracker.close_before(self._flushed_to))
+            self._flushed_to = None
 
     def _read(self, entries: list[dict[str, Any]]) -> list[Event]:
         if not entries:
@@ -267,7 +277,7 @@ class Monitor:
         self.skipped_steps.extend(device_skipped)
         self._skipped.update(device_skipped)
         self.sinks.rows(rows)
-        self.sinks.incidents([], self.tracker.close_before(entries[-1]["step"]))
+        self._flushed_to = entries[-1]["step"]
         return events
 
     def _handle(self, events: list[Event], data: dict[str, Any], agree: bool = True) -> None:
@@ -358,17 +368,10 @@ class Monitor:
             self._internal_error(error)
 
     def event_counts(self) -> dict[str, int]:
-        counts = dict(self._earlier_counts)
-        for event in self.events:
-            counts[event.kind] = counts.get(event.kind, 0) + 1
-        return counts
+        return event_counts(self)
 
     def summary(self) -> dict[str, Any]:
-        counts = self.event_counts()  # with the sessions before a load_state_dict()
-        return {"steps": self.step, "events": counts, "skipped_steps": len(self.skipped_steps),
-                "incidents": [i.to_dict() for i in self.incidents],
-                "internal_errors": self.internal_errors, "wall_s": time.time() - self.started,
-                "diverged": counts.get("nonfinite", 0) > 0}
+        return summary(self)
 
     def close(self) -> dict[str, Any]:
         """Flush what is pending, close open incidents, seal the log folder, remove hooks, restore

@@ -1,8 +1,9 @@
-"""What a monitor's config.json records about it: the model, the optimizer, the signals it
-measures, its policy and every detector's settings."""
+"""What a monitor records about itself: in config.json the model, the optimizer, the signals it
+measures, its policy and every detector's settings; in result.json its summary."""
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -23,3 +24,19 @@ def describe(monitor: "Monitor") -> dict[str, Any]:
         "detectors": {d.kind: d.settings() for d in monitor.detectors},
         "every_step_detectors": sorted(monitor._immediate),
     }
+
+
+def event_counts(monitor: "Monitor") -> dict[str, int]:
+    """Events per kind, the sessions before a load_state_dict() included."""
+    counts = dict(monitor._earlier_counts)
+    for event in monitor.events:
+        counts[event.kind] = counts.get(event.kind, 0) + 1
+    return counts
+
+
+def summary(monitor: "Monitor") -> dict[str, Any]:
+    counts = event_counts(monitor)
+    return {"steps": monitor.step, "events": counts, "skipped_steps": len(monitor.skipped_steps),
+            "incidents": [i.to_dict() for i in monitor.incidents],
+            "internal_errors": monitor.internal_errors, "wall_s": time.time() - monitor.started,
+            "diverged": counts.get("nonfinite", 0) > 0}
