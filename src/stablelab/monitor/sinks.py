@@ -1,13 +1,16 @@
 """Where the monitor's rows (one per step) and events go.
 
-A sink has `rows(list_of_dicts)`, `events(list_of_Event)` and `close(summary)`. Built in: the run
-store (same folder format as the proxy study), the console (rich), TensorBoard, and optional
-Weights & Biases and MLflow (imported only when asked for; a clear error if not installed)."""
+A sink has `rows(list_of_dicts)`, `events(list_of_Event)`, `incidents(opened, closed)` and
+`close(summary)`. Built in: the run store (same folder format as the proxy study), the console
+(rich), TensorBoard, and optional Weights & Biases and MLflow (imported only when asked for; a
+clear error if not installed), which write every key under `stablelab/`."""
 
 from __future__ import annotations
 
 import importlib
 import math
+import re
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -96,12 +99,14 @@ def _numeric(row: dict[str, Any]) -> dict[str, float]:
 
 
 class TensorBoardSink(Sink):
-    """Scalars per step and events as text, through torch.utils.tensorboard."""
+    """Scalars per step (tag = the row's column: `loss`, `grad_norm`, `grad_norm/NAME`, ...) and
+    events as text (`events/<kind>`), through torch.utils.tensorboard; the event file is flushed
+    every `flush_secs` and at close."""
 
-    def __init__(self, log_dir: str | Path):
+    def __init__(self, log_dir: str | Path, flush_secs: int = 30):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(log_dir))
+        self.writer = SummaryWriter(str(log_dir), flush_secs=flush_secs)
 
     def rows(self, rows):
         for row in rows:
@@ -125,48 +130,113 @@ def _optional(module_name: str, extra: str):
                          f"pip install 'stablelab[{extra}]'") from None
 
 
+PREFIX = "stablelab/"  # every key the W&B and MLflow sinks write, so none collides with the user's
+STEP = PREFIX + "step"
+
+
+def _event_counts(events: Sequence[Event]) -> dict[int, dict[str, float]]:
+    """step -> {"stablelab/events/<kind>": number of events of that kind at that step}."""
+    by_step: dict[int, dict[str, float]] = {}
+    for event in events:
+        counts = by_step.setdefault(event.step, {})
+        key = f"{PREFIX}events/{event.kind}"
+        counts[key] = counts.get(key, 0.0) + 1.0
+    return by_step
+
+
 class WandbSink(Sink):
-    """Logs rows with wandb.log (an active run, or one started with `init_kwargs`)."""
+    """Weights & Biases, on the monitor's own step axis, every key under `stablelab/`.
+
+    Rows go to `stablelab/<column>`, events to `stablelab/events/<kind>` (their count at that
+    step), each logged with `stablelab/step`, which `define_metric` makes the x-axis of
+    `stablelab/*`. No `step=` is passed: W&B drops data logged at a step below its current one,
+    and events arrive after rows of later steps. A critical incident raises one `alert` (level
+    ERROR) when it opens (or when it closes, if it only became critical later). The run is the
+    active one, or one started with `init_kwargs`; only a run the sink started is finished at close."""
 
     def __init__(self, module=None, **init_kwargs):
         self.wandb = module or _optional("wandb", "wandb")
-        if self.wandb.run is None:
-            self.wandb.init(**init_kwargs)
+        self.started = self.wandb.run is None
+        self.run = self.wandb.init(**init_kwargs) if self.started else self.wandb.run
+        self.run.define_metric(STEP)
+        self.run.define_metric(PREFIX + "*", step_metric=STEP)
+        self._alerted: set[tuple[str, int]] = set()
 
     def rows(self, rows):
         for row in rows:
-            self.wandb.log(_numeric(row), step=row["step"])
+            self.run.log({STEP: row["step"], **{PREFIX + k: v for k, v in _numeric(row).items()}})
 
     def events(self, events):
-        for event in events:
-            self.wandb.log({f"events/{event.kind}": 1.0}, step=event.step)
+        for step, counts in _event_counts(events).items():
+            self.run.log({STEP: step, **counts})
+
+    def incidents(self, opened, closed):
+        for incident in [*opened, *closed]:
+            if incident.severity != "critical" or (incident.kind, incident.start) in self._alerted:
+                continue
+            self._alerted.add((incident.kind, incident.start))
+            first = incident.events[0].message if incident.events else ""
+            self.run.alert(title=f"stablelab: {incident.kind} at step {incident.start}",
+                           text=f"{incident.summary()}\n{first}".strip(),
+                           level=self.wandb.AlertLevel.ERROR)
 
     def close(self, summary):
-        self.wandb.finish()
+        if self.started:
+            self.run.finish()
+
+
+_MLFLOW_BAD = re.compile(r"[^A-Za-z0-9_\-./ ]")
+
+
+def _mlflow_name(key: str) -> str:
+    """A metric name MLflow accepts on every platform (alphanumerics, _ - . / and space) and that
+    names one path (no empty, "." or ".." part)."""
+    parts = _MLFLOW_BAD.sub("_", key).split("/")
+    return "/".join(part for part in parts if part not in ("", ".", ".."))
 
 
 class MLflowSink(Sink):
-    """Logs rows with mlflow.log_metrics (an active run, or one it starts)."""
+    """MLflow: rows as `stablelab/<column>` with a per-tensor column's own "/" made "."
+    (`stablelab/grad_norm.NAME`: the file store keeps a metric in a file at its name's path, so
+    `stablelab/grad_norm` cannot also be a folder), events as `stablelab/events/<kind>` (their
+    count at that step), at the monitor's step, one `log_batch` per call. The run is the active
+    one, or one started with `start_kwargs` and ended at close (only a run the sink started)."""
 
-    def __init__(self, module=None):
+    def __init__(self, module=None, **start_kwargs):
         self.mlflow = module or _optional("mlflow", "mlflow")
-        self._started = self.mlflow.active_run() is None
-        if self._started:
-            self.mlflow.start_run()
+        active = self.mlflow.active_run()
+        self.started = active is None
+        self.run_id = (self.mlflow.start_run(**start_kwargs) if self.started else active).info.run_id
+        self.client = self.mlflow.tracking.MlflowClient()
+        self._names: dict[str, str] = {}
+
+    def _name(self, column: str) -> str:
+        name = self._names.get(column)
+        if name is None:
+            name = self._names[column] = _mlflow_name(PREFIX + column.replace("/", "."))
+        return name
+
+    def _log(self, items: list[tuple[str, float, int]]) -> None:
+        if items:
+            now = int(time.time() * 1000)
+            self.client.log_batch(self.run_id, metrics=[self.mlflow.entities.Metric(name, value, now, step)
+                                                        for name, value, step in items])
 
     def rows(self, rows):
-        for row in rows:
-            # MLflow metric names: letters, digits, _ - . / and space only.
-            metrics = {k.replace(":", "_"): v for k, v in _numeric(row).items()}
-            self.mlflow.log_metrics(metrics, step=row["step"])
+        self._log([(self._name(k), v, row["step"]) for row in rows for k, v in _numeric(row).items()])
 
     def events(self, events):
-        for event in events:
-            self.mlflow.log_metric(f"events/{event.kind}", 1.0, step=event.step)
+        self._log([(_mlflow_name(k), n, step) for step, counts in _event_counts(events).items()
+                   for k, n in counts.items()])
 
     def close(self, summary):
-        if self._started:
+        if not self.started:
+            return
+        active = self.mlflow.active_run()
+        if active is not None and active.info.run_id == self.run_id:
             self.mlflow.end_run()
+        else:  # the user's code has moved the fluent API on to another run
+            self.client.set_terminated(self.run_id)
 
 
 def _tensorboard(log_dir: str | Path | None) -> Sink:
