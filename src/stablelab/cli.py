@@ -1,12 +1,14 @@
 """The `stablelab` command. It only parses arguments and dispatches. A command's module is imported
 only when that command runs (`stablelab --help` imports neither torch nor any study); the module
 provides `COMMAND` (a `stablelab.config.Command`: flags derived from its settings dataclass) or,
-for commands that are not studies, `configure(parser)` and `run(args) -> int`."""
+for commands that are not studies, `configure(parser)` and `run(args) -> int`. Every command needs the
+`studies` extra (pyproject.toml); without it, a command says in one line what to install, before any work."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 
 from stablelab.errors import UsageError
@@ -23,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "lowbit": ("stablelab.studies.lowbit", "binary estimators, 8-bit optimizer states and 4-bit training (ReSTE, Stable-SPAM)"),
 }
 
+# Top-level modules of the `studies` extra (pyproject.toml), which a plain `pip install stablelab` lacks.
+# Every command above needs it: each writes report.html with matplotlib, most also need the others.
+STUDIES_EXTRA_MODULES = ("dask", "distributed", "duckdb", "pyarrow", "matplotlib", "sklearn")
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit status 2 (argparse's own convention)
@@ -37,6 +43,17 @@ def load_command(name: str):
     if command is not None:
         return command.configure, command.run
     return module.configure, module.run
+
+
+def missing_studies_module() -> str | None:
+    """The first module of the `studies` extra that is not installed, else None. Imports none of them."""
+    for module in STUDIES_EXTRA_MODULES:
+        try:
+            if importlib.util.find_spec(module) is None:
+                return module
+        except (ImportError, ValueError):  # an import hook that refuses it, or a broken entry in sys.modules
+            return module
+    return None
 
 
 def build_parser(load: str | None = None) -> argparse.ArgumentParser:
@@ -55,6 +72,9 @@ def build_parser(load: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     name = next((a for a in argv if not a.startswith("-")), None)
+    if name in COMMANDS and missing_studies_module() is not None:  # checked first: a study may import it late
+        print(f"stablelab {name} needs the studies extra: pip install 'stablelab[studies]'", file=sys.stderr)
+        return 2
     parser = build_parser(load=name if name in COMMANDS else None)
     args = parser.parse_args(argv)
     try:

@@ -4,11 +4,14 @@
     attempt          a token naming the process that owns the folder right now
     metrics.jsonl    one row per logged step, line-buffered, fsync at checkpoints and at the end
     events.jsonl     one row per event (detections and interventions)
-    metrics.parquet  written on completion, to a temporary name then renamed
+    metrics.parquet  written on completion, to a temporary name then renamed; only where pyarrow
+                     (the `studies` extra) is installed, and readers fall back to metrics.jsonl
     result.json      the run's outcome (final loss, diverged, ...), written atomically
     done             written last: its presence is what "finished" means
 
 A killed run loses at most its unflushed tail; a torn last JSONL line is ignored on read.
+pyarrow is imported only where Parquet is written or read, so the Monitor's run-store sink works on
+a plain `pip install stablelab`.
 """
 
 from __future__ import annotations
@@ -18,12 +21,12 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Iterable
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING, Any, Iterable
 
 from stablelab.io import atomic_write_bytes, atomic_write_json, read_json, to_jsonable
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 CONFIG, ATTEMPT, METRICS, EVENTS, PARQUET, RESULT, DONE = (
     "config.json", "attempt", "metrics.jsonl", "events.jsonl", "metrics.parquet", "result.json", "done",
@@ -59,7 +62,9 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 
 def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
-    """Rows with possibly different keys -> one table (missing values are null)."""
+    """Rows with possibly different keys -> one table (missing values are null). Needs pyarrow."""
+    import pyarrow as pa
+
     columns: dict[str, None] = {}
     for row in rows:
         for key in row:
@@ -138,13 +143,20 @@ class RunWriter:
         self._since_sync = 0
 
     def finish(self, result: dict[str, Any]) -> None:
-        """Seal the run: Parquet, then result.json, then the `done` marker (each atomic)."""
+        """Seal the run: Parquet, then result.json, then the `done` marker (each atomic). Without
+        pyarrow (a plain `pip install stablelab`) the Parquet is skipped: metrics.jsonl stays the
+        metrics, and `load_metrics` reads it when there is no Parquet."""
         self.check_owner()
         self.close()
-        table = rows_to_table(read_jsonl(self.run_dir / METRICS))
-        tmp = self.run_dir / f".{PARQUET}.{self.token}.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, self.run_dir / PARQUET)
+        try:
+            import pyarrow.parquet as pq
+        except ModuleNotFoundError:
+            pq = None
+        if pq is not None:
+            table = rows_to_table(read_jsonl(self.run_dir / METRICS))
+            tmp = self.run_dir / f".{PARQUET}.{self.token}.tmp"
+            pq.write_table(table, tmp)
+            os.replace(tmp, self.run_dir / PARQUET)
         atomic_write_json(self.run_dir / RESULT, result)
         atomic_write_bytes(self.run_dir / DONE, b"")
 
@@ -159,9 +171,14 @@ def load_config(run_dir: str | Path) -> dict[str, Any]:
 
 
 def load_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Metrics rows: from Parquet when the run is finished, else from the live JSONL."""
+    """Metrics rows: from Parquet when the run is finished, else (or without pyarrow) from the JSONL,
+    which holds the same rows."""
     run_dir = Path(run_dir)
     if (run_dir / PARQUET).exists():
+        try:
+            import pyarrow.parquet as pq
+        except ModuleNotFoundError:
+            return read_jsonl(run_dir / METRICS)
         return pq.read_table(run_dir / PARQUET).to_pylist()
     return read_jsonl(run_dir / METRICS)
 
