@@ -153,7 +153,7 @@ def test_the_checker_reads_imports_inside_functions_and_relative_ones(tmp_path):
     names = {name for name, _line in imports_of(sample)}
     assert "stablelab.io" in names
     monitor_files = {name for path in (PACKAGE / "monitor").glob("*.py") for name, _ in imports_of(path)}
-    assert "stablelab.store.run_store" in monitor_files  # imported inside RunStoreSink.__init__
+    assert "stablelab.store.run_store" in monitor_files  # imported inside LogFolder when it writes Parquet
     assert not any(name.startswith("stablelab.models") for name in monitor_files)
 
 

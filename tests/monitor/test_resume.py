@@ -98,6 +98,9 @@ def test_step_numbers_start_where_the_loop_resumes_and_state_loads_with_weights_
     _, _, other = _new()
     other.load_state_dict(state)
     assert other.step == 1030
+    _, _, renumbered = _new(start_step=7)  # an explicit start_step is the user's numbering
+    renumbered.load_state_dict(state)
+    assert renumbered.step == 7 and renumbered.skipped_steps == monitor.skipped_steps
     layer = torch.nn.Linear(3, 2, bias=False)
     small = Monitor(layer, torch.optim.SGD(layer.parameters(), lr=0.1), sinks=())
     with pytest.raises(UsageError, match="parameter tensors"):

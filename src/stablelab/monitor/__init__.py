@@ -8,12 +8,12 @@ from stablelab.monitor.detectors import (DETECTORS, Detector, build_detectors, d
 from stablelab.monitor.events import Event, TrainingStopped
 from stablelab.monitor.guard import INTERVENTIONS, Policy, Snapshot
 from stablelab.monitor.incidents import Incident, IncidentTracker
-from stablelab.monitor.sinks import (ConsoleSink, MLflowSink, RunStoreSink, Sink, TensorBoardSink,
-                                     WandbSink)
+from stablelab.monitor.log_folder import LogFolder
+from stablelab.monitor.sinks import ConsoleSink, MLflowSink, Sink, TensorBoardSink, WandbSink
 
 __all__ = [
     "Monitor", "Incident", "IncidentTracker", "Event", "TrainingStopped", "Policy", "Snapshot", "DETECTORS", "INTERVENTIONS",
     "Detector", "build_detectors", "default_settings", "register_detector", "register_attention",
-    "register_attention_adapter", "find_logits_module", "Sink", "RunStoreSink", "ConsoleSink",
+    "register_attention_adapter", "find_logits_module", "Sink", "LogFolder", "ConsoleSink",
     "TensorBoardSink", "WandbSink", "MLflowSink",
 ]

@@ -168,6 +168,7 @@ class Monitor:
                                          self.agreement.rank, all_ranks, self._count_error)
         self.log_folder = folder
 
+        self._explicit_start = start_step is not None
         if start_step is None:
             start_step = folder.next_step if folder is not None and folder.next_step is not None else 0
             if self.agreement.active:  # every rank numbers steps as rank 0 does
@@ -345,7 +346,7 @@ class Monitor:
         The step number continues from the state unless the Monitor was given start_step."""
         if self._pending or self.events:
             raise UsageError("load_state_dict() must come before the first observe()")
-        load_monitor_state(self, state)
+        load_monitor_state(self, state, keep_step=self._explicit_start)
 
     # -- errors, close --------------------------------------------------------------------------
     def _count_error(self) -> None:

@@ -10,7 +10,8 @@ Interventions (each applied one is itself an event, kind = the action's name):
   lr_backoff     multiply the learning-rate schedule by `lr_factor` from now on (persists through
                  every torch and Hugging Face scheduler and loops that write group["lr"])
   rollback       restore model and optimizer from the last good snapshot and skip this step
-  stop           raise TrainingStopped carrying the diagnosis
+  stop           end training: raise TrainingStopped carrying the diagnosis (Monitor on_stop="raise")
+                 or set monitor.stop_requested and skip the step (on_stop="flag")
 """
 
 from __future__ import annotations
@@ -267,7 +268,7 @@ INTERVENTIONS: dict[str, Intervention] = {
     "reset_moments": Intervention("zero the optimizer's moments, keep its step count (SPAM)", _reset_moments),
     "lr_backoff": Intervention("multiply the learning-rate schedule by lr_factor, persistently", _lr_backoff),
     "rollback": Intervention("restore the last good snapshot of model and optimizer, skip this step", _rollback),
-    "stop": Intervention("raise TrainingStopped with the diagnosis", _stop),
+    "stop": Intervention("end training with the diagnosis (TrainingStopped, or stop_requested)", _stop),
 }
 
 

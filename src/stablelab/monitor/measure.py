@@ -10,7 +10,6 @@ optimizer's own step hook: the update-to-weight ratio of every weight matrix."""
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from typing import Any, Callable
 

@@ -1,7 +1,7 @@
 """Where the monitor's rows (one per step) and events go.
 
 A sink has `rows(list_of_dicts)`, `events(list_of_Event)`, `incidents(opened, closed)` and
-`close(summary)`. Built in: the run store (same folder format as the proxy study), the console
+`close(summary)`. Built in: the log folder (stablelab.monitor.log_folder.LogFolder), the console
 (rich), TensorBoard, and optional Weights & Biases and MLflow (imported only when asked for; a
 clear error if not installed), which write every key under `stablelab/`."""
 
@@ -30,30 +30,6 @@ class Sink:
 
     def close(self, summary: dict[str, Any]) -> None:
         pass
-
-
-class RunStoreSink(Sink):
-    """Writes a run folder: config.json, metrics.jsonl, events.jsonl, then metrics.parquet,
-    result.json and `done` on close (stablelab.store.run_store.RunWriter)."""
-
-    def __init__(self, run_dir: str | Path, config: dict[str, Any], fsync_every: int = 200):
-        from stablelab.store.run_store import RunWriter
-
-        self.writer = RunWriter(run_dir, config, fsync_every=fsync_every).start()
-
-    def rows(self, rows):
-        for row in rows:
-            self.writer.log(row)
-
-    def events(self, events):
-        for event in events:
-            self.writer.event(event.to_dict())
-
-    def close(self, summary):
-        from stablelab.io import atomic_write_json
-
-        atomic_write_json(self.writer.run_dir / "incidents.json", summary.get("incidents", []))
-        self.writer.finish(summary)
 
 
 class ConsoleSink(Sink):

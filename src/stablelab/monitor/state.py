@@ -119,7 +119,7 @@ def monitor_state(monitor: "Monitor") -> dict[str, Any]:
     }
 
 
-def load_monitor_state(monitor: "Monitor", state: dict[str, Any]) -> None:
+def load_monitor_state(monitor: "Monitor", state: dict[str, Any], keep_step: bool = False) -> None:
     if not isinstance(state, dict) or state.get("version") != VERSION:
         raise UsageError("not a Monitor.state_dict() of this version "
                          f"(version {state.get('version') if isinstance(state, dict) else None!r}, expected {VERSION})")
@@ -127,7 +127,8 @@ def load_monitor_state(monitor: "Monitor", state: dict[str, Any]) -> None:
         raise UsageError(f"the monitor state is of a model with {state['n_tensors']} parameter tensors; "
                          f"this one has {len(monitor.params)}")
     measurer = monitor.measurer
-    monitor.step = int(state["step"])
+    if not keep_step:  # an explicit start_step (the user's numbering) wins
+        monitor.step = int(state["step"])
     monitor.skipped_steps = [int(s) for s in state["skipped_steps"]]
     monitor._skipped = set(monitor.skipped_steps)
     monitor._earlier_counts = {k: int(v) for k, v in state["event_counts"].items()}
