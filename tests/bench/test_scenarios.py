@@ -32,7 +32,7 @@ class Recorder(NullHook):
     def __init__(self):
         self.norms, self.losses, self.closed, self.model = {}, {}, 0, None
 
-    def attach(self, model, optimizer):
+    def attach(self, model, optimizer, task="auto"):
         self.model, self.optimizer = model, optimizer
 
     def observe(self, step, loss):

@@ -56,6 +56,9 @@ def test_lightning_callback_flags_and_skips_a_nan_batch(tmp_path):
     assert all(torch.isfinite(p).all() for p in module.parameters())   # the NaN step was skipped
     assert callback.monitor is None and callback.finished.step == 25   # closed at train end
     assert (tmp_path / "run" / "done").exists()                         # run store sealed at train end
+    # the loss reaches observe() detached: the task is read from the graph before that
+    assert callback.finished.measurer.task == "classification"
+    assert "autograd graph" in callback.finished.measurer.task_reason
 
 
 def test_a_stop_ends_lightning_fit_through_trainer_should_stop(tmp_path):
@@ -113,6 +116,7 @@ def test_transformers_trainer_callback_on_tiny_gpt2(tmp_path):
     assert ("nonfinite", poison_step) in kinds and ("skip", poison_step) in kinds
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert len(callback.finished.attention_layers) == 2
+    assert "autograd graph" in callback.finished.measurer.task_reason  # read before the loss is detached
     rows = load_metrics(tmp_path / "run")
     assert [r["step"] for r in rows] == list(range(12))
     assert all(r["loss"] is not None for r in rows if r["step"] != poison_step)

@@ -86,10 +86,11 @@ class MonitorHook:
         self.rows = _RowSink.create()
         self.monitor = None
 
-    def attach(self, model, optimizer):
+    def attach(self, model, optimizer, task="auto"):
         from stablelab.monitor import Monitor
 
-        self.monitor = Monitor(model, optimizer, policy=self.policy, sinks=[self.rows], **self.kwargs)
+        self.monitor = Monitor(model, optimizer, policy=self.policy, sinks=[self.rows],
+                               **{"task": task, **self.kwargs})
 
     def observe(self, step, loss):
         self.monitor.observe(loss)
@@ -109,7 +110,7 @@ class AnchorHook:
         self.rule = build_anchor(name)
         self._skip = False
 
-    def attach(self, model, optimizer):
+    def attach(self, model, optimizer, task="auto"):
         import torch
 
         self.params = [p for g in optimizer.param_groups for p in g["params"]]

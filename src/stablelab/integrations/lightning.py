@@ -50,6 +50,8 @@ class StabilityCallback(pl.Callback):
             self.monitor.load_state_dict(restored)
 
     def on_before_backward(self, trainer, pl_module, loss) -> None:
+        if self.monitor is not None:
+            self.monitor.measurer.see_loss(loss)  # the task, from the graph that detaching drops
         loss = loss.detach()
         self._loss = loss if self._loss is None else self._loss + loss
 

@@ -57,6 +57,8 @@ class StabilityCallback(TrainerCallback):
         if loss is None and isinstance(output, dict):
             loss = output.get("loss")
         if isinstance(loss, torch.Tensor) and torch.is_grad_enabled():
+            if self.monitor is not None:
+                self.monitor.measurer.see_loss(loss)  # the task, from the graph that detaching drops
             self._losses.append(loss.detach())
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):

@@ -13,13 +13,17 @@ the order they are tried, first match wins:
    (its q_norm / k_norm, nn.Identity without qk-norm).
 3. `torch.nn.MultiheadAttention` (so `nn.TransformerEncoderLayer`; a pre-hook re-projects q and k
    from its inputs).
-4. Hugging Face GPT-2 attention (a hook on `c_attn`).
-5. LLaMA-style attention: `q_proj` / `k_proj` Linear layers and `head_dim` (logits from q and k
-   before the rotary embedding: RoPE rotates q and k without changing their norms, which is what
-   grows, so the maximum is an estimate, not the exact post-RoPE value).
+4. A fused qkv projection, by layout: a head count attribute (`n_head`, `num_heads`, ...; or the
+   module's `config`) and one projection child whose width is (heads + 2 kv heads) x head size:
+   nanoGPT, GPT-2, GPT-NeoX, Falcon, Phi-3 (see `split_qkv` for the three splits).
+5. Separate q and k projections (`q_proj`/`k_proj`, `query`/`key`, `wq`/`wk`, `to_q`/`to_k`,
+   `q_lin`/`k_lin`) with a head size: LLaMA, Mistral (grouped-query), BERT. Logits from q and k
+   before any rotary embedding: RoPE rotates q and k without changing their norms, which is what
+   grows, so the maximum is an estimate, not the exact post-RoPE value.
 
 For a module you cannot edit, describe it from outside with
-`register_attention(MyAttention, q="to_q", k="to_k", n_heads="heads")`, or take full control with
+`register_attention(MyAttention, q="to_q", k="to_k", n_heads="heads")` (or `qkv="c_attn"` for one
+fused projection, with `layout=`), or take full control with
 `register_attention_adapter(predicate, attach)`; registrations are tried before the protocol."""
 
 from __future__ import annotations
@@ -31,32 +35,13 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from stablelab.errors import UsageError
+from stablelab.monitor.attention_hooks import (LAYOUTS, Record, _active, _fused_hook, _heads, _max_logit,  # noqa: F401 (re-exported)
+                                               _out_features, _pair_hooks, _queries, _safe, split_qkv)
+from stablelab.monitor.attention_layouts import (_fused, _fused_layout, _separate, _separate_layout,
+                                                 unrecognised_attention)
 from stablelab.signals.attention import attention_logit_max_fast
 
-# record(value) receives a 0-d tensor on the device: the max |logit| of one forward of one module.
-# Hooks skip all work unless `record.active` is true (the monitor samples attention every
-# `sync_every` steps, training forwards only).
-Record = Callable[[torch.Tensor], None]
-
-
-def _active(record: Record) -> bool:
-    return bool(getattr(record, "active", True)) and torch.is_grad_enabled()
-
-
-def _safe(record: Record, hook: Callable) -> Callable:
-    """A hook that never breaks the model's forward: errors go to `record.error` when it has one."""
-
-    def run(*args, **kwargs):
-        try:
-            return hook(*args, **kwargs)
-        except Exception as error:  # noqa: BLE001 - a monitor must not stop training
-            report = getattr(record, "error", None)
-            if report is None:
-                raise
-            report(error)
-            return None
-
-    return run
 Attach = Callable[[nn.Module, Record], list]  # returns hook handles
 Matcher = Callable[[nn.Module], bool]
 
@@ -86,62 +71,33 @@ def _resolve(module: nn.Module, value: Any) -> Any:
     return value
 
 
-def _heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """(B, T, H*D) -> (B, H, T, D); (B, H, T, D) passes through."""
-    if x.dim() == 4:
-        return x
-    b, t, hd = x.shape
-    return x.view(b, t, n_heads, hd // n_heads).transpose(1, 2)
-
-
-def _queries(record: Record) -> int | None:
-    """How many query positions the record wants read (the Monitor's `signal_rows`; None: all)."""
-    return getattr(record, "queries", None) or None
-
-
-def _max_logit(q: torch.Tensor, k: torch.Tensor, causal: bool, scale: float | None,
-               queries: int | None = None) -> torch.Tensor:
-    if k.shape[1] != q.shape[1]:  # grouped-query attention: each k head serves several q heads
-        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-    return attention_logit_max_fast(q, k, causal=causal, scale=scale, queries=queries)
-
-
-def register_attention(target: type | Matcher, *, q: str, k: str, n_heads: Any,
-                       n_kv_heads: Any = None, causal: bool = True, scale: Any = None) -> None:
-    """Describe an attention module by its q- and k-producing submodules.
+def register_attention(target: type | Matcher, *, n_heads: Any, q: str | None = None, k: str | None = None,
+                       qkv: str | None = None, layout: str = "concatenated", n_kv_heads: Any = None,
+                       causal: bool = True, scale: Any = None) -> None:
+    """Describe an attention module by its q- and k-producing submodules, or by one fused projection.
 
     q, k: dotted names of submodules whose outputs are q and k, shaped (B, T, H*D) or (B, H, T, D);
+    qkv: instead, the dotted name of one projection whose output (B, T, (H + 2 KV) D) holds q, k and
+    v, split as `layout` says ("concatenated" [q | k | v], "per_head", "grouped": see split_qkv);
     n_heads / n_kv_heads / scale: an int, an attribute name, or a function of the module;
     scale None means 1/sqrt(d_head)."""
+    if (qkv is None) == (q is None or k is None):
+        raise UsageError("register_attention needs either q= and k=, or qkv=")
+    if layout not in LAYOUTS:
+        raise UsageError(f"layout must be one of {LAYOUTS}, got {layout!r}")
 
     def attach(module: nn.Module, record: Record) -> list:
         heads = int(_resolve(module, n_heads))
         kv_heads = int(_resolve(module, n_kv_heads)) if n_kv_heads is not None else heads
         factor = _resolve(module, scale) if scale is not None else None
+        if qkv is not None:
+            projection = _resolve(module, qkv)
+            head_dim = _out_features(projection) // (heads + 2 * kv_heads)
+            return _fused_hook(projection, record, heads, kv_heads, head_dim, layout, causal, factor)
         return _pair_hooks(_resolve(module, q), _resolve(module, k), record,
                            lambda x: _heads(x, heads), lambda x: _heads(x, kv_heads), causal, factor)
 
     register_attention_adapter(target, attach)
-
-
-def _pair_hooks(q_module: nn.Module, k_module: nn.Module, record: Record,
-                q_shape: Callable, k_shape: Callable, causal: bool, scale: float | None) -> list:
-    """Hooks on the q and k producers; the logit max is computed when both have run."""
-    latest: dict[str, torch.Tensor] = {}
-
-    def on_q(_module, _inputs, output):
-        if _active(record):
-            latest["q"] = output
-
-    def on_k(_module, _inputs, output):
-        q = latest.pop("q", None)
-        if q is None:
-            return
-        with torch.no_grad():
-            record(_max_logit(q_shape(q.detach()), k_shape(output.detach()), causal, scale, _queries(record)))
-
-    return [q_module.register_forward_hook(_safe(record, on_q)),
-            k_module.register_forward_hook(_safe(record, on_k))]
 
 
 # -- the protocol and the built-in adapters ----------------------------------------------------
@@ -204,45 +160,12 @@ def _multihead(module: nn.MultiheadAttention, record: Record) -> list:
     return [module.register_forward_pre_hook(_safe(record, pre_hook), with_kwargs=True)]
 
 
-def _is_gpt2(module: nn.Module) -> bool:
-    return type(module).__name__ == "GPT2Attention" and hasattr(module, "c_attn")
-
-
-def _gpt2(module: nn.Module, record: Record) -> list:
-    def hook(_c_attn, _inputs, output):
-        mod = module  # the hook sits on c_attn; the shapes live on the attention module
-        if not _active(record) or getattr(mod, "is_cross_attention", False):
-            return
-        q, k, _v = output.detach().split(mod.split_size, dim=2)
-        scale = getattr(mod, "scaling", 1.0 / math.sqrt(mod.head_dim))
-        with torch.no_grad():
-            record(attention_logit_max_fast(_heads(q, mod.num_heads), _heads(k, mod.num_heads),
-                                            causal=True, scale=scale, queries=_queries(record)))
-
-    return [module.c_attn.register_forward_hook(_safe(record, hook))]
-
-
-def _is_llama_style(module: nn.Module) -> bool:
-    return (isinstance(getattr(module, "q_proj", None), nn.Linear)
-            and isinstance(getattr(module, "k_proj", None), nn.Linear)
-            and hasattr(module, "head_dim"))
-
-
-def _llama(module: nn.Module, record: Record) -> list:
-    d = module.head_dim
-    scale = getattr(module, "scaling", 1.0 / math.sqrt(d))
-    causal = getattr(module, "is_causal", True)
-    return _pair_hooks(module.q_proj, module.k_proj, record,
-                       lambda x: _heads(x, x.shape[-1] // d), lambda x: _heads(x, x.shape[-1] // d),
-                       causal, scale)
-
-
 _BUILTIN: list[tuple[Matcher, Attach]] = [
     (_has_own_hooks, _own_hooks),
     (_declares_qk, _declared_qk),
     (lambda m: isinstance(m, nn.MultiheadAttention), _multihead),
-    (_is_gpt2, _gpt2),
-    (_is_llama_style, _llama),
+    (lambda m: _fused_layout(m) is not None, _fused),
+    (lambda m: _separate_layout(m) is not None, _separate),
 ]
 
 
@@ -286,3 +209,4 @@ def attach_attention(model: nn.Module, make_record: Callable[[int], Record]) -> 
     for i, layer in enumerate(layers):
         layer.arm(make_record(i))
     return layers
+

@@ -39,4 +39,5 @@ def summary(monitor: "Monitor") -> dict[str, Any]:
     return {"steps": monitor.step, "events": counts, "skipped_steps": len(monitor.skipped_steps),
             "incidents": [i.to_dict() for i in monitor.incidents],
             "internal_errors": monitor.internal_errors, "wall_s": time.time() - monitor.started,
-            "diverged": counts.get("nonfinite", 0) > 0}
+            "diverged": counts.get("nonfinite", 0) > 0,
+            "task": monitor.measurer.task, "task_reason": monitor.measurer.task_reason}

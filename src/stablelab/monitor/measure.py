@@ -10,6 +10,8 @@ optimizer's own step hook: the update-to-weight ratio of every weight matrix."""
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections import deque
 from typing import Any, Callable
 
@@ -17,9 +19,9 @@ import torch
 from torch import nn
 
 from stablelab.errors import UsageError
-from stablelab.monitor.attention import find_attention
+from stablelab.monitor.attention import find_attention, unrecognised_attention
 from stablelab.monitor.step_numbers import FAST, step_numbers  # noqa: F401 (FAST re-exported)
-from stablelab.monitor.model_info import TASKS, find_logits_module, infer_task, loss_dtype  # noqa: F401 (re-exported)
+from stablelab.monitor.model_info import TASKS, decide_task, find_logits_module, infer_task, loss_dtype  # noqa: F401 (re-exported)
 from stablelab.signals.collapse import logit_statistics
 from stablelab.signals.spikes import spike_fraction
 from stablelab.signals.weights import gradient_weight_cosine
@@ -30,6 +32,15 @@ def stack_norms(norms: list[torch.Tensor]) -> torch.Tensor:
     if all(n.dtype == norms[0].dtype for n in norms):
         return torch.stack(norms).float()
     return torch.stack([n.float() for n in norms])
+
+
+EARLY_STEPS = 50  # the update ratio reads the current ||w|| on every one of the first steps
+
+
+def _say(message: str) -> None:
+    """A one-line notice about what the monitor cannot see (a warning, and the log)."""
+    logging.getLogger("stablelab.monitor").warning(message)
+    warnings.warn(message, UserWarning, stacklevel=4)
 
 
 class _Recorder:
@@ -76,6 +87,7 @@ class Measurer:
         self.loss_dtype_override = loss_dtype_override
         self.task = task if task != "auto" else None
         self._task_inferred = task != "auto"
+        self.task_reason = f"given: task={task!r}" if task != "auto" else "undecided: no step observed yet"
 
         names = {id(p): n for n, p in model.named_parameters()}
         params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
@@ -104,6 +116,12 @@ class Measurer:
         self.attn_values: dict[int, torch.Tensor] = {}
         self.logit_stats: torch.Tensor | None = None
         self.attention_layers = find_attention(model) if attention else []
+        unseen = unrecognised_attention(model, self.attention_layers) if attention else []
+        if unseen:
+            _say(f"stablelab monitor: {len(unseen)} attention-like module(s) not recognised ({unseen[0]}"
+                 f"{', ...' if len(unseen) > 1 else ''}): no attention-logit signals for them; describe the "
+                 "class with stablelab.monitor.register_attention(Cls, qkv=... or q=..., k=..., n_heads=...)")
+        self._unseen_said = False
         self._recorders = [_Recorder(self, i) for i in range(len(self.attention_layers))]
         found = None if logits_module is False else find_logits_module(model, logits_module or None)
         self.logits_module_name = found[0] if found else None
@@ -115,8 +133,7 @@ class Measurer:
     def measure(self, t: int, loss, lr: float) -> dict[str, Any]:
         """The every-step signals: the gradient norms (one foreach norm) and FAST from them
         (monitor.step_numbers: on the device with no host sync, or in Python floats on the CPU)."""
-        if not self._task_inferred and isinstance(loss, torch.Tensor) and loss.grad_fn is not None:
-            self.task, self._task_inferred = infer_task(loss), True
+        self.see_loss(loss)
         grads = [p.grad for p in self.params]
         present = [i for i, g in enumerate(grads) if g is not None]
         if len(present) == len(grads) and grads:
@@ -128,6 +145,13 @@ class Measurer:
         fast = self.numbers.step(norms, loss)
         return {"step": t, "fast": fast, "norms": norms, "has_loss": loss is not None, "lr": float(lr),
                 "done": set(), "sampled": {}, "host": {}}
+
+    def see_loss(self, loss: Any) -> None:
+        """Decide the task from a loss (its autograd graph, else the output head) unless decided:
+        integrations call it with the loss before they detach it for observe()."""
+        if not self._task_inferred:
+            self.task, self.task_reason = decide_task(loss, self.model, self._logits_module)
+            self._task_inferred = self.task is not None
 
     @torch.no_grad()
     def drop_gradients(self, entry: dict[str, Any]) -> None:
@@ -167,15 +191,29 @@ class Measurer:
         self.forget_weights()
 
     # -- sampled steps -----------------------------------------------------------------------
+    def _check_hooks_fired(self) -> None:
+        """Say once when a sampled step's forward ran none of the hooks the monitor armed."""
+        missing = []
+        if self.attention_layers and not self.attn_values:
+            missing.append("attention logits")
+        if self._logits_module is not None and self.logit_stats is None and self.task == "classification":
+            missing.append("output log Z and softmax collapse")
+        if missing and not self._unseen_said:
+            self._unseen_said = True
+            _say(f"stablelab monitor: no {' or '.join(missing)} on sampled steps: the forward ran none of "
+                 "the monitor's hooks (a model torch.compile'd and run before the Monitor was created, "
+                 "or a forward under no_grad); create the Monitor before the first forward")
+
     @torch.no_grad()
     def measure_sampled(self, entry: dict[str, Any]) -> None:
         sampled = entry["sampled"]
+        self._check_hooks_fired()
         if self.attn_values:
             layers = len(self.attention_layers)
             nan = torch.tensor(float("nan"), device=self.device)
             sampled["attn"] = torch.stack([self.attn_values.get(i, nan).float().to(self.device)
                                            for i in range(layers)])
-        if self.logit_stats is not None and self.task != "regression":
+        if self.logit_stats is not None and self.task == "classification":  # undecided: off
             sampled["logits"] = self.logit_stats.to(self.device)
         present = [i for i, p in enumerate(self.params) if p.grad is not None]
         if present:
@@ -247,12 +285,12 @@ class Measurer:
             self._logits_handle = None
 
     def next_step(self, sampling: bool) -> None:
+        """The hooks stay armed from the first step to close() and do nothing off sampled steps:
+        hooks added or removed after torch.compile traced the model would not be seen (or would
+        force a recompile), while a flag read in the hook is one guard with two cached graphs."""
         self.sampling = sampling
         self.attn_values, self.logit_stats = {}, None
-        if sampling:  # forward hooks exist only for sampled steps' forwards
-            self.arm()
-        else:
-            self.disarm()
+        self.arm()
 
     # -- update-to-weight ratio, through the optimizer's own step hook ----------------------------
     def _update_views(self) -> tuple[list[torch.Tensor], bool]:
@@ -313,8 +351,9 @@ class Measurer:
             previous, current, diff = self._flat
             torch._foreach_copy_(self._slices[1], views)
             if entry is not None and self._have_previous and not rebuilt:
-                if self._inv_weight_norms is None or entry["step"] - self._weight_norm_step >= 10:
-                    # ||w|| moves slowly: refreshed every 10 steps only
+                if (self._inv_weight_norms is None or entry["step"] < EARLY_STEPS
+                        or entry["step"] - self._weight_norm_step >= 10):
+                    # ||w|| moves slowly once training settles: every 10 steps after the first steps
                     self._inv_weight_norms = 1.0 / self._segment_norms(self._slices[1]).clamp_min(1e-30)
                     self._weight_norm_step = entry["step"]
                 # ||delta w|| / ||w|| per matrix (signals.weights.update_to_weight_ratio, on one flat sample)

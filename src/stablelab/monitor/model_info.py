@@ -58,6 +58,30 @@ def infer_task(loss: Any, max_nodes: int = 256) -> str | None:
 
 
 
+VOCABULARY = 1024  # an output head this wide is a vocabulary: no regression head has so many outputs
+
+
+def task_from_head(model: nn.Module, head: nn.Module | None) -> tuple[str | None, str]:
+    """The task when the loss's graph cannot say: (task or None, why)."""
+    weight = getattr(head, "weight", None)
+    if weight is not None and any(isinstance(m, nn.Embedding) and m.weight is weight for m in model.modules()):
+        return "classification", "the output head shares its weight with the input embedding (a language model)"
+    width = getattr(head, "out_features", 0)
+    if width >= VOCABULARY:
+        return "classification", f"the output head has {width} outputs (a vocabulary)"
+    return None, ("undecided: the loss passed to observe() carries no graph that names it (detached, a float, "
+                  "or computed inside a compiled graph) and the output head does not say; classification "
+                  "signals are off; pass task='classification' or task='regression'")
+
+
+def decide_task(loss: Any, model: nn.Module, head: nn.Module | None) -> tuple[str | None, str]:
+    """The task from the loss's autograd graph, else from the output head (task_from_head)."""
+    task = infer_task(loss) if getattr(loss, "grad_fn", None) is not None else None
+    if task is not None:
+        return task, f"the loss's autograd graph holds a {'cross-entropy' if task == 'classification' else 'regression'} loss"
+    return task_from_head(model, head)
+
+
 def loss_dtype(logits: torch.Tensor) -> torch.dtype:
     """The dtype the cross-entropy of these logits is computed in: float32 under autocast (it is on
     autocast's float32 list), otherwise the logits' own dtype."""

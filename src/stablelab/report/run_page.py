@@ -73,7 +73,7 @@ def summarise(rows: list[dict[str, Any]], events: list[dict[str, Any]]) -> dict[
 
 def render(run_dir: Path, rows: list[dict[str, Any]], events: list[dict[str, Any]],
            config: dict[str, Any], max_events: int = 200, incidents: list[dict[str, Any]] | None = None,
-           restarts: list[int] = ()):
+           restarts: list[int] = (), result: dict[str, Any] | None = None):
     """restarts: the first step of every session after the first (a monitor folder continued)."""
     from stablelab.report.html import Page, plt
 
@@ -91,6 +91,10 @@ def render(run_dir: Path, rows: list[dict[str, Any]], events: list[dict[str, Any
         lines.append(f"restarted {len(restarts)} time(s): at step(s) {', '.join(map(str, restarts))} "
                      "(grey dotted lines); a step logged again after a restart shows the later session's value")
         warn.append(False)
+    task = (result or {}).get("task_reason")
+    if task:
+        lines.append(f"task: {(result or {}).get('task') or 'undecided'} ({task})")
+        warn.append((result or {}).get("task") is None)
     if summary["final_loss"] is not None:
         lines.append(f"final logged loss {summary['final_loss']:.4g} (min {summary['min_loss']:.4g})")
         warn.append(False)
@@ -180,7 +184,8 @@ def run(args) -> int:
     config = read_json(run_dir / CONFIG) if (run_dir / CONFIG).exists() else {}
     out = Path(args.out) if args.out else run_dir
     incidents = read_json(run_dir / "incidents.json") if (run_dir / "incidents.json").exists() else None
-    page, summary = render(run_dir, rows, events, config, args.max_events, incidents, restarts)
+    result = read_json(run_dir / "result.json") if (run_dir / "result.json").exists() else None
+    page, summary = render(run_dir, rows, events, config, args.max_events, incidents, restarts, result)
     page.write(out / "report.html")
     atomic_write_json(out / "summary.json", {"run_dir": str(run_dir), **summary})
     print(f"wrote {out / 'report.html'} and {out / 'summary.json'}")

@@ -202,7 +202,8 @@ def train(config: ProxyRunConfig, run_dir: str | Path,
         init_loss, init_log_z, _ = evaluate(model, eval_batches)
         sink = ProxyStoreSink(writer, config.log_every, config.steps - 1)
         monitor = Monitor(model, optimizer, policy=Policy(WARN_ONLY), sync_every=config.log_every,
-                          sinks=[sink], logits_module=getattr(model, "logits_module_name", None),
+                          sinks=[sink], task="classification",  # an LM; the loop observes a detached loss
+                          logits_module=getattr(model, "logits_module_name", None),
                           signal_rows=0,  # the study's figures read every row, as before sampling existed
                           config={"run_id": config.run_id}, **_sharpness_slot(config, corpus, device))
         logged: dict[int, dict] = {}

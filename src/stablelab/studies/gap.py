@@ -102,6 +102,7 @@ def train_run(benchmark: Benchmark, learner_name: str, config: StreamConfig, adv
         from stablelab.monitor import Monitor
 
         monitor = Monitor(learner.model, learner.optimizer, log_dir=monitor_dir, sinks=(), attention=False,
+                          task="classification",
                           config={"study": "gap", **(monitor_config or {})})
         learner.before_step = monitor.observe
     evaluator = ContinualEvaluator(benchmark.test_sets, every=config.eval_every,

@@ -68,7 +68,7 @@ class Trace:
 class NullHook:
     """A hook that watches nothing: the healthy baseline of the loop's cost, and for tests."""
 
-    def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer, task: str = "auto") -> None:
         pass
 
     def observe(self, step: int, loss: torch.Tensor) -> None:

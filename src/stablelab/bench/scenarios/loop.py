@@ -72,7 +72,7 @@ def run_scenario(scenario: Scenario, hook, *, seed: int = 0, device: str = "cpu"
 
     Args:
         scenario: what to train and what to plant.
-        hook: `attach(model, optimizer)`, `observe(step, loss)` (real gradients, after the planted
+        hook: `attach(model, optimizer, task=...)`, `observe(step, loss)` (real gradients, after the planted
             gradient fault, before the optimizer step), `close()`. An exception from `observe`
             named TrainingStopped or with `stops_training = True` ends the run cleanly.
         seed: model initialisation and batch order.
@@ -111,7 +111,7 @@ def _train(scenario: Scenario, hook, seed: int, device: str) -> Trace:
         probe_steps |= {scenario.fault_step - 1, scenario.fault_step + _PROBE_AFTER_FAULT}
 
     trace = Trace([], [], {}, False, None, 0.0)
-    hook.attach(model, optimizer)
+    hook.attach(model, optimizer, task=task.task)
     try:
         for step in range(scenario.steps):
             state.step = step

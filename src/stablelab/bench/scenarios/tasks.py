@@ -144,6 +144,7 @@ class Task:
     head: nn.Module  # the module whose output is the logits (the output for a regression)
     classes: int | None = None  # for random labels
     embedding: nn.Module | None = None  # token inputs: float faults poison this module's output
+    task: str = "classification"  # told to the monitor: the loop observes a detached, accumulated loss
 
 
 
@@ -188,7 +189,7 @@ def _regression_family(outputs: int):
         model = RegressionMLP(outputs)
         return Task(model, _rows(x, y.to(dtype), settings.get("batch", 64), device, dtype),
                     (x_probe.to(device, dtype), y_probe.to(device, dtype)),
-                    lambda m, inputs, targets: F.mse_loss(m(inputs), targets), model.head)
+                    lambda m, inputs, targets: F.mse_loss(m(inputs), targets), model.head, task="regression")
 
     return build
 

@@ -48,7 +48,12 @@ class LossSpike(Detector):
     loss - exp(median) is at least `floor` x the loss of the first steps (the median of the first
     `min_values` losses). Flagged values do not enter the window. Calibrated with `stablelab
     detect-bench` (docs/monitor.md). Anchors: OLMo-core mean + 6 sigma over 128 steps; Megatron 10x
-    the largest loss; llm-foundry 2x the 100-step mean for 5 steps."""
+    the largest loss; llm-foundry 2x the 100-step mean for 5 steps.
+
+    Before `min_values` losses are in, an early blow-up has no robust scale to be judged on: the
+    loss is then compared with the median of the losses so far (from the first step on), and a loss
+    above `early_factor` x that median is a warning on the step it happens (a high learning rate
+    blowing up in its first steps would otherwise become the baseline)."""
 
     kind: ClassVar[str] = "loss_spike"
     every_step: ClassVar[bool] = True
@@ -56,11 +61,13 @@ class LossSpike(Detector):
     min_values: int = 32
     z: float = 6.0
     floor: float = 0.1
+    early_factor: float = 2.0
 
     def __post_init__(self):
         super().__post_init__()
         self._window = _Window(self.window)
         self._start: list[float] = []
+        self._early_fired = False
 
     def _take(self, loss) -> None:
         if _finite(loss) and loss > 0:
@@ -76,8 +83,7 @@ class LossSpike(Detector):
         if not _finite(loss) or loss <= 0:
             return []
         if len(self._window) < self.min_values:
-            self._take(loss)
-            return []
+            return self._early(step, loss)
         median, sigma = self._window.median_mad()
         start = _median(self._start)
         level = math.exp(median)
@@ -93,6 +99,21 @@ class LossSpike(Detector):
                 loss=loss, level=level, excess=excess, z=robust_z, start_loss=start)]
         self._take(loss)
         return []
+
+
+    def _early(self, step, loss):
+        start = _median(self._start) if self._start else None
+        if self._early_fired or start is None or loss <= self.early_factor * start:
+            self._take(loss)
+            return []
+        self._early_fired = True  # once: the losses after a blow-up are the run's new level
+        self._window.add(math.log(loss))  # the robust rule takes over after min_values losses
+        return [self.event(
+            step, "warning",
+            f"loss {loss:.4g} is {loss / start:.1f}x the median {start:.4g} of the first {len(self._start)} "
+            f"step(s): an early blow-up (> {self.early_factor:g}x). Likely fix: lower the learning rate "
+            "or lengthen the warm-up.",
+            loss=loss, level=start, early=True, ratio=loss / start)]
 
 
 @dataclass
