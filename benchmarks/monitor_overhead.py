@@ -45,6 +45,8 @@ def measure(variant: str, args, device: torch.device) -> dict:
     bare_model = Transformer(config).to(device)
     monitored_model = Transformer(config).to(device)
     monitored_model.load_state_dict(bare_model.state_dict())
+    if args.compile:  # both compiled; the Monitor is built before the first forward, as documented
+        bare_model, monitored_model = torch.compile(bare_model), torch.compile(monitored_model)
     make = lambda m: torch.optim.AdamW(m.parameters(), lr=1e-3, betas=(0.9, 0.95), fused=True)  # noqa: E731
     bare_opt, monitored_opt = make(bare_model), make(monitored_model)
     tmp = tempfile.TemporaryDirectory()
@@ -142,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blocks", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--variants", default="default,warn_only,store")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both models (default mode)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -150,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = [measure(v, args, device) for v in track(args.variants.split(","), description="variants")]
     info = {"device": str(device), "torch": torch.__version__, "threads": args.threads,
-            "model": f"reference d={args.width} layers={args.depth} seq={args.seq_len} batch={args.batch}",
+            "model": f"reference d={args.width} layers={args.depth} seq={args.seq_len} batch={args.batch}" + (" compiled" if args.compile else ""),
             "sync_every": args.sync_every, "block": args.block, "blocks": args.blocks,
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
     for r in results:

@@ -1,5 +1,6 @@
-"""Sinks (run store, TensorBoard, fake W&B / MLflow) and `stablelab report RUN_DIR`."""
+"""Sinks (the log folder, TensorBoard) and `stablelab report RUN_DIR`."""
 
+from html import escape as html_escape
 import json
 import sys
 import types
@@ -48,6 +49,9 @@ def test_run_store_and_report_page(tmp_path):
     html = (run_dir / "report.html").read_text()
     assert "grad_outlier" in html and "data:image/png;base64," in html
     assert "<h2>Incidents</h2>" in html and "extreme gradient outlier" in html
+    result = load_result(run_dir)  # the task the monitor assumed, and why, in result.json and on the page
+    assert result["task"] == "classification" and "autograd graph" in result["task_reason"]
+    assert html_escape(f"task: classification ({result['task_reason']})") in html
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["events"] == dict(Counter(e.kind for e in monitor.events))
     assert summary["first_step_by_kind"] == {"grad_outlier": 30}

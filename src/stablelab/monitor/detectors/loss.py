@@ -51,8 +51,8 @@ class LossSpike(Detector):
     the largest loss; llm-foundry 2x the 100-step mean for 5 steps.
 
     Before `min_values` losses are in, an early blow-up has no robust scale to be judged on: the
-    loss is then compared with the median of the losses so far (from the first step on), and a loss
-    above `early_factor` x that median is a warning on the step it happens (a high learning rate
+    loss is then compared with the first loss or the median of the losses so far, whichever is lower
+    (from the first step on), and a loss above `early_factor` x that level is a warning on the step it happens (a high learning rate
     blowing up in its first steps would otherwise become the baseline)."""
 
     kind: ClassVar[str] = "loss_spike"
@@ -102,7 +102,8 @@ class LossSpike(Detector):
 
 
     def _early(self, step, loss):
-        start = _median(self._start) if self._start else None
+        # the first loss, or the median so far if lower (a run that learns fast has a lower level)
+        start = min(self._start[0], _median(self._start)) if self._start else None
         if self._early_fired or start is None or loss <= self.early_factor * start:
             self._take(loss)
             return []
@@ -110,7 +111,7 @@ class LossSpike(Detector):
         self._window.add(math.log(loss))  # the robust rule takes over after min_values losses
         return [self.event(
             step, "warning",
-            f"loss {loss:.4g} is {loss / start:.1f}x the median {start:.4g} of the first {len(self._start)} "
+            f"loss {loss:.4g} is {loss / start:.1f}x the level {start:.4g} of the first {len(self._start)} "
             f"step(s): an early blow-up (> {self.early_factor:g}x). Likely fix: lower the learning rate "
             "or lengthen the warm-up.",
             loss=loss, level=start, early=True, ratio=loss / start)]
