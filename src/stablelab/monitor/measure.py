@@ -21,7 +21,7 @@ from torch import nn
 from stablelab.errors import UsageError
 from stablelab.monitor.attention import find_attention, unrecognised_attention
 from stablelab.monitor.step_numbers import FAST, step_numbers  # noqa: F401 (FAST re-exported)
-from stablelab.monitor.model_info import TASKS, decide_task, find_logits_module, infer_task, loss_dtype  # noqa: F401 (re-exported)
+from stablelab.monitor.model_info import TASKS, decide_task, find_logits_module, infer_task, loss_dtype, task_from_head  # noqa: F401 (re-exported)
 from stablelab.signals.collapse import logit_statistics
 from stablelab.signals.spikes import spike_fraction
 from stablelab.signals.weights import gradient_weight_cosine
@@ -121,12 +121,14 @@ class Measurer:
             _say(f"stablelab monitor: {len(unseen)} attention-like module(s) not recognised ({unseen[0]}"
                  f"{', ...' if len(unseen) > 1 else ''}): no attention-logit signals for them; describe the "
                  "class with stablelab.monitor.register_attention(Cls, qkv=... or q=..., k=..., n_heads=...)")
-        self._unseen_said = False
+        self._silent_hooks_said = False
         self._recorders = [_Recorder(self, i) for i in range(len(self.attention_layers))]
         found = None if logits_module is False else find_logits_module(model, logits_module or None)
         self.logits_module_name = found[0] if found else None
         self._logits_module = found[1] if found else None
         self._logits_handle = None
+        self._head_verdict = task_from_head(model, self._logits_module)  # once: it walks the model
+        self._armed = False
 
     # -- every step ------------------------------------------------------------------------
     @torch.no_grad()
@@ -150,7 +152,7 @@ class Measurer:
         """Decide the task from a loss (its autograd graph, else the output head) unless decided:
         integrations call it with the loss before they detach it for observe()."""
         if not self._task_inferred:
-            self.task, self.task_reason = decide_task(loss, self.model, self._logits_module)
+            self.task, self.task_reason = decide_task(loss, self._head_verdict)
             self._task_inferred = self.task is not None
 
     @torch.no_grad()
@@ -198,8 +200,8 @@ class Measurer:
             missing.append("attention logits")
         if self._logits_module is not None and self.logit_stats is None and self.task == "classification":
             missing.append("output log Z and softmax collapse")
-        if missing and not self._unseen_said:
-            self._unseen_said = True
+        if missing and not self._silent_hooks_said:
+            self._silent_hooks_said = True
             _say(f"stablelab monitor: no {' or '.join(missing)} on sampled steps: the forward ran none of "
                  "the monitor's hooks (a model torch.compile'd and run before the Monitor was created, "
                  "or a forward under no_grad); create the Monitor before the first forward")
@@ -274,10 +276,12 @@ class Measurer:
                 layer.arm(recorder)
             if self._logits_module is not None and self._logits_handle is None:
                 self._logits_handle = self._logits_module.register_forward_hook(self._on_logits)
+            self._armed = True
         except Exception as error:  # noqa: BLE001
             self.on_error(error)
 
     def disarm(self) -> None:
+        self._armed = False
         for layer in self.attention_layers:
             layer.disarm()
         if self._logits_handle is not None:
@@ -290,7 +294,8 @@ class Measurer:
         force a recompile), while a flag read in the hook is one guard with two cached graphs."""
         self.sampling = sampling
         self.attn_values, self.logit_stats = {}, None
-        self.arm()
+        if not self._armed:
+            self.arm()
 
     # -- update-to-weight ratio, through the optimizer's own step hook ----------------------------
     def _update_views(self) -> tuple[list[torch.Tensor], bool]:

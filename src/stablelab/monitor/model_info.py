@@ -74,12 +74,13 @@ def task_from_head(model: nn.Module, head: nn.Module | None) -> tuple[str | None
                   "signals are off; pass task='classification' or task='regression'")
 
 
-def decide_task(loss: Any, model: nn.Module, head: nn.Module | None) -> tuple[str | None, str]:
-    """The task from the loss's autograd graph, else from the output head (task_from_head)."""
+def decide_task(loss: Any, head_verdict: tuple[str | None, str]) -> tuple[str | None, str]:
+    """The task from the loss's autograd graph, else the output head's verdict (task_from_head,
+    worked out once per model by the caller)."""
     task = infer_task(loss) if getattr(loss, "grad_fn", None) is not None else None
     if task is not None:
         return task, f"the loss's autograd graph holds a {'cross-entropy' if task == 'classification' else 'regression'} loss"
-    return task_from_head(model, head)
+    return head_verdict
 
 
 def loss_dtype(logits: torch.Tensor) -> torch.dtype:
