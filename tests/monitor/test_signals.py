@@ -30,6 +30,14 @@ def test_update_to_weight_ratio_by_hand():
     after = [torch.tensor([[1.0, 0.0], [0.0, 2.0]])]
     # ||delta|| = 1, ||after|| = sqrt(5)
     assert update_to_weight_ratio(before, after).item() == pytest.approx(1 / math.sqrt(5))
+    # the flat form the monitor runs: two tensors concatenated, one ratio per segment
+    before2 = before + [torch.tensor([3.0, 4.0])]
+    after2 = after + [torch.tensor([3.0, 0.0])]  # ||delta|| = 4, ||after|| = 3
+    flat = update_to_weight_ratio(torch.cat([b.flatten() for b in before2]),
+                                  torch.cat([a.flatten() for a in after2]), sizes=[4, 2])
+    assert flat.tolist() == pytest.approx([1 / math.sqrt(5), 4 / 3])
+    given = update_to_weight_ratio(before2, after2, weight_norms=torch.tensor([1.0, 2.0]))
+    assert given.tolist() == pytest.approx([1.0, 2.0])  # ||delta|| / the norms given
 
 
 def test_gradient_weight_cosine_matches_reference():

@@ -9,11 +9,14 @@ from stablelab.monitor.events import Event, TrainingStopped
 from stablelab.monitor.guard import INTERVENTIONS, Policy, Snapshot
 from stablelab.monitor.incidents import Incident, IncidentTracker
 from stablelab.monitor.log_folder import LogFolder
+from stablelab.monitor.settings import MonitorSettings, OpposingCheck, SharpnessCheck
+from stablelab.monitor.signal_registry import SIGNALS, Column, Signal, StepRecord, register_signal
 from stablelab.monitor.sinks import ConsoleSink, MLflowSink, Sink, TensorBoardSink, WandbSink
 
 __all__ = [
     "Monitor", "Incident", "IncidentTracker", "Event", "TrainingStopped", "Policy", "Snapshot", "DETECTORS", "INTERVENTIONS",
     "Detector", "build_detectors", "default_settings", "register_detector", "register_attention",
     "register_attention_adapter", "find_logits_module", "Sink", "LogFolder", "ConsoleSink",
-    "TensorBoardSink", "WandbSink", "MLflowSink",
+    "TensorBoardSink", "WandbSink", "MLflowSink", "MonitorSettings", "SharpnessCheck", "OpposingCheck",
+    "SIGNALS", "Signal", "Column", "StepRecord", "register_signal",
 ]

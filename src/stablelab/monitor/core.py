@@ -24,7 +24,7 @@ import time
 import traceback
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,10 +37,11 @@ from stablelab.monitor.distributed import Agreement
 from stablelab.monitor.events import Event, TrainingStopped
 from stablelab.monitor.guard import Guard, Policy, Snapshot, effective_lr
 from stablelab.monitor.incidents import Incident, IncidentTracker
-from stablelab.monitor.measure import Measurer, find_logits_module
+from stablelab.monitor.measure import NONFINITE, OUTLIER, Measurer, find_logits_module
 from stablelab.monitor.scheduled import ScheduledChecks
+from stablelab.monitor.settings import MonitorSettings
+from stablelab.monitor.signal_registry import StepRecord
 from stablelab.monitor.sink_set import build_sinks
-from stablelab.monitor.sinks import Sink
 from stablelab.monitor.state import load_monitor_state, monitor_state
 from stablelab.monitor.stepping import StepWrapper, inner_optimizer
 
@@ -58,91 +59,35 @@ class Monitor:
         readable by `stablelab report LOG_DIR`. Under torch.distributed only rank 0 writes it.
     policy: a Policy, or a dict kind -> action(s); None = skip non-finite steps and extreme
         gradient outliers, warn otherwise.
-    sync_every: steps between host reads (and between sampled steps).
-    detectors: per-kind overrides of detector settings, or False to switch one off.
-    target_false_alarm_rate: instead of raw thresholds, the false-warning rate per healthy step you
-        accept (in (0, 1)); the thresholds are read off the calibration curves measured by
-        `stablelab detect-bench` (stablelab.monitor.calibration).
-    sinks: names ("console", "tensorboard", "wandb", "mlflow") or Sink objects.
-    logits_module: name of the module whose output is the logits (default: the last nn.Linear;
-        False: no output-logit signals).
-    task: "auto" (from the loss's autograd graph: cross-entropy -> classification, MSE/L1/Huber ->
-        regression), "classification" or "regression" (no classification signals).
-    loss_dtype: the dtype the loss is computed in, for softmax collapse (default: float32 under
-        autocast, else the logits' dtype).
-    attention: hook attention modules for the max attention logit per layer.
-    signal_rows: rows a sampled step's attention and output-logit signals read (default 256): the
-        query positions of the first sequences (max attention logit over every head of those) and
-        an evenly strided sample of the logits' rows (log Z, softmax collapse); 0 reads all.
-        Sampling keeps the sampled step's cost flat in the batch size; the study runs read all.
-    update_ratio_every: measure the update-to-weight ratio every N steps (0: never).
-    update_sample: elements per weight matrix the update ratio is estimated from.
-    elementwise_spikes: also record SPAM's element-wise spike fraction on sampled steps.
-    outlier_factor, outlier_warmup: the device-side skip rule: global gradient norm above
-        `outlier_factor` x its running typical value, after `outlier_warmup` steps.
-    incident_gap: steps without an event after which an incident closes.
-    grad_scaler: the run's torch.amp.GradScaler, if any: its own overflow steps (finite loss,
-        non-finite gradients) are then info events, not warnings.
-    sharpness_every, sharpness_loss_fn, sharpness_batch, sharpness_until, sharpness_options: the
-        scheduled edge-of-stability check (monitor.scheduled), optionally only before a step.
-    opposing_every, opposing_batch, opposing_loss: the opposing-signals check (Rosenfeld & Risteski
-        2023): per-example losses of a fixed probe batch (inputs, targets); opposing_loss
-        "cross_entropy", "mse" or a function (outputs, targets) -> per-example losses.
-    config: extra fields recorded in the run's config.json.
-    start_step: the number of the first observed step (a resumed loop's iteration, so events name
-        the loop's steps); default: where load_state_dict() or the continued log_dir left off, else 0.
-    all_ranks: under torch.distributed, let every rank write (rank r to `LOG_DIR-rank{r}`) and
-        print; default: rank 0 only.
-    on_stop: "raise" (TrainingStopped out of observe) or "flag" (`stop_requested` holds the
-        event and the step is skipped: for trainers with their own stop flag)."""
+    settings, **keywords: a `MonitorSettings` (monitor.settings: one documented field per setting)
+        and/or its fields as keywords (`sync_every=5`, `task="regression"`, `sharpness_every=100`,
+        `opposing_batch=(x, y)`, ...); keywords win over `settings`."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 log_dir: str | Path | None = None, policy: Policy | dict | None = None, *,
-                 sync_every: int = 10, detectors: dict[str, Any] | None = None,
-                 target_false_alarm_rate: float | None = None,
-                 sinks: Sequence[str | Sink] = ("console",), logits_module: str | bool | None = None,
-                 task: str = "auto", loss_dtype: torch.dtype | None = None,
-                 attention: bool = True, signal_rows: int = 256, update_ratio_every: int = 1,
-                 update_sample: int = 4096,
-                 elementwise_spikes: bool = False, outlier_factor: float = 50.0,
-                 outlier_warmup: int = 20, incident_gap: int = 50, grad_scaler: Any = None,
-                 sharpness_every: int = 0, sharpness_loss_fn: Callable | None = None,
-                 sharpness_batch: Any = None, sharpness_until: int | None = None,
-                 sharpness_options: dict[str, Any] | None = None, opposing_every: int = 0,
-                 opposing_batch: Any = None, opposing_loss: str | Callable = "cross_entropy",
-                 config: dict[str, Any] | None = None, start_step: int | None = None,
-                 all_ranks: bool = False, on_stop: str = "raise"):
-        if not isinstance(sync_every, int) or sync_every < 1:
-            raise UsageError(f"sync_every must be an integer >= 1, got {sync_every!r}")
-        if start_step is not None and (not isinstance(start_step, int) or start_step < 0):
-            raise UsageError(f"start_step must be an integer >= 0, got {start_step!r}")
-        if on_stop not in ("raise", "flag"):
-            raise UsageError(f"on_stop must be 'raise' or 'flag', got {on_stop!r}")
-        self.on_stop, self.stop_requested = on_stop, None
+                 log_dir: str | Path | None = None, policy: Policy | dict | None = None,
+                 settings: MonitorSettings | None = None, **keywords: Any):
+        s = self.settings = MonitorSettings.from_keywords(settings, **keywords)
+        self.on_stop, self.stop_requested = s.on_stop, None
         self.model, self.optimizer = model, inner_optimizer(optimizer)
         self.policy = policy if isinstance(policy, Policy) else Policy(policy) if policy else Policy()
-        self.sync_every, self.update_ratio_every = sync_every, update_ratio_every
+        self.sync_every, self.update_ratio_every = s.sync_every, s.update_ratio_every
         self.detectors: list[Detector] = build_detectors(
-            monitor_detector_settings(detectors, target_false_alarm_rate, grad_scaler))
+            monitor_detector_settings(s.detectors, s.target_false_alarm_rate, s.grad_scaler))
         self.step, self.events, self.internal_errors, self.started = 0, [], 0, time.time()
         self._earlier_counts: dict[str, int] = {}  # events of the sessions before a load_state_dict
         self._deferred: list[Event] = []  # found by state_dict()'s flush, handled at the next decision
         self.skipped_steps: list[int] = []
         self._skipped: set[int] = set()
 
-        self.measurer = Measurer(model, self.optimizer, on_error=self._internal_error, attention=attention,
-                                 logits_module=logits_module, task=task, update_sample=update_sample,
-                                 elementwise_spikes=elementwise_spikes, outlier_factor=outlier_factor,
-                                 outlier_warmup=outlier_warmup, collapse_mass_floor=1e-4,
-                                 loss_dtype_override=loss_dtype, signal_rows=signal_rows,
+        self.measurer = Measurer(model, self.optimizer, on_error=self._internal_error, attention=s.attention,
+                                 logits_module=s.logits_module, task=s.task, update_sample=s.update_sample,
+                                 elementwise_spikes=s.elementwise_spikes, outlier_factor=s.outlier_factor,
+                                 outlier_warmup=s.outlier_warmup, collapse_mass_floor=1e-4,
+                                 loss_dtype_override=s.loss_dtype, signal_rows=s.signal_rows,
                                  # device mode promises no host read between syncs, on any device
                                  numbers_on="device" if self.policy.skip_mode == "device" else "auto")
-        self.scheduled = ScheduledChecks(model, self.measurer, sharpness_every=sharpness_every,
-                                         sharpness_loss_fn=sharpness_loss_fn, sharpness_batch=sharpness_batch,
-                                         sharpness_until=sharpness_until, sharpness_options=sharpness_options,
-                                         opposing_every=opposing_every,
-                                         opposing_batch=opposing_batch, opposing_loss=opposing_loss)
-        self.sharpness_every, self.opposing_every = sharpness_every, opposing_every
+        self.scheduled = ScheduledChecks(model, self.measurer, s.sharpness, s.opposing)
+        self.sharpness_every, self.opposing_every = s.sharpness.every, s.opposing.every
         self.params, self.names = self.measurer.params, self.measurer.names
         self.attention_layers = self.measurer.attention_layers
         self.logits_module_name = self.measurer.logits_module_name
@@ -152,30 +97,31 @@ class Monitor:
             snapshot_dir = str(Path(snapshot_dir) / f"rank{self.agreement.rank}")
         self.snapshot = Snapshot(snapshot_dir) if self.policy.uses("rollback") else None
         self.guard = Guard(self.policy, model, self.optimizer, self.measurer, self.snapshot)
-        self.tracker = IncidentTracker(gap=incident_gap, link=incident_gap)
+        self.tracker = IncidentTracker(gap=s.incident_gap, link=s.incident_gap)
         self._immediate = {d.kind for d in self.detectors
                            if d.every_step and self.policy.acts_before_step(d.kind)} - self.guard.device_skips
         self.detection = Detection(self.detectors, self.measurer, self._immediate, self.guard.device_skips,
                                    self._internal_error)
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[StepRecord] = []
         self._clean_since_snapshot, self._closed, self._sample_weights = True, False, False
         self._handles: list = []
         self._agreed_step: int | None = None  # the last step voted on under torch.distributed
         self._flushed_to: int | None = None  # the last step read back, its incidents not yet closed
 
         # Sinks first: a sink that cannot start (a missing package) leaves the model untouched.
-        self.sinks, folder = build_sinks(sinks, log_dir, {**self.describe(), **(config or {})},
-                                         self.agreement.rank, all_ranks, self._count_error)
+        self.sinks, folder = build_sinks(s.sinks, log_dir, {**self.describe(), **(s.config or {})},
+                                         self.agreement.rank, s.all_ranks, self._count_error)
         self.log_folder = folder
 
+        start_step = s.start_step
         self._explicit_start = start_step is not None
         if start_step is None:
             start_step = folder.next_step if folder is not None and folder.next_step is not None else 0
             if self.agreement.active:  # every rank numbers steps as rank 0 does
                 start_step = self.agreement.broadcast(start_step)
         self.step = start_step
-        self.measurer.next_step(self.step % sync_every == 0)  # arms the hooks on a sampled step
-        if update_ratio_every and self.measurer.matrices:
+        self.measurer.next_step(self.step % self.sync_every == 0)  # arms the hooks on a sampled step
+        if s.update_ratio_every and self.measurer.matrices:
             self._handles.append(self.optimizer.register_step_post_hook(self.measurer.after_update))
         self._step = StepWrapper(self.optimizer, self._take_skip, lambda: self._closed)
 
@@ -225,26 +171,25 @@ class Monitor:
             self.measurer.sample_weights_now()
         events = self._flush("collect") if t % self.sync_every == 0 else []
         lr = max((effective_lr(g) for g in self.optimizer.param_groups), default=float("nan"))
-        entry = self.measurer.measure(t, loss, lr)
-        self._pending.append(entry)
+        record = self.measurer.measure(t, loss, lr)
+        self._pending.append(record)
         if self.guard.device_skips:
-            self.measurer.drop_gradients(entry)
-            entry["device_skip"] = True
+            self.measurer.drop_gradients(record)
         if self._immediate:
-            events += self.detection.now(entry, self._pending[-2] if len(self._pending) >= 2 else None)
+            events += self.detection.now(record, self._pending[-2] if len(self._pending) >= 2 else None)
         if events or self._deferred or (self.agreement.active and self._decides(t)):
-            self._handle(events, {"grad_norm": entry["host"].get("grad_norm")})
-            entry["lr"] = max((effective_lr(g) for g in self.optimizer.param_groups), default=float("nan"))
+            self._handle(events, {"grad_norm": record.host.get("grad_norm")})
+            record.lr = max((effective_lr(g) for g in self.optimizer.param_groups), default=float("nan"))
         self._close_incidents()
         if t % self.sync_every == 0:
-            self.measurer.measure_sampled(entry)
+            self.measurer.measure_sampled(record)
             self.measurer.refresh_second_moments()
             if self.snapshot is not None:
-                self._maybe_snapshot(entry)
-        self.scheduled.run(t, entry)
+                self._maybe_snapshot(record)
+        self.scheduled.run(t, record)
         measure_update = (self.update_ratio_every and t % self.update_ratio_every == 0
                           and not self.guard.skip_next)
-        self.measurer.update_entry = entry if measure_update else None
+        self.measurer.update_record = record if measure_update else None
         self.measurer.sample_after = bool(self.update_ratio_every) and (t + 1) % self.update_ratio_every == 0
 
     # -- host side: rows, detectors, guard -----------------------------------------------------
@@ -252,10 +197,10 @@ class Monitor:
         """Read every pending step back in one transfer, run the detectors, write the rows. The
         events found are returned ("collect": the caller decides), kept for the next decision
         ("defer": state_dict) or decided on this rank alone ("local": close, stop)."""
-        entries, self._pending = self._pending, []
+        records, self._pending = self._pending, []
         events: list[Event] = []
         try:
-            events = self._read(entries)
+            events = self._read(records)
         except Exception as error:  # noqa: BLE001
             self._internal_error(error)
         if mode == "defer":
@@ -271,14 +216,14 @@ class Monitor:
             self.sinks.incidents([], self.tracker.close_before(self._flushed_to))
             self._flushed_to = None
 
-    def _read(self, entries: list[dict[str, Any]]) -> list[Event]:
-        if not entries:
+    def _read(self, records: list[StepRecord]) -> list[Event]:
+        if not records:
             return []
-        rows, events, device_skipped = self.detection.read(entries, self._skipped)
+        rows, events, device_skipped = self.detection.read(records, self._skipped)
         self.skipped_steps.extend(device_skipped)
         self._skipped.update(device_skipped)
         self.sinks.rows(rows)
-        self._flushed_to = entries[-1]["step"]
+        self._flushed_to = records[-1].step
         return events
 
     def _handle(self, events: list[Event], data: dict[str, Any], agree: bool = True) -> None:
@@ -304,21 +249,20 @@ class Monitor:
             if self.on_stop == "raise":
                 raise TrainingStopped(stop_event)
 
-    def _maybe_snapshot(self, entry: dict[str, Any]) -> None:
+    def _maybe_snapshot(self, record: StepRecord) -> None:
         """At a sampled step: save the weights as they are now (before this step's update) if the
         window since the previous sampled step raised no warning and this step's gradients are
         finite. Each sampled step starts a new window."""
         clean, self._clean_since_snapshot = self._clean_since_snapshot, True
-        due = self.snapshot.step is None or entry["step"] - self.snapshot.step >= self.policy.snapshot_every
+        due = self.snapshot.step is None or record.step - self.snapshot.step >= self.policy.snapshot_every
         if not due or not clean or self.guard.skip_next:
             return
-        host = entry["host"]
-        fast = entry["fast"]
+        host, fast = record.host, record.fast
         bad = (host["nonfinite"] or host["outlier"]) if "nonfinite" in host else bool(
-            fast[4] + fast[5] if isinstance(fast, list) else (fast[4] + fast[5]).item())
+            fast[NONFINITE] + fast[OUTLIER] if isinstance(fast, list) else (fast[NONFINITE] + fast[OUTLIER]).item())
         if bad:
             return
-        self.snapshot.save(self.model, self.optimizer, entry["step"])
+        self.snapshot.save(self.model, self.optimizer, record.step)
 
     def _emit(self, events: list[Event]) -> None:
         self.events.extend(events)
@@ -330,7 +274,7 @@ class Monitor:
         if skip:
             self.skipped_steps.append(self.step - 1)
             self._skipped.add(self.step - 1)
-            self.measurer.update_entry = None
+            self.measurer.update_record = None
         return skip
 
     # -- resume -----------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from stablelab.monitor.signal_registry import SIGNALS
+
 if TYPE_CHECKING:
     from stablelab.monitor.core import Monitor
 
@@ -17,6 +19,7 @@ def describe(monitor: "Monitor") -> dict[str, Any]:
         "n_params": sum(p.numel() for p in monitor.params), "n_tensors": len(monitor.params),
         "sync_every": monitor.sync_every, "update_ratio_every": monitor.update_ratio_every,
         "sharpness_every": monitor.sharpness_every, "opposing_every": monitor.opposing_every,
+        "signals": {signal.name: signal.schedule for signal in SIGNALS.values()},
         "attention_layers": [layer.name for layer in monitor.attention_layers],
         "logits_module": monitor.logits_module_name,
         "policy": {k: list(v) for k, v in monitor.policy.actions.items()},

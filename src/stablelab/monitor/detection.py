@@ -10,8 +10,9 @@ from typing import Any, Callable
 from stablelab.monitor.detectors import Detector
 from stablelab.monitor.events import Event
 from stablelab.monitor.guard import DEVICE_DECIDED
-from stablelab.monitor.measure import FAST, Measurer
-from stablelab.monitor.readback import fast_row, fast_values, first_nonfinite, read_back, step_row
+from stablelab.monitor.measure import FAST, NONFINITE, Measurer
+from stablelab.monitor.readback import fast_values, read_back
+from stablelab.monitor.signal_registry import SIGNALS, StepRecord, row_of
 
 
 class Detection:
@@ -38,50 +39,52 @@ class Detection:
         if isinstance(value, float) and math.isfinite(value) and not (row.get("nonfinite") or row.get("outlier")):
             self.measurer.norm_history.append(value)
 
-    def now(self, entry: dict[str, Any], previous: dict[str, Any] | None) -> list[Event]:
-        """Read this step's fast numbers (and the previous step's update ratio, in the same read)
+    def now(self, record: StepRecord, previous: StepRecord | None) -> list[Event]:
+        """Read this step's step numbers (and the previous step's update ratio, in the same read)
         and run the detectors whose action must precede the step."""
-        with_update = (previous is not None and "update" in previous and self.update_detector is not None
-                       and previous["update"].numel() > 0)
-        values = fast_values(entry["fast"], previous["update"] if with_update else None)  # one host read
-        host = fast_row(entry, values[:len(FAST)], self.names)
-        if host.get("nonfinite"):
-            host["nonfinite_param"] = first_nonfinite(self.names, entry["norms"].tolist())
-        entry["host"].update(host)
+        update = previous.values.get("update_ratio") if previous is not None else None
+        with_update = update is not None and self.update_detector is not None and update.numel() > 0
+        values = fast_values(record.fast, update if with_update else None)  # one host read
+        read = {"step_numbers": values[:len(FAST)]}
+        if read["step_numbers"][NONFINITE]:
+            read["gradient_norms"] = record.norms.tolist()
+        host = {"step": record.step, "lr": record.lr,
+                **SIGNALS["step_numbers"].to_row(read, record, self.measurer)}
+        record.host.update(host)
         events = []
         if with_update:
-            row = {"step": previous["step"], "lr": previous["lr"], "update_ratio_max": values[-2],
+            row = {"step": previous.step, "lr": previous.lr, "update_ratio_max": values[-2],
                    "update_param": self.names[self.measurer.matrices[int(values[-1])]]}
-            events.extend(self.check(self.update_detector, previous["step"], row))
-            previous["done"].add("update_ratio")
+            events.extend(self.check(self.update_detector, previous.step, row))
+            previous.done.add("update_ratio")
         for detector in self.detectors:
             if detector.kind in self.immediate:
-                events.extend(self.check(detector, entry["step"], host))
-                entry["done"].add(detector.kind)
+                events.extend(self.check(detector, record.step, host))
+                record.done.add(detector.kind)
         self.note_norm(host)
         return events
 
-    def read(self, entries: list[dict[str, Any]], skipped: set[int]) -> tuple[list[dict], list[Event], list[int]]:
-        """(rows, events, steps skipped on the device) of the pending entries, in one transfer.
+    def read(self, records: list[StepRecord], skipped: set[int]) -> tuple[list[dict], list[Event], list[int]]:
+        """(rows, events, steps skipped on the device) of the pending records, in one transfer.
         skipped: the steps skipped so far (the rows' `skipped` column)."""
-        reads = read_back(entries, self.measurer.device)
+        reads = read_back(records, self.measurer.device)
         rows, events, device_skipped_steps = [], [], []
-        for entry, read in zip(entries, reads):
-            row = step_row(entry, read, self.names, self.measurer.matrices)
-            device_skipped = entry.get("device_skip") and (
+        for record, read in zip(records, reads):
+            row = row_of(record, read, self.measurer)
+            device_skipped = record.device_skip and (
                 (row["nonfinite"] and "nonfinite" in self.device_skips)
                 or (row["outlier"] and "grad_outlier" in self.device_skips))
             if device_skipped:
-                device_skipped_steps.append(entry["step"])
-            row["skipped"] = int(entry["step"] in skipped or bool(device_skipped))
+                device_skipped_steps.append(record.step)
+            row["skipped"] = int(record.step in skipped or bool(device_skipped))
             for detector in self.detectors:
-                if detector.kind not in entry["done"]:
-                    found = self.check(detector, entry["step"], row)
+                if detector.kind not in record.done:
+                    found = self.check(detector, record.step, row)
                     if device_skipped and detector.kind in DEVICE_DECIDED:
                         for event in found:
                             event.data["device_skipped"] = True
                     events.extend(found)
-            if not entry["done"]:
+            if not record.done:
                 self.note_norm(row)
             row["nonfinite"], row["outlier"] = int(row["nonfinite"]), int(row["outlier"])
             rows.append(row)

@@ -1,12 +1,11 @@
-"""Device-side measurement: the monitor's signals as tensors on the parameters' device, computed by
-the pure functions in `stablelab.signals`, with no host sync.
+"""Device-side measurement: runs the registered signals (monitor.signal_registry,
+monitor.builtin_signals) on their schedule into a `StepRecord`, as tensors on the parameters'
+device, with no host sync.
 
-Every step: loss, per-tensor and global gradient norm, the per-tensor spike ratio against the
-optimizer's second moment, a non-finite flag, and the extreme-outlier flag of the guard's skip rule
-(global gradient norm against a running typical norm), both in `monitor.step_numbers`. Sampled steps (every
-`sync_every`-th): attention logits and output-logit statistics (forward hooks armed for that step
-only), cos(grad, w), gradient RMS against eps and SPAM's element-wise spike fraction. Through the
-optimizer's own step hook: the update-to-weight ratio of every weight matrix."""
+Holds what the signals read: the parameters in optimizer order, the step numbers' state
+(monitor.step_numbers), the forward hooks' values (attention maxima, output-logit statistics: the
+hooks stay armed and record on sampled steps only), and the weight sample the update ratio is
+measured on through the optimizer's own step hook."""
 
 from __future__ import annotations
 
@@ -19,20 +18,15 @@ import torch
 from torch import nn
 
 from stablelab.errors import UsageError
+import stablelab.monitor.builtin_signals  # noqa: F401 (registers the built-in signals)
 from stablelab.monitor.attention import find_attention, unrecognised_attention
-from stablelab.monitor.step_numbers import FAST, step_numbers  # noqa: F401 (FAST re-exported)
 from stablelab.monitor.model_info import TASKS, decide_task, find_logits_module, infer_task, loss_dtype, task_from_head  # noqa: F401 (re-exported)
+from stablelab.monitor.signal_registry import StepRecord, signals_for
+from stablelab.monitor.step_numbers import FAST, step_numbers
 from stablelab.signals.collapse import logit_statistics
-from stablelab.signals.spikes import spike_fraction
-from stablelab.signals.weights import gradient_weight_cosine
+from stablelab.signals.weights import tensor_norms, update_to_weight_ratio
 
-
-def stack_norms(norms: list[torch.Tensor]) -> torch.Tensor:
-    """0-d tensors -> one float32 vector (norms of bf16 and fp32 tensors may be mixed)."""
-    if all(n.dtype == norms[0].dtype for n in norms):
-        return torch.stack(norms).float()
-    return torch.stack([n.float() for n in norms])
-
+NONFINITE, OUTLIER = FAST.index("nonfinite"), FAST.index("outlier")
 
 EARLY_STEPS = 50  # the update ratio reads the current ||w|| on every one of the first steps
 
@@ -67,7 +61,7 @@ class _Recorder:
 
 
 class Measurer:
-    """Holds the device-side state of the monitor's signals and computes one step's entry."""
+    """Holds the device-side state of the monitor's signals and measures one step's record."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, on_error: Callable,
                  attention: bool, logits_module: str | None | bool, task: str, update_sample: int,
@@ -100,13 +94,15 @@ class Measurer:
         self.groups = [group_of[id(p)] for p in params]
         self.numbers = step_numbers([p.numel() for p in params], self.device, outlier_factor, outlier_warmup,
                                     where=numbers_on)
-        self._inv_weight_norms: torch.Tensor | None = None
+        self._weight_norms: torch.Tensor | None = None
         self._weight_norm_step = 0
         self._flat: list[torch.Tensor] = []
         self._slices: list[list[torch.Tensor]] = []
+        self._sizes: list[int] = []
         self._views: list[torch.Tensor] | None = None
         self._view_pointers: list[int] = []
-        self.update_entry: dict[str, Any] | None = None
+        self.update_record: StepRecord | None = None  # the step whose update the step hook measures
+        self.current_loss: Any = None  # the loss, while the every-step signals run
         self.sample_after = True       # sample the weights after this step (the next one is measured)
         self._have_previous = False
         self._sharpness_warm: dict[str, Any] = {}  # Lanczos start vectors kept between scheduled checks
@@ -132,21 +128,18 @@ class Measurer:
 
     # -- every step ------------------------------------------------------------------------
     @torch.no_grad()
-    def measure(self, t: int, loss, lr: float) -> dict[str, Any]:
-        """The every-step signals: the gradient norms (one foreach norm) and FAST from them
-        (monitor.step_numbers: on the device with no host sync, or in Python floats on the CPU)."""
+    def measure(self, t: int, loss, lr: float) -> StepRecord:
+        """A new step's record with its every-step signals (the gradient norms, then the step numbers
+        from them: on the device with no host sync, or in Python floats on the CPU)."""
         self.see_loss(loss)
-        grads = [p.grad for p in self.params]
-        present = [i for i, g in enumerate(grads) if g is not None]
-        if len(present) == len(grads) and grads:
-            norms = stack_norms(torch._foreach_norm(grads, 2))
-        else:
-            norms = torch.zeros(len(grads), device=self.device)
-            if present:
-                norms[present] = stack_norms(torch._foreach_norm([grads[i] for i in present], 2))
-        fast = self.numbers.step(norms, loss)
-        return {"step": t, "fast": fast, "norms": norms, "has_loss": loss is not None, "lr": float(lr),
-                "done": set(), "sampled": {}, "host": {}}
+        record = StepRecord(step=t, lr=float(lr), has_loss=loss is not None, sampled=self.sampling)
+        self.current_loss = loss
+        try:
+            for signal in signals_for("every_step"):
+                record.values[signal.name] = signal.measure(self, record)
+        finally:
+            self.current_loss = None  # the record keeps no reference to the loss's graph
+        return record
 
     def see_loss(self, loss: Any) -> None:
         """Decide the task from a loss (its autograd graph, else the output head) unless decided:
@@ -156,10 +149,11 @@ class Measurer:
             self._task_inferred = self.task is not None
 
     @torch.no_grad()
-    def drop_gradients(self, entry: dict[str, Any]) -> None:
+    def drop_gradients(self, record: StepRecord) -> None:
         """The device-side skip: zero every gradient when this step is non-finite or an outlier,
         without reading the flag on the host (masked_fill_ also clears NaN and inf)."""
-        mask = (entry["fast"][4] + entry["fast"][5]) > 0
+        record.device_skip = True
+        mask = (record.fast[NONFINITE] + record.fast[OUTLIER]) > 0
         for p in self.params:
             if p.grad is not None:
                 p.grad.masked_fill_(mask, 0)
@@ -207,35 +201,15 @@ class Measurer:
                  "or a forward under no_grad); create the Monitor before the first forward")
 
     @torch.no_grad()
-    def measure_sampled(self, entry: dict[str, Any]) -> None:
-        sampled = entry["sampled"]
+    def measure_sampled(self, record: StepRecord) -> None:
+        """The sampled signals of this step (a signal with nothing to read returns None)."""
         self._check_hooks_fired()
-        if self.attn_values:
-            layers = len(self.attention_layers)
-            nan = torch.tensor(float("nan"), device=self.device)
-            sampled["attn"] = torch.stack([self.attn_values.get(i, nan).float().to(self.device)
-                                           for i in range(layers)])
-        if self.logit_stats is not None and self.task == "classification":  # undecided: off
-            sampled["logits"] = self.logit_stats.to(self.device)
-        present = [i for i, p in enumerate(self.params) if p.grad is not None]
-        if present:
-            cos = torch.full((len(self.params),), float("nan"), device=self.device)
-            cos[present] = gradient_weight_cosine([self.params[i].grad for i in present],
-                                                  [self.params[i] for i in present],
-                                                  entry["norms"][present]).to(self.device)
-            sampled["cos"] = cos
-        eps = [self.groups[i].get("eps") for i in self.matrices]
-        if self.matrices and all(isinstance(e, (int, float)) and e > 0 for e in eps):
-            rms = entry["norms"][self.matrices] / self.numels[self.matrices].sqrt()
-            ratio = rms / torch.tensor(eps, device=self.device)  # RMS(g) / eps
-            sampled["eps_ratio"] = torch.where(rms > 0, ratio, torch.full_like(ratio, float("inf")))
-        pairs = [(p.grad, self.optimizer.state[p]["exp_avg_sq"]) for p in self.params
-                 if p.grad is not None and "exp_avg_sq" in self.optimizer.state.get(p, {})]
-        if pairs and self.elementwise_spikes:
-            sampled["spike_fraction"] = spike_fraction([g for g, _ in pairs], [v for _, v in pairs]
-                                                       ).reshape(1).to(self.device)
+        for signal in signals_for("sampled"):
+            value = signal.measure(self, record)
+            if value is not None:
+                record.values[signal.name] = value
 
-    def measure_sharpness(self, entry: dict[str, Any], loss_fn: Callable, batch: Any,
+    def measure_sharpness(self, record: StepRecord, loss_fn: Callable, batch: Any,
                           options: dict[str, Any] | None = None) -> None:
         """The scheduled edge-of-stability slot: sharpness against the stability edge at this lr,
         with the training gradients put back afterwards. batch: a batch or a function returning one;
@@ -246,12 +220,12 @@ class Measurer:
         saved = [None if p.grad is None else p.grad.clone() for p in self.params]
         batch = batch() if callable(batch) else batch
         try:
-            result = sharpness_check(self.model, loss_fn, batch, entry["lr"], optimizer=self.optimizer,
+            result = sharpness_check(self.model, loss_fn, batch, record.lr, optimizer=self.optimizer,
                                      warm_start=self._sharpness_warm, **(options or {}))
         finally:
             for p, g in zip(self.params, saved):
                 p.grad = g
-        entry["host"].update({f"sharpness_{k}": float(v) for k, v in result.items()
+        record.host.update({f"sharpness_{k}": float(v) for k, v in result.items()
                               if isinstance(v, (int, float)) and v is not None})
 
     def _on_logits(self, _module, _inputs, output) -> None:
@@ -301,8 +275,8 @@ class Measurer:
     def _update_views(self) -> tuple[list[torch.Tensor], bool]:
         """Each weight matrix as a view on every k-th row, about `update_sample` elements: the RMS
         ratio of a fixed row sample estimates the whole matrix's at a fraction of the copy cost.
-        Three flat float32 buffers (the previous step's sample, this step's, their difference) whose
-        slices take each view's shape, so the difference is one op. Returns (views, rebuilt)."""
+        Two flat float32 buffers (the previous step's sample, this step's) whose
+        slices take each view's shape. Returns (views, rebuilt)."""
         pointers = [self.params[i].data_ptr() for i in self.matrices]
         if self._views is not None and pointers == self._view_pointers:
             return self._views, False
@@ -314,14 +288,10 @@ class Measurer:
             stride = max(1, (w.numel() + sample - 1) // sample)
             views.append(rows[::stride] if stride < rows.shape[0] else rows[:1])
         self._views, self._view_pointers = views, pointers  # rebuilt if a parameter moves
-        sizes = [v.numel() for v in views]
-        self._flat = [torch.empty(sum(sizes), device=self.device) for _ in range(3)]
+        sizes = self._sizes = [v.numel() for v in views]
+        self._flat = [torch.empty(sum(sizes), device=self.device) for _ in range(2)]
         self._slices = [[part.view(v.shape) for part, v in zip(flat.split(sizes), views)] for flat in self._flat]
         return views, True
-
-    def _segment_norms(self, slices: list[torch.Tensor]) -> torch.Tensor:
-        """Per-matrix L2 norms of a flat sample's slices (one foreach norm)."""
-        return stack_norms(torch._foreach_norm(slices, 2))
 
     def forget_weights(self) -> None:
         """The weights changed outside an optimizer step (a rollback): the stored sample is no
@@ -347,26 +317,24 @@ class Measurer:
         The sample after step t-1 is the "before" of step t: weights change only in optimizer
         steps (a skipped step calls no hook and changes nothing; a rollback calls
         `forget_weights`), so one copy per step gives ||w_t - w_{t-1}|| / ||w_t||."""
-        entry, self.update_entry = self.update_entry, None
-        if entry is None and not self.sample_after:
+        record, self.update_record = self.update_record, None
+        if record is None and not self.sample_after:
             self._have_previous = False
             return
         try:
             views, rebuilt = self._update_views()
-            previous, current, diff = self._flat
             torch._foreach_copy_(self._slices[1], views)
-            if entry is not None and self._have_previous and not rebuilt:
-                if (self._inv_weight_norms is None or entry["step"] < EARLY_STEPS
-                        or entry["step"] - self._weight_norm_step >= 10):
+            if record is not None and self._have_previous and not rebuilt:
+                if (self._weight_norms is None or record.step < EARLY_STEPS
+                        or record.step - self._weight_norm_step >= 10):
                     # ||w|| moves slowly once training settles: every 10 steps after the first steps
-                    self._inv_weight_norms = 1.0 / self._segment_norms(self._slices[1]).clamp_min(1e-30)
-                    self._weight_norm_step = entry["step"]
-                # ||delta w|| / ||w|| per matrix (signals.weights.update_to_weight_ratio, on one flat sample)
-                torch.sub(current, previous, out=diff)
-                entry["update"] = self._segment_norms(self._slices[2]) * self._inv_weight_norms
+                    self._weight_norms = tensor_norms(self._slices[1])
+                    self._weight_norm_step = record.step
+                record.values["update_ratio"] = update_to_weight_ratio(
+                    self._flat[0], self._flat[1], weight_norms=self._weight_norms, sizes=self._sizes)
             # this step's sample is the next step's "before"
-            self._flat[0], self._flat[1] = current, previous
-            self._slices[0], self._slices[1] = self._slices[1], self._slices[0]
+            self._flat.reverse()
+            self._slices.reverse()
             self._have_previous = True
         except Exception as error:  # noqa: BLE001
             self._have_previous = False

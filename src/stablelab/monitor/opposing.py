@@ -66,6 +66,8 @@ def probe_losses(model: torch.nn.Module, batch: Any, loss: str | Callable = "cro
                 outputs = model(inputs)
         finally:
             model.train(was_training)
+        if isinstance(outputs, (tuple, list)) and outputs and isinstance(outputs[0], torch.Tensor):
+            outputs = outputs[0]  # nanoGPT's (logits, loss)
         outputs = outputs if isinstance(outputs, torch.Tensor) else getattr(outputs, "logits", None)
         if outputs is None:
             raise TypeError("opposing_batch: the model's output has no tensor or .logits to compute losses from")

@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 
 VERSION = 1
 _TENSOR, _DEQUE, _WINDOW = "__tensor__", "__deque__", "__window__"
-_NUMBERS = ("_log_typical", "_typical_count", "_g2_ema", "_ema_count", "_v_scale")
-_MEASURER = ("norm_history", "task", "task_reason", "_task_inferred", "_inv_weight_norms", "_weight_norm_step")
+_NUMBERS = ("_log_typical", "_typical_count", "_g2_ema", "_ema_count", "_v_mean")
+_MEASURER = ("norm_history", "task", "task_reason", "_task_inferred", "_weight_norms", "_weight_norm_step")
 
 
 def plain(value: Any) -> Any:

@@ -17,6 +17,8 @@ import math
 
 import torch
 
+from stablelab.signals.spikes import tensor_spike_ratio
+
 FAST = ("loss", "grad_norm", "spike_ratio_max", "spike_index", "nonfinite", "outlier", "grad_norm_typical",
         "grad_norm_ratio_min")
 EMA_BETA = 0.99        # running estimate of mean(g^2) per tensor when the optimizer keeps no v
@@ -34,8 +36,8 @@ class DeviceStepNumbers:
       at once (a hard batch raises some layers' gradients; a gradient multiplied as a whole, by a
       loss-scale or reduction bug or a corrupted step, raises all of them);
     - spike ratio: per-tensor mean(g^2) / mean(v) (SPAM's g^2 > theta v taken per tensor), v the
-      optimizer's bias-corrected second moment refreshed by `set_second_moments`; without one, a
-      running EMA of mean(g^2).
+      optimizer's bias-corrected second moment refreshed by `set_second_moments`
+      (`signals.spikes.tensor_spike_ratio`); without one, a running EMA of mean(g^2).
     Non-finite steps do not enter the EMA and outliers enter it clipped; tensors without a gradient
     are left out. A NaN in the EMA marks a tensor not seen yet (NaN compares False, so an unseen
     tensor is never an outlier)."""
@@ -48,20 +50,19 @@ class DeviceStepNumbers:
         self._typical_count = 0
         self._g2_ema = torch.zeros(len(numels), device=device)
         self._ema_count = 0
-        self._v_scale: torch.Tensor | None = None
+        self._v_mean: torch.Tensor | None = None
         self._false = torch.zeros((), dtype=torch.bool, device=device)
         self._one = torch.ones((), device=device)
 
     def set_second_moments(self, v_mean: torch.Tensor | None) -> None:
         """Per-tensor bias-corrected mean(v) (0: no history), or None without a second moment."""
-        self._v_scale = None if v_mean is None else torch.where(
-            v_mean > 0, 1.0 / (self.numels * v_mean).clamp_min(1e-38), torch.zeros_like(v_mean))
+        self._v_mean = v_mean
 
     def reset(self) -> None:
         """Forget the spike-ratio history (after a rollback or a moment reset)."""
         self._g2_ema.zero_()
         self._ema_count = 0
-        self._v_scale = None
+        self._v_mean = None
 
     def step(self, norms: torch.Tensor, loss) -> torch.Tensor:
         """FAST of one step as one device vector. norms: float32 per-tensor gradient norms (0 for
@@ -83,8 +84,8 @@ class DeviceStepNumbers:
                             outlier.float(), typical, coherent])
 
     def _spike_ratio(self, g2: torch.Tensor) -> torch.Tensor:
-        if self._v_scale is not None:
-            return g2 * self._v_scale  # = (||g||^2 / n) / mean(v), precomputed 1 / (n mean(v))
+        if self._v_mean is not None:
+            return tensor_spike_ratio(g2, self.numels, self._v_mean)  # (||g||^2 / n) / mean(v)
         mean_g2 = g2 / self.numels
         if self._ema_count:
             estimate = self._g2_ema / (1 - EMA_BETA ** self._ema_count)  # bias-corrected EMA
@@ -133,18 +134,15 @@ class HostStepNumbers:
         self._typical_count = 0
         self._g2_ema = [0.0] * len(numels)
         self._ema_count = 0
-        self._v_scale: list[float] | None = None
+        self._v_mean: list[float] | None = None
 
     def set_second_moments(self, v_mean: torch.Tensor | None) -> None:
-        if v_mean is None:
-            self._v_scale = None
-            return
-        self._v_scale = [1.0 / max(n * v, 1e-38) if v > 0 else 0.0 for n, v in zip(self.numels, v_mean.tolist())]
+        self._v_mean = None if v_mean is None else v_mean.tolist()
 
     def reset(self) -> None:
         self._g2_ema = [0.0] * len(self.numels)
         self._ema_count = 0
-        self._v_scale = None
+        self._v_mean = None
 
     def step(self, norms: torch.Tensor, loss) -> list[float]:
         """FAST of one step as a list of Python floats (no tensor is made: the monitor reads it as
@@ -164,8 +162,8 @@ class HostStepNumbers:
         return [loss_value, global_norm, spike_max, float(spike_index), float(bad), float(outlier), typical, coherent]
 
     def _spike_ratio(self, g2: list[float]) -> list[float]:
-        if self._v_scale is not None:
-            return [g * s for g, s in zip(g2, self._v_scale)]
+        if self._v_mean is not None:  # tensor_spike_ratio in floats: no history (v = 0) gives 1
+            return [g / n / max(v, 1e-38) if v > 0 else 1.0 for g, n, v in zip(g2, self.numels, self._v_mean)]
         mean_g2 = [g / n for g, n in zip(g2, self.numels)]
         if self._ema_count:
             correction = 1 - EMA_BETA ** self._ema_count  # bias-corrected EMA

@@ -13,15 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from stablelab.errors import UsageError
-from stablelab.store.columns import BY_NAME
+from stablelab.monitor.signal_registry import column
 
-# the columns drawn, in order (titles and scales from stablelab.store.columns); a family ending
-# in "_l" plots every layer
+# the columns drawn, in order (titles and scales from the signals that declare them,
+# monitor.signal_registry); a family ending in "_l" plots every layer
 _PANEL_COLUMNS = ("loss", "grad_norm", "spike_ratio_max", "update_ratio_max", "attn_logit_max_l",
                   "log_z_mean", "softmax_collapse_fraction", "eps_ratio_min", "lr")
 PANELS: list[tuple[str, str, bool]] = [
-    (name, BY_NAME[name].description + ("; max |log Z| dotted" if name == "log_z_mean" else ""),
-     BY_NAME[name].log_scale or name == "lr") for name in _PANEL_COLUMNS]
+    (name, column(name).description + ("; max |log Z| dotted" if name == "log_z_mean" else ""),
+     column(name).log_scale or name == "lr") for name in _PANEL_COLUMNS]
 SEVERITY_COLOURS = {"critical": "#dc2626", "warning": "#f59e0b", "info": "#2563eb"}
 
 

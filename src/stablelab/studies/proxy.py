@@ -28,7 +28,7 @@ from stablelab.report.proxy_report import write_proxy_report
 from stablelab.run.grid import ProxyGrid, axis_label
 from stablelab.run.progress import progress_bar
 from stablelab.run.proxy_run import ProxyRunConfig, train
-from stablelab.store.columns import layer_column
+from stablelab.monitor.signal_registry import layer_column
 from stablelab.store.query import metrics_table, query
 from stablelab.store.run_store import is_done, load_result
 from stablelab.studies.command import Command

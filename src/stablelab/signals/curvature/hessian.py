@@ -8,6 +8,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 LossFn = Callable[[nn.Module, object], torch.Tensor]
@@ -58,7 +59,9 @@ class HessianOperator:
         self.device = self.params[0].device
         self.dtype = self.params[0].dtype if self.params[0].is_floating_point() else torch.float32
         self.products = 0
-        with preserved_state(model):
+        # H v differentiates the gradient again: the fused attention kernels have no double
+        # backward, the math kernel of F.scaled_dot_product_attention has
+        with preserved_state(model), sdpa_kernel(SDPBackend.MATH):
             self.loss = loss_fn(model, batch)
             if self.loss.dim() != 0:
                 raise ValueError("loss_fn must return a scalar loss")
