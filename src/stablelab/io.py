@@ -61,3 +61,38 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 def read_json(path: str | Path) -> Any:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+_NONFINITE_TAG = "$float"  # {"$float": "nan" | "inf" | "-inf"}: a non-finite number in strict JSON
+
+
+def _tag_nonfinite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return {_NONFINITE_TAG: "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
+    if isinstance(value, dict):
+        return {str(k): _tag_nonfinite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_tag_nonfinite(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        return _tag_nonfinite(value.item())
+    return value
+
+
+def _untag(value: dict) -> Any:
+    if len(value) == 1 and _NONFINITE_TAG in value:
+        return float(value[_NONFINITE_TAG])
+    return value
+
+
+def atomic_write_json_exact(path: str | Path, obj: Any) -> None:
+    """Like atomic_write_json, but NaN and infinities survive: stored as {"$float": "nan"} (strict
+    JSON), read back as floats by `read_json_exact`. For data whose non-finite values carry meaning
+    (a run's losses and gradient norms)."""
+    text = json.dumps(_tag_nonfinite(obj), separators=(",", ":"), allow_nan=False)
+    atomic_write_bytes(path, (text + "\n").encode("utf-8"))
+
+
+def read_json_exact(path: str | Path) -> Any:
+    """A file written by `atomic_write_json_exact`, with its NaN and infinities restored."""
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle, object_hook=_untag)

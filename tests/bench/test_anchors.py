@@ -142,11 +142,18 @@ def test_olmo_core_grad_norm_check_and_constant_loss():
     assert rule2.update(64, 1.0 + 1e-9, 1.0).flagged  # constant window: anything above it fails
 
 
-def test_olmo_core_nan_is_skipped_and_poisons_the_window():
+def test_olmo_core_nan_is_skipped_and_left_out_of_the_statistics():
+    """OLMo-core's current get_step_factor: std_mean over the finite values only."""
     rule = OlmoCoreRule()
     feed(rule, HIST63)
     assert rule.update(63, math.nan, None).flagged
-    assert rule.update(64, 2.0, None).flagged  # the NaN is in the window: mean is NaN
+    assert rule.update(64, math.inf, 1.0).flagged
+    assert not rule.update(65, 2.0, None).flagged  # the NaN and inf in the window do not blind it
+    assert rule.update(66, 1e6, None).flagged
+
+
+def test_olmo_core_checks_from_the_64th_value_and_clips_at_one_in_production():
+    assert OlmoCoreRule()._active_at == 64 and OlmoCoreRule.production_clip == 1.0
 
 
 # --------------------------------------------------------------------------------------- Megatron
@@ -180,8 +187,18 @@ def test_megatron_calibration_values_are_never_flagged():
     assert rule.update(101, 1e10, None).flagged
 
 
-def test_megatron_ignores_non_finite_values():
+def test_megatron_nan_check_is_fatal_by_default():
     rule = MegatronRule()
+    feed(rule, [1.0] * 10)
+    d = rule.update(10, math.nan, 1.0)
+    assert d.flagged and d.stop and "non-finite loss" in d.reason
+    assert rule.update(11, 1.0, math.inf).stop
+    assert not rule.update(12, 1.0, 1.0).flagged
+    assert MegatronRule.production_clip == 1.0
+
+
+def test_megatron_spike_checks_ignore_non_finite_values():
+    rule = MegatronRule(check_nan=False)
     feed(rule, [1.0] * 99)
     assert not rule.update(99, math.nan, None).flagged  # not counted
     assert not rule.update(100, 5.0, None).flagged  # the 100th sample: max becomes 5
@@ -334,9 +351,8 @@ class _Fabric:
     global_rank = 0
 
 
-@pytest.mark.slow
 def test_lightning_matches_the_real_spike_detection(tmp_path):
-    """Cross-check with lightning's own SpikeDetection (slow only because `import lightning` takes ~5 s)."""
+    """Cross-check with lightning's own SpikeDetection (importing lightning takes a few seconds)."""
     spike = pytest.importorskip("lightning.fabric.utilities.spike")
     gen = torch.Generator().manual_seed(3)
     losses = (2.0 + 0.3 * torch.randn(300, generator=gen)).tolist()

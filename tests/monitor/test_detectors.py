@@ -158,7 +158,16 @@ def test_target_false_alarm_rate_reads_the_calibration_curve():
             thresholds_for(bad, curves)
     # the shipped table covers the calibrated detectors, and a stricter rate never loosens them
     assert set(CURVES) >= {"grad_spike", "loss_spike", "update_ratio"}
-    strict, loose = thresholds_for(1e-6), thresholds_for(1e-2)
+    from stablelab.monitor.calibration import HEALTHY_STEPS, smallest_supported_rate
+
+    floor = smallest_supported_rate(HEALTHY_STEPS)
+    assert floor == pytest.approx(3.689 / HEALTHY_STEPS)
+    with pytest.raises(UsageError, match="can support"):
+        thresholds_for(floor / 2)
+    assert thresholds_for(1e-6, curves, healthy_steps=None) == {"loss_spike": {"z": 10.0}}
+    with pytest.raises(UsageError, match="can support"):
+        thresholds_for(1e-6, curves, healthy_steps=1000)
+    strict, loose = thresholds_for(floor), thresholds_for(1e-2)
     for kind, setting in strict.items():
         (name, value), = setting.items()
         assert value >= loose[kind][name]
@@ -178,11 +187,13 @@ def test_monitor_takes_a_target_false_alarm_rate():
 
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    monitor = Monitor(model, optimizer, sinks=(), target_false_alarm_rate=1e-6)
-    chosen = thresholds_for(1e-6)
+    monitor = Monitor(model, optimizer, sinks=(), target_false_alarm_rate=2e-4)
+    chosen = thresholds_for(2e-4)
     for detector in monitor.detectors:
         for name, value in chosen.get(detector.kind, {}).items():
             assert getattr(detector, name) == value
     monitor.close()
     with pytest.raises(UsageError, match="false-alarm rate"):
         Monitor(model, optimizer, sinks=(), target_false_alarm_rate=5)
+    with pytest.raises(UsageError, match="can support"):
+        Monitor(model, optimizer, sinks=(), target_false_alarm_rate=1e-6)

@@ -24,12 +24,27 @@ def incidents_of(steps: Sequence[int], gap: int = INCIDENT_GAP) -> list[tuple[in
     return [tuple(s) for s in spans]
 
 
-def anchor_flags(name: str, rows: Sequence[dict[str, Any]]) -> list[int]:
-    """Steps an anchor rule flags on a stream of rows (loss, grad_norm)."""
+def anchor_decisions(name: str, rows: Sequence[dict[str, Any]], settings: dict[str, Any] | None = None
+                     ) -> tuple[list[int], int | None]:
+    """(flagged steps, the step where the rule stops the run or None) of an anchor rule replayed on a
+    stream of rows (loss, grad_norm), at its published defaults or `settings`. After a stop the run
+    has ended: later rows are not read."""
     from stablelab.bench.anchors import build_anchor
 
-    rule = build_anchor(name)
-    return [r["step"] for r in rows if rule.update(r["step"], r.get("loss"), r.get("grad_norm")).flagged]
+    rule = build_anchor(name, **(settings or {}))
+    flags = []
+    for r in rows:
+        decision = rule.update(r["step"], r.get("loss"), r.get("grad_norm"))
+        if decision.flagged:
+            flags.append(r["step"])
+            if decision.stop or rule.action == "stop":
+                return flags, r["step"]
+    return flags, None
+
+
+def anchor_flags(name: str, rows: Sequence[dict[str, Any]]) -> list[int]:
+    """Steps an anchor rule flags on a stream of rows (loss, grad_norm), at its defaults."""
+    return anchor_decisions(name, rows)[0]
 
 
 def stablelab_flags(events: Sequence[dict[str, Any]]) -> list[int]:
@@ -67,85 +82,11 @@ def damage_ratio(probe_losses: dict[str, float], fault_step: int, stopped_at: in
     return after / before if math.isfinite(after) else math.inf
 
 
-def evaluate(scenarios: Sequence[Any], runs: dict[str, dict[str, Any]], detector_sets: Sequence[str]) -> dict[str, Any]:
-    """summary.json's content from the scenarios and their stored runs."""
-    from stablelab.bench.anchors import ANCHORS
-
-    rows_out, healthy_steps = [], 0
-    per: dict[str, dict[str, list]] = {d: {"recall": [], "false": [], "lead": [], "damage": [], "damage_1000x": []}
-                                       for d in detector_sets}
-    for scenario in scenarios:
-        run = runs[scenario.name]
-        fault = scenario.kind == "fault"
-        base = run["warn_only"] if fault else run["default"]
-        row: dict[str, Any] = {"name": scenario.name, "kind": scenario.kind, "family": scenario.family,
-                               "fault": scenario.fault, "fault_step": scenario.fault_step,
-                               "window": scenario.window, "steps": scenario.steps, "by_detector": {}}
-        if not fault:
-            healthy_steps += len(run["default"]["losses"])
-        hit = damage_point(base["losses"], scenario.fault_step) if fault else None
-        row["damage_step_unguarded"] = hit
-        for name in detector_sets:
-            if name == STABLELAB:
-                flags = stablelab_flags(run["default"]["events"])
-                live = run["default"]
-            else:
-                flags = anchor_flags(name, base["rows"] if fault else run["default"]["rows"])
-                live = run.get(f"live:{name}", run.get("warn_only"))
-            result: dict[str, Any] = {}
-            if fault:
-                lo, hi = scenario.fault_step, scenario.fault_step + scenario.window
-                inside = [s for s in flags if lo <= s <= hi]
-                after = [s for s in flags if s >= lo]
-                result["flagged"] = bool(inside)
-                result["first_warning_step"] = after[0] if after else None
-                result["warnings_before_fault"] = len(incidents_of([s for s in flags if s < lo]))
-                lead = hit - after[0] if (hit is not None and after) else None
-                result["lead_steps"] = lead
-                stopped = ANCHORS[name].action == "stop" if name in ANCHORS else False
-                if stopped and inside:
-                    result["damage_ratio"] = None   # training stopped at the first flag
-                else:
-                    result["damage_ratio"] = damage_ratio(live["probe_losses"], scenario.fault_step,
-                                                          live.get("stopped_at"))
-                per[name]["recall"].append(result["flagged"])
-                if lead is not None and scenario.fault == "lr_runaway":
-                    per[name]["lead"].append(lead)
-                if scenario.fault in POINT_FAULTS and result["damage_ratio"] is not None:
-                    per[name]["damage"].append(result["damage_ratio"])
-                if scenario.fault == "grad_spike" and scenario.settings.get("factor") == 1000 \
-                        and result["damage_ratio"] is not None:
-                    per[name]["damage_1000x"].append(result["damage_ratio"])
-            else:
-                result["false_warnings"] = len(incidents_of(flags))
-                result["first_warning_step"] = flags[0] if flags else None
-                per[name]["false"].append(result["false_warnings"])
-            row["by_detector"][name] = result
-        main = row["by_detector"].get(STABLELAB) or next(iter(row["by_detector"].values()))
-        row["flagged"] = main.get("flagged", bool(main.get("false_warnings")))
-        row["first_warning_step"] = main.get("first_warning_step")
-        rows_out.append(row)
-    detectors = {}
-    for name in detector_sets:
-        p = per[name]
-        detectors[name] = {
-            "recall": (sum(p["recall"]) / len(p["recall"])) if p["recall"] else None,
-            "false_warnings_per_1k": (1000.0 * sum(p["false"]) / healthy_steps) if healthy_steps else None,
-            "median_lead_steps": statistics.median(p["lead"]) if p["lead"] else None,
-            "damage_ratio_default_policy": max(p["damage_1000x"]) if p["damage_1000x"] else None,
-            "median_damage_ratio_point_faults": statistics.median(p["damage"]) if p["damage"] else None,
-            "action": "default policy" if name == STABLELAB else (ANCHORS[name].action or "log only"),
-        }
-    return {"suites": {"healthy_steps": healthy_steps,
-                       "faults": sum(1 for s in scenarios if s.kind == "fault"),
-                       "healthy_runs": sum(1 for s in scenarios if s.kind == "healthy")},
-            "detectors": detectors, "scenarios": rows_out}
-
-
-def calibrate(scenarios: Sequence[Any], runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The detectors' threshold curves (stablelab.monitor.calibration) on this suite's runs."""
+def calibrate(scenarios: Sequence[Any], runs: dict[tuple[int, str], dict[str, Any]], seeds: Sequence[int]) -> dict[str, Any]:
+    """The detectors' threshold curves (stablelab.monitor.calibration) on the calibration split's runs."""
     from stablelab.monitor.calibration import calibration_curves
 
-    healthy = [runs[s.name]["default"]["rows"] for s in scenarios if s.kind == "healthy"]
-    faults = [(s.fault_step, s.window, runs[s.name]["warn_only"]["rows"]) for s in scenarios if s.kind == "fault"]
+    healthy = [runs[(seed, s.name)]["default"]["rows"] for seed in seeds for s in scenarios if s.kind == "healthy"]
+    faults = [(s.fault_step, s.window, runs[(seed, s.name)]["warn_only"]["rows"])
+              for seed in seeds for s in scenarios if s.kind == "fault"]
     return calibration_curves(healthy, faults)

@@ -71,6 +71,7 @@ def calibration_curves(healthy: Sequence[Sequence[dict[str, Any]]],
 
 # Measured by the full suite (see the module docstring): 23,500 healthy steps, 22 faults, on the
 # 2-core CPU VM, 2026-12-01 (`stablelab detect-bench --out DIR`, DIR/calibration.json).
+HEALTHY_STEPS = 23500
 CURVES: dict[str, dict[str, Any]] = {
     "grad_spike": {"setting": "coherent", "points": [{"value": 2.0, "false_warnings_per_1k": 2.851, "recall": 0.636}, {"value": 3.0, "false_warnings_per_1k": 0.08511, "recall": 0.591}, {"value": 4.0, "false_warnings_per_1k": 0.04255, "recall": 0.591}, {"value": 5.0, "false_warnings_per_1k": 0.04255, "recall": 0.5}, {"value": 6.0, "false_warnings_per_1k": 0, "recall": 0.455}, {"value": 7.0, "false_warnings_per_1k": 0, "recall": 0.455}, {"value": 10.0, "false_warnings_per_1k": 0, "recall": 0.409}, {"value": 15.0, "false_warnings_per_1k": 0, "recall": 0.364}]},
     "loss_spike": {"setting": "z", "points": [{"value": 3.0, "false_warnings_per_1k": 0.1277, "recall": 0.545}, {"value": 4.0, "false_warnings_per_1k": 0, "recall": 0.545}, {"value": 5.0, "false_warnings_per_1k": 0, "recall": 0.5}, {"value": 6.0, "false_warnings_per_1k": 0, "recall": 0.5}, {"value": 8.0, "false_warnings_per_1k": 0, "recall": 0.455}, {"value": 10.0, "false_warnings_per_1k": 0, "recall": 0.227}, {"value": 15.0, "false_warnings_per_1k": 0, "recall": 0.0909}]},
@@ -79,13 +80,29 @@ CURVES: dict[str, dict[str, Any]] = {
 }
 
 
-def thresholds_for(rate: float, curves: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, float]]:
+ZERO_COUNT_95 = 3.689  # 95% upper bound of a Poisson count when none was seen (Garwood 1936)
+
+
+def smallest_supported_rate(healthy_steps: int) -> float:
+    """The lowest false-warning rate per step that `healthy_steps` can support: with no false warning
+    seen, the 95% upper bound is 3.69 / steps; a stricter target cannot be told apart from it."""
+    return ZERO_COUNT_95 / healthy_steps
+
+
+def thresholds_for(rate: float, curves: dict[str, dict[str, Any]] | None = None,
+                   healthy_steps: int | None = None) -> dict[str, dict[str, float]]:
     """Detector settings whose measured false-warning rate per healthy step is at most `rate`
     (in (0, 1)): per detector the most sensitive grid value that meets it, else the least
-    sensitive one. Detectors without a curve keep their defaults."""
+    sensitive one. Detectors without a curve keep their defaults. A rate below what the curves'
+    healthy steps can support (`smallest_supported_rate`) is refused in one line."""
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < 1 or math.isnan(rate):
         raise UsageError(f"target false-alarm rate must be a number in (0, 1), got {rate!r}")
-    curves = CURVES if curves is None else curves
+    if curves is None:
+        curves, healthy_steps = CURVES, HEALTHY_STEPS
+    if healthy_steps and rate < smallest_supported_rate(healthy_steps):
+        raise UsageError(f"target false-alarm rate {rate:g} per step is below what the calibration's "
+                         f"{healthy_steps} healthy steps can support: use at least "
+                         f"{smallest_supported_rate(healthy_steps):.2g} (3.69 / steps)")
     chosen: dict[str, dict[str, float]] = {}
     for kind, curve in curves.items():
         points = curve["points"]

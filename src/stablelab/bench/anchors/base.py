@@ -18,6 +18,7 @@ class Decision:
     flagged: bool  # the rule fires at this step
     clip_to: float | None = None  # clipping rules: the grad norm to clip to (None: no clip)
     reason: str = ""
+    stop: bool = False  # the trainer ends the run here (a fatal check, a raised exception)
 
 
 
@@ -27,6 +28,11 @@ class AnchorRule:
     name: ClassVar[str] = ""
     action: ClassVar[str | None] = None  # "skip", "clip", "stop" or None (log only)
     source: ClassVar[str] = ""
+    # the trainer's own global-norm clipping in its production configurations (None: none), applied
+    # with torch.nn.utils.clip_grad_norm_ after the rule has seen the pre-clip norm
+    production_clip: ClassVar[float | None] = None
+    # where the benchmark simplifies the rule as it runs in production (docs/monitor.md repeats it)
+    idealised: ClassVar[str] = ""
 
     def update(self, step: int, loss: float | None, grad_norm: float | None) -> Decision:
         raise NotImplementedError

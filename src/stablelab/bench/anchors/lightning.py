@@ -81,7 +81,7 @@ class LightningSpikeRule(AnchorRule):
         running = self._running_mean()
         if idx >= self.warmup and self._is_spike(loss):
             return Decision(True, None, f"step {step}: loss {loss:.6g} vs running mean {running:.6g} "
-                                        f"(rtol {self.rtol}, atol {self.atol})")
+                                        f"(rtol {self.rtol}, atol {self.atol})", stop=True)
         if self.finite_only or math.isfinite(loss):
             self._values.append(loss)
             self._last_val = loss

@@ -30,11 +30,16 @@ class LlmFoundryRule(AnchorRule):
     Differences: the current llm-foundry, when ``window_size``/``loss_cap`` are left at their
     defaults, widens the window to max(100, 5% of the planned training batches) and lowers the cap
     to min(10, max of the first window). We use the given ``window_size`` and ``loss_cap`` as fixed
-    values (the older callback's behaviour; pass them explicitly to model a run).
+    values (the older callback's behaviour; pass them explicitly to model a run). In production its
+    example pretraining YAMLs clip gradients at norm 1.0, which the benchmark's clipped run applies.
     """
 
     name = "llm_foundry"
     action = None
+    # scripts/train/yamls/pretrain/mpt-125m.yaml, mpt-7b.yaml, mpt-70b.yaml:
+    # algorithms.gradient_clipping {clipping_type: norm, clipping_threshold: 1.0}
+    production_clip = 1.0
+    idealised = "the fixed 100-step window and cap 10 of the older callback (the current one widens the window to 5% of the run)"
     # mosaicml/llm-foundry llmfoundry/callbacks/kill_loss_spike_callback.py (KillLossSpike.batch_end)
     source = ("llm-foundry llmfoundry/callbacks/kill_loss_spike_callback.py: KillLossSpike "
               "(2x 100-step mean for 5 consecutive steps, or half the window above 10)")

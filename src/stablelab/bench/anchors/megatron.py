@@ -23,7 +23,14 @@ class MegatronRule(AnchorRule):
     * afterwards a value is flagged iff ``|value| >= 10 * max_of_first_100`` (``>=``, not ``>``).
 
     ``fatal=False``: a flagged step triggers the rerun machinery (or, with reruns disabled, a
-    warning), never a skip/stop, so the action is log-only (None).
+    warning), never a skip/stop, so the spike checks are log-only. Both are opt-in flags
+    (``store_true``); we switch them on, since without them Megatron has no spike rule to compare.
+
+    As it runs in production: ``--check-for-nan-in-loss-and-grad`` is on by default
+    (``check_nan=True`` here): a NaN or inf loss or gradient norm is fatal (``validate_result(...,
+    torch.isnan / torch.isinf, fatal=True)``: the job checkpoints and exits), so it flags and stops
+    the run; and ``--clip-grad`` defaults to 1.0 (megatron/training/arguments.py), which the
+    benchmark's clipped run applies.
 
     Differences: Megatron checks the per-micro-batch *summed* token loss (``loss[0]``) and each
     bucket's local grad norm; we check the per-step loss and grad norm given (the same ratio when the
@@ -34,18 +41,23 @@ class MegatronRule(AnchorRule):
 
     name = "megatron"
     action = None
+    production_clip = 1.0  # megatron/training/arguments.py: --clip-grad default 1.0
+    idealised = ("the spike checks (opt-in flags) are on; the per-step loss stands for Megatron's summed "
+                 "micro-batch loss; a fatal NaN ends the run at once (Megatron reruns the step first)")
     # NVIDIA/Megatron-LM megatron/core/rerun_state_machine.py (RerunStateMachine.is_unexpectedly_large)
     source = ("Megatron-LM --check-for-spiky-loss / --check-for-large-grads: "
               "megatron/core/rerun_state_machine.py is_unexpectedly_large (10x max of first 100)")
 
-    def __init__(self, threshold: float = 10.0, num_samples: int = 100, check_loss: bool = True, check_grads: bool = True):
+    def __init__(self, threshold: float = 10.0, num_samples: int = 100, check_loss: bool = True, check_grads: bool = True,
+                 check_nan: bool = True):
         self.threshold = _number(self.name, "threshold", threshold)
         self.num_samples = _positive_int(self.name, "num_samples", num_samples)
-        for key, val in (("check_loss", check_loss), ("check_grads", check_grads)):
+        for key, val in (("check_loss", check_loss), ("check_grads", check_grads), ("check_nan", check_nan)):
             if not isinstance(val, bool):
                 raise _bad(self.name, f"{key} must be true or false, got {val!r}")
         self.check_loss = check_loss
         self.check_grads = check_grads
+        self.check_nan = check_nan
         self._counts = {"loss": 0, "grads": 0}
         self._max = {"loss": 0.0, "grads": 0.0}
 
@@ -60,6 +72,10 @@ class MegatronRule(AnchorRule):
         return value >= self._max[context] * self.threshold
 
     def update(self, step: int, loss: float | None, grad_norm: float | None) -> Decision:
+        nonfinite = [name for name, v in (("loss", loss), ("grad norm", grad_norm))
+                     if v is not None and not math.isfinite(float(v))]
+        if self.check_nan and nonfinite:  # --check-for-nan-in-loss-and-grad: fatal
+            return Decision(True, None, f"step {step}: non-finite {' and '.join(nonfinite)} (fatal)", stop=True)
         reasons = []
         if self.check_loss and loss is not None and self._large("loss", float(loss)):
             reasons.append(f"spiky loss {float(loss):.6g} >= {self.threshold:g} x {self._max['loss']:.6g}")

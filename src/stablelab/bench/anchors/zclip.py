@@ -41,6 +41,8 @@ class ZClipRule(AnchorRule):
 
     name = "zclip"
     action = "clip"
+    idealised = ("its chance hits and damage are read against the twin clipped at 1.0 (its max_grad_norm), "
+                 "not against a twin under its own adaptive clip")
     # zclip 1.0.0 zclip/zclip.py (ZClip.step, _compute_clip_val, _update_ema)
     source = "zclip 1.0.0 zclip/zclip.py: ZClip (EMA alpha 0.97, z > 2.5, 25 warm-up steps, max_grad_norm 1.0)"
 

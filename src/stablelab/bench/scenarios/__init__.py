@@ -33,7 +33,8 @@ from stablelab.bench.scenarios.loop import run_scenario, warmup_cosine
 from stablelab.bench.scenarios.tasks import FAMILIES, DigitsCNN, DigitsMLP, EncoderLM, RegressionMLP, Task, _digits
 
 __all__ = [
-    "FAMILIES", "FAULTS", "KINDS", "SCENARIOS", "NullHook", "Scenario", "Task", "Trace", "run_scenario", "suite",
+    "FAMILIES", "FAULTS", "KINDS", "SCENARIOS", "SPLITS", "NullHook", "Scenario", "Task", "Trace", "run_scenario",
+    "suite", "calibration_variant", "twin_of",
     "lr_multiplier", "warmup_cosine", "DigitsCNN", "DigitsMLP", "EncoderLM", "RegressionMLP", "_digits",
 ]
 
@@ -174,7 +175,8 @@ def _build() -> dict[str, Scenario]:
                "The encoder LM at a constant lr 0.1 without weight decay: without qk-layernorm the max "
                "attention logit grows past 1e3 within ~40 steps and 1e4 within ~150 (Wortsman et al. 2023, "
                "sec 3.1); nothing is planted, the whole run counts.",
-               window=300, lr=0.1, scheduler=None, weight_decay=0.0),
+               window=300, lr=0.1, scheduler=None, weight_decay=0.0,
+               twin={"lr": 3e-3, "scheduler": "warmup_cosine", "warmup": 100}),
     ]
     registry = {}
     for scenario in h + f:
@@ -189,6 +191,40 @@ SCENARIOS: dict[str, Scenario] = _build()
 
 
 
-def suite(quick: bool) -> list[Scenario]:
-    """The scenarios to run: the quick subset, or every scenario."""
-    return [s for s in SCENARIOS.values() if s.quick or not quick]
+SPLITS = ("calibration", "heldout")
+# the fault parameters that set a fault's size: the calibration split plants 0.8x of each
+_SIZES = ("factor", "rate", "offset_per_step", "growth")
+
+
+def calibration_variant(scenario: Scenario) -> Scenario:
+    """The calibration split's instance of a scenario: a fault planted 30 steps earlier and at 0.8x
+    its size (x1.024 instead of x1.03 per step for a runaway); a healthy scenario is unchanged (its
+    instances differ by seed). Thresholds are tuned on these, the table reports the others."""
+    if scenario.kind != "fault":
+        return scenario
+    settings = dict(scenario.settings)
+    for key in _SIZES:
+        if key in settings:
+            value = settings[key]
+            settings[key] = 1 + 0.8 * (value - 1) if key in ("rate", "growth") else 0.8 * value
+    shift = 30 if scenario.fault_step >= 100 else 0
+    return replace(scenario, fault_step=scenario.fault_step - shift, settings=settings)
+
+
+def twin_of(scenario: Scenario) -> Scenario:
+    """A fault scenario's healthy twin: the same run (settings, seed, steps, schedule horizon) with
+    nothing planted, and for a fault that is a setting (attn_logit_growth's lr) the healthy
+    setting from `settings["twin"]`. Its warnings in the fault's window are each rule's chance hits."""
+    settings = {k: v for k, v in scenario.settings.items() if k != "twin"}
+    settings.update(scenario.settings.get("twin", {}))
+    return replace(scenario, name=scenario.name + "~twin", kind="healthy", fault=None, fault_step=None,
+                   window=0, settings=settings)
+
+
+def suite(quick: bool, split: str = "heldout") -> list[Scenario]:
+    """The scenarios to run: the quick subset, or every scenario; in the calibration split, the
+    faults' calibration instances."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    chosen = [s for s in SCENARIOS.values() if s.quick or not quick]
+    return [calibration_variant(s) for s in chosen] if split == "calibration" else chosen

@@ -67,7 +67,8 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 
-def run_scenario(scenario: Scenario, hook, *, seed: int = 0, device: str = "cpu") -> Trace:
+def run_scenario(scenario: Scenario, hook, *, seed: int = 0, device: str = "cpu",
+                 probe_steps: tuple[int, ...] = ()) -> Trace:
     """Train `scenario` once with `hook` watching; deterministic for a given seed.
 
     Args:
@@ -77,18 +78,19 @@ def run_scenario(scenario: Scenario, hook, *, seed: int = 0, device: str = "cpu"
             named TrainingStopped or with `stops_training = True` ends the run cleanly.
         seed: model initialisation and batch order.
         device: "cpu" or an accelerator; threads are pinned to 1 for the run.
+        probe_steps: more steps to read the held-out probe loss after (a twin's fault steps).
     Returns:
         The run's Trace."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _train(scenario, hook, seed, device)
+        return _train(scenario, hook, seed, device, probe_steps)
     finally:
         torch.set_num_threads(threads)
 
 
 
-def _train(scenario: Scenario, hook, seed: int, device: str) -> Trace:
+def _train(scenario: Scenario, hook, seed: int, device: str, extra_probes: tuple[int, ...] = ()) -> Trace:
     start = time.perf_counter()
     settings = scenario.settings
     torch.manual_seed(seed)
@@ -106,7 +108,7 @@ def _train(scenario: Scenario, hook, seed: int, device: str) -> Trace:
     autocast = lambda: torch.autocast(device_type, dtype=amp_dtype, enabled=amp is not None)  # noqa: E731
     scaler = torch.amp.GradScaler(device_type) if amp == "float16" else None
     accumulation = settings.get("accumulation", 1)
-    probe_steps = {scenario.steps - 1}
+    probe_steps = {scenario.steps - 1, *extra_probes}
     if scenario.fault_step is not None:
         probe_steps |= {scenario.fault_step - 1, scenario.fault_step + _PROBE_AFTER_FAULT}
 
