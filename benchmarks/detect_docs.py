@@ -1,6 +1,7 @@
 """Put a `stablelab detect-bench` result into the docs: its summary.json (without the per-run
 entries) to docs/detect_bench/summary.json, its figures to docs/img/, and its held-out table
-(`report.detect_report.headline`) between the markers in docs/monitor.md. The docs' table is then
+(`report.detect_report.headline`) between the markers in docs/monitor.md, and its summary.md (every
+run's verdicts) to docs/detect_bench/summary.md. The docs' table is then
 generated, never typed; tests/bench/test_verdicts.py checks that it matches summary.json.
 
     .venv/bin/python benchmarks/detect_docs.py OUT      # OUT: a detect-bench --out folder"""
@@ -28,6 +29,7 @@ def main() -> None:
     summary = json.loads((out / "summary.json").read_text())
     kept = {k: v for k, v in summary.items() if k != "scenarios"}
     atomic_write_json(DOCS / "detect_bench" / "summary.json", kept)
+    shutil.copyfile(out / "summary.md", DOCS / "detect_bench" / "summary.md")  # every run's verdicts
     for name, target in (("faults.png", "detect_faults.png"), ("calibration.png", "detect_calibration.png")):
         if (out / name).exists():
             shutil.copyfile(out / name, DOCS / "img" / target)

@@ -172,11 +172,17 @@ def aggregate(entries: Sequence[dict[str, Any]], name: str) -> dict[str, Any]:
         "false_warnings_per_1k_by_seed": [min(rates), max(rates)] if rates else None,
         "false_warning_incidents": false, "judged_steps": steps,
         "stops_before_fault": sum(mine(e)["stopped_before_fault"] for e in faults),
+        # a stop at or after the fault ends the run: no damage is measured for it, so the damage
+        # figures cover the runs that went on, and this count says how many did not
+        "stops_at_or_after_fault": sum(mine(e)["stopped_at"] is not None and not mine(e)["stopped_before_fault"]
+                                       for e in faults),
         "lead_steps_by_scenario": {k: {"median": _median([x for x in v if x is not None]), "per_seed": v}
                                    for k, v in leads.items()},
         "median_lead_steps": _median([x for v in leads.values() for x in v if x is not None]),
         "damage_ratio_default_policy": max(damage_1000x) if damage_1000x else None,
         "median_damage_ratio_point_faults": _median(point),
+        # point-fault runs left more than twice as bad as their twin (a non-finite probe counts)
+        "damaged_point_faults": [sum(d > 2 for d in point), len(point)],
     }
 
 

@@ -11,8 +11,9 @@ from stablelab.report.html import Page, plt
 from stablelab.io import atomic_write_bytes
 
 HEADER = ("rule", "action", "recall (95% CI) [seeds]", "false warnings / 1k steps (95% CI)",
-          "lead: runaway LR, MLP", "lead: runaway LR, LM", "damage 1000x spike", "median damage, point faults",
-          "stops before the fault")
+          "lead: runaway LR, MLP", "lead: runaway LR, LM", "damage 1000x spike (worst)",
+          "median damage, point faults (runs that went on)", "point-fault runs damaged > 2x",
+          "runs stopped: before / at or after the fault")
 TUNED_HEADER = ("rule", "tuned on calibration", "recall (95% CI)", "false warnings / 1k (95% CI)",
                 "calibration recall", "calibration false / 1k")
 
@@ -56,7 +57,8 @@ def detector_rows(summary: dict[str, Any]) -> list[list[str]]:
              _ci(d["false_warnings_per_1k"], d.get("false_warnings_per_1k_ci")),
              _lead(d, "lr_runaway"), _lead(d, "lr_runaway_lm"),
              _f(d["damage_ratio_default_policy"]), _f(d["median_damage_ratio_point_faults"]),
-             _f(d.get("stops_before_fault"))]
+             "{} of {}".format(*d["damaged_point_faults"]) if d.get("damaged_point_faults") else "-",
+             f"{_f(d.get('stops_before_fault'))} / {_f(d.get('stops_at_or_after_fault'))}"]
             for name, d in summary["detectors"].items()]
 
 
