@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from stablelab.bench.detect import AnchorHook, split_seeds
-from stablelab.bench.scenarios import SCENARIOS, calibration_variant, run_scenario, suite, twin_of
+from stablelab.bench.scenarios import SCENARIOS, run_scenario, suite, twin_of
 from stablelab.bench.scoring import anchor_decisions
 from stablelab.bench.verdicts import (damage_step_vs_twin, damage_vs_twin, poisson_rate_interval, score_fault,
                                       wilson_interval)
