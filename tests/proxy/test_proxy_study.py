@@ -91,6 +91,8 @@ def test_rerun_does_not_redo_finished_runs(tiny_study):
     (["--lrs", "1e-3,-1e-1"], "learning rates must be positive"),
     (["--corpus", "/no/such/corpus"], "corpus not found"),
     (["--widths", "abc"], "--widths"),
+    (["--seq-len", "100000000"], "needs at least 100000002 bytes of training text"),  # longer than the corpus
+    (["--seq-len", "200000", "--batch-size", "64"], "GiB free"),  # attention scores alone: TiBs
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, change, message):
     args = list(TINY)
@@ -104,6 +106,25 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, change, message):
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
     assert not (tmp_path / "o").exists()  # nothing written for bad input
+
+
+@pytest.mark.parametrize("content", [b'{"grid": [1, 2', b"\xff\xfe not json", b"[1, 2, 3]"])
+def test_a_corrupt_or_foreign_sweep_json_is_one_line(tmp_path, capsys, content):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "sweep.json").write_bytes(content)
+    assert main(["proxy", *TINY, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "sweep.json" in err and "new --out" in err and "\n" not in err
+    assert (out / "sweep.json").read_bytes() == content and sorted(p.name for p in out.iterdir()) == ["sweep.json"]
+
+
+def test_an_out_that_cannot_be_created_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("mine")
+    assert main(["proxy", *TINY, "--out", str(blocker / "sub")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot create or write --out" in err and "\n" not in err and blocker.read_text() == "mine"
 
 
 def test_different_grid_in_out_is_refused(tiny_study, capsys):

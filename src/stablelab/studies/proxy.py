@@ -19,8 +19,7 @@ from stablelab.analysis.proxy_curvature import grad_rms_table, reference_lr, war
 from stablelab.analysis.proxy_summary import findings, summarize
 from stablelab.config import Runtime, by, csv, each, non_negative, one_of, positive, setting
 from stablelab.data.corpus import BUILTIN, load_corpus
-from stablelab.errors import UsageError
-from stablelab.io import atomic_write_json, read_json
+
 from stablelab.models.architectures import MODELS, PRECISIONS, check_model, count_model_parameters, get_model
 from stablelab.models.variants import VARIANTS, get_variant
 from stablelab.report.proxy_outcomes import backtest_line, validation_line
@@ -32,11 +31,11 @@ from stablelab.monitor.signal_registry import layer_column
 from stablelab.store.query import metrics_table, query
 from stablelab.store.run_store import is_done, load_result
 from stablelab.studies.command import Command
+from stablelab.studies.proxy_checks import SWEEP_FILE, check_out, check_runs_fit, prepare_out  # noqa: F401
 from stablelab.sweep.executor import dask_client, default_workers, run_tasks
 
 PAPER_LRS = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)  # the paper's grid
 _RUN = ProxyRunConfig()  # the per-run defaults are written once, in ProxyRunConfig
-SWEEP_FILE = "sweep.json"
 RUNS_DIR = "runs"
 
 
@@ -177,26 +176,6 @@ def sweep_fingerprint(settings: ProxySettings, grid: ProxyGrid) -> dict:
     return {**fp, "run": grid.fingerprint()["run"]}
 
 
-def check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file, not a folder; use a new --out")
-
-
-def prepare_out(out: Path, fingerprint: dict) -> None:
-    """Create OUT, or check that an existing OUT holds this same grid (then we resume)."""
-    sweep_file = out / SWEEP_FILE
-    check_out(out)
-    if sweep_file.exists():
-        previous = read_json(sweep_file)
-        if previous != fingerprint:
-            changed = config.differences(previous, fingerprint)
-            raise UsageError(f"{out} holds a different grid (differs in: {', '.join(changed)}); "
-                             "use a new --out or the same settings to resume")
-        return
-    if out.exists() and any(out.iterdir()):
-        raise UsageError(f"{out} is not empty and holds no stablelab proxy study; use a new --out")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(sweep_file, fingerprint)
 
 
 def _driver_alive(pid: int | None) -> bool:
@@ -353,7 +332,9 @@ def run_study(settings: ProxySettings, runtime: Runtime, model_fn=None) -> dict:
     out = runtime.out
     check_out(out)
     grid = grid_for(settings, runtime.device, model_fn)
-    load_corpus(grid.base.corpus)  # fail fast on an unreadable or tiny corpus
+    corpus = load_corpus(grid.base.corpus)  # fail fast on an unreadable or tiny corpus
+    workers = 1 if runtime.address else (runtime.workers or default_workers())
+    check_runs_fit(grid.runs(), corpus, grid.base.device, workers)
     prepare_out(out, sweep_fingerprint(settings, grid))
     config.write_config(out, settings, runtime)
     started = time.time()
