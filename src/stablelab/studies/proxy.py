@@ -32,7 +32,8 @@ from stablelab.store.query import metrics_table, query
 from stablelab.store.run_store import is_done, load_result
 from stablelab.studies.command import Command
 from stablelab.studies.proxy_checks import SWEEP_FILE, check_out, check_runs_fit, prepare_out  # noqa: F401
-from stablelab.sweep.executor import dask_client, default_workers, run_tasks
+from stablelab.errors import UsageError
+from stablelab.sweep.executor import SweepStopped, dask_client, default_workers, run_tasks
 
 PAPER_LRS = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)  # the paper's grid
 _RUN = ProxyRunConfig()  # the per-run defaults are written once, in ProxyRunConfig
@@ -220,9 +221,12 @@ def run_sweep(grid: ProxyGrid, out: Path, workers: int | None, address: str | No
 
             driver_pid = None if address else os.getpid()
             with dask_client(address, workers) as client:
-                run_tasks(execute_run,
-                          [(c.run_id, (c, str(runs_dir / c.run_id), driver_pid, model_fn)) for c in pending],
-                          client, on_result=on_result)
+                try:
+                    run_tasks(execute_run,
+                              [(c.run_id, (c, str(runs_dir / c.run_id), driver_pid, model_fn)) for c in pending],
+                              client, on_result=on_result, stop_after_same_error=3 if len(pending) > 3 else 0)
+                except SweepStopped as stopped:
+                    raise UsageError(str(stopped)) from None
     if failures:
         raise RuntimeError("some runs failed (rerun to retry them):\n" + "\n".join(failures))
     return [results[c.run_id] for c in configs]

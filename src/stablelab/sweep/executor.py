@@ -47,14 +47,21 @@ def dask_client(address: str | None = None, workers: int | None = None) -> Itera
             cluster.close()
 
 
+class SweepStopped(Exception):
+    """The first runs of a sweep all failed with the same error: it is the setup, not the runs."""
+
+
 def run_tasks(
     fn: Callable[..., dict], tasks: Iterable[tuple[str, tuple]], client: Any, retries: int = 3,
     on_result: Callable[[str, dict | None, BaseException | None], None] | None = None,
+    stop_after_same_error: int = 0,
 ) -> dict[str, dict | None]:
     """Submit `fn(*args)` for each (key, args); call `on_result(key, result, error)` as each ends.
 
     Results come back in completion order. A task that raises is reported with its error and the
-    sweep goes on (its run folder has no `done` marker, so the next resume retries it)."""
+    sweep goes on (its run folder has no `done` marker, so the next resume retries it), unless the
+    first `stop_after_same_error` tasks to end (N > 0) all failed with the same error and none
+    succeeded: then the other tasks are cancelled and SweepStopped says it once."""
     from distributed import as_completed
 
     futures = {}
@@ -62,6 +69,8 @@ def run_tasks(
         future = client.submit(fn, *args, key=f"stablelab-{key}", retries=retries, pure=False)
         futures[future] = key
     results: dict[str, dict | None] = {}
+    same: list[str] = []  # the keys that failed with the first error, while nothing succeeded
+    first: tuple[str, str] | None = None
     for future in as_completed(futures):
         key = futures[future]
         try:
@@ -71,4 +80,16 @@ def run_tasks(
         results[key] = result
         if on_result is not None:
             on_result(key, result, error)
+        if stop_after_same_error and same is not None:
+            signature = None if error is None else (type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+            if signature is None or (first is not None and signature != first):
+                same = None  # a success or a second kind of error: the runs themselves differ
+            else:
+                first = signature
+                same.append(key)
+                if len(same) >= stop_after_same_error:
+                    for other in futures:
+                        other.cancel()
+                    raise SweepStopped(f"the first {len(same)} runs all failed with {first[0]}: {first[1]} "
+                                       "(stopped the sweep; finished runs are kept, rerun to resume once it is fixed)")
     return results

@@ -1,0 +1,29 @@
+"""A sweep whose first runs all fail with the same error stops with that one message (a setup
+error, not one per run); runs that fail differently, or after a success, do not stop it."""
+
+import pytest
+
+from stablelab.sweep.executor import SweepStopped, dask_client, run_tasks
+
+
+def _always(i):
+    raise ValueError("CUDA out of memory (the same for every run)")
+
+
+def _every_other(i):
+    if i % 2:
+        raise ValueError(f"run {i} failed its own way")
+    return {"i": i}
+
+
+def test_the_same_error_on_the_first_runs_stops_the_sweep():
+    seen = []
+    with dask_client(None, 1) as client:
+        with pytest.raises(SweepStopped, match="first 3 runs all failed with ValueError: CUDA out of memory"):
+            run_tasks(_always, [(f"r{i}", (i,)) for i in range(20)], client, retries=0,
+                      on_result=lambda key, result, error: seen.append(key), stop_after_same_error=3)
+        assert len(seen) == 3  # not 20 copies of one message
+        results = run_tasks(_every_other, [(f"r{i}", (i,)) for i in range(8)], client, retries=0,
+                            stop_after_same_error=3)
+        assert sorted(results) == [f"r{i}" for i in range(8)]
+        assert [results[f"r{i}"] for i in range(0, 8, 2)] == [{"i": i} for i in range(0, 8, 2)]
