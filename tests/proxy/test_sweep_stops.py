@@ -23,7 +23,7 @@ def test_the_same_error_on_the_first_runs_stops_the_sweep():
             run_tasks(_always, [(f"r{i}", (i,)) for i in range(20)], client, retries=0,
                       on_result=lambda key, result, error: seen.append(key), stop_after_same_error=3)
         assert len(seen) == 3  # not 20 copies of one message
-        results = run_tasks(_every_other, [(f"r{i}", (i,)) for i in range(8)], client, retries=0,
+        results = run_tasks(_every_other, [(f"s{i}", (i,)) for i in range(8)], client, retries=0,
                             stop_after_same_error=3)
-        assert sorted(results) == [f"r{i}" for i in range(8)]
-        assert [results[f"r{i}"] for i in range(0, 8, 2)] == [{"i": i} for i in range(0, 8, 2)]
+        assert sorted(results) == [f"s{i}" for i in range(8)]
+        assert [results[f"s{i}"] for i in range(0, 8, 2)] == [{"i": i} for i in range(0, 8, 2)]
