@@ -23,6 +23,9 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp alone gives 0600
 
 
+_NONFINITE_TAG = "$float"  # {"$float": "nan" | "inf" | "-inf"}: a non-finite number in strict JSON
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -40,16 +43,21 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
-def to_jsonable(value: Any) -> Any:
-    """Plain JSON: NaN and infinities become null (strict JSON has no NaN)."""
+def to_jsonable(value: Any, keep_nonfinite: bool = False) -> Any:
+    """Plain JSON: NaN and infinities become null (strict JSON has no NaN), or with keep_nonfinite
+    a tag {"$float": "nan" | "inf" | "-inf"} that `read_json_exact` turns back into the float."""
     if isinstance(value, float):
-        return value if math.isfinite(value) else None
+        if math.isfinite(value):
+            return value
+        if not keep_nonfinite:
+            return None
+        return {_NONFINITE_TAG: "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
     if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
+        return {str(k): to_jsonable(v, keep_nonfinite) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
+        return [to_jsonable(v, keep_nonfinite) for v in value]
     if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
-        return to_jsonable(value.item())
+        return to_jsonable(value.item(), keep_nonfinite)
     return value
 
 
@@ -63,21 +71,6 @@ def read_json(path: str | Path) -> Any:
         return json.load(handle)
 
 
-_NONFINITE_TAG = "$float"  # {"$float": "nan" | "inf" | "-inf"}: a non-finite number in strict JSON
-
-
-def _tag_nonfinite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return {_NONFINITE_TAG: "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
-    if isinstance(value, dict):
-        return {str(k): _tag_nonfinite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_tag_nonfinite(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
-        return _tag_nonfinite(value.item())
-    return value
-
-
 def _untag(value: dict) -> Any:
     if len(value) == 1 and _NONFINITE_TAG in value:
         return float(value[_NONFINITE_TAG])
@@ -88,7 +81,7 @@ def atomic_write_json_exact(path: str | Path, obj: Any) -> None:
     """Like atomic_write_json, but NaN and infinities survive: stored as {"$float": "nan"} (strict
     JSON), read back as floats by `read_json_exact`. For data whose non-finite values carry meaning
     (a run's losses and gradient norms)."""
-    text = json.dumps(_tag_nonfinite(obj), separators=(",", ":"), allow_nan=False)
+    text = json.dumps(to_jsonable(obj, keep_nonfinite=True), separators=(",", ":"), allow_nan=False)
     atomic_write_bytes(path, (text + "\n").encode("utf-8"))
 
 

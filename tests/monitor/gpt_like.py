@@ -68,3 +68,17 @@ def token_batches(vocab: int = 64, block: int = 16, batch: int = 8, seed: int = 
         noise = torch.rand(seq.shape, generator=g) < 0.1
         seq = torch.where(noise, torch.randint(0, vocab, seq.shape, generator=g), seq)
         yield seq[:, :-1], seq[:, 1:]
+
+
+def train_steps(model, optimizer, monitor, batches, steps: int) -> list[float]:
+    """nanoGPT's loop with the monitor between backward and the optimizer step; the losses."""
+    losses = []
+    for _ in range(steps):
+        x, y = next(batches)
+        _, loss = model(x, y)
+        loss.backward()
+        monitor.observe(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    return losses

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from monitor_gpt_like import TinyGPT, token_batches
+from monitor_gpt_like import TinyGPT, token_batches, train_steps
 from monitor_test_helpers import RowSink
 from stablelab.monitor import Monitor, register_attention
 from stablelab.monitor import attention as attention_module
@@ -30,15 +30,7 @@ def _train_lm(model, steps, lr=1e-3, sync_every=5, monitored=None, **monitor_kwa
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     sink = RowSink()
     monitor = Monitor(monitored or model, optimizer, sinks=[sink], sync_every=sync_every, **monitor_kwargs)
-    batches, losses = token_batches(batch=16), []
-    for _ in range(steps):
-        x, y = next(batches)
-        _, loss = model(x, y)
-        loss.backward()
-        monitor.observe(loss)
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = train_steps(model, optimizer, monitor, token_batches(batch=16), steps)
     monitor.close()
     return monitor, sink.row_list, losses
 

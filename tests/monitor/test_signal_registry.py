@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from monitor_gpt_like import TinyGPT, token_batches
+from monitor_gpt_like import TinyGPT, token_batches, train_steps
 from monitor_test_helpers import RowSink
 from stablelab.errors import UsageError
 from stablelab.monitor import (SIGNALS, Column, Monitor, MonitorSettings, SharpnessCheck, Signal,
@@ -28,14 +28,7 @@ def _gpt_run(steps=12, **keywords):
                       sharpness_every=4, sharpness_loss_fn=loss_fn, sharpness_batch=(probe_x, probe_y),
                       sharpness_options={"trace_products": 0, "max_iter": 10, "tol": 1e-2},
                       opposing_every=1, opposing_batch=(probe_x, probe_y), **keywords)
-    batches = token_batches()
-    for _ in range(steps):
-        x, y = next(batches)
-        _, loss = model(x, y)
-        loss.backward()
-        monitor.observe(loss)
-        optimizer.step()
-        optimizer.zero_grad()
+    train_steps(model, optimizer, monitor, token_batches(), steps)
     monitor.close()
     return sink.row_list, monitor
 

@@ -37,7 +37,7 @@ def anchor_decisions(name: str, rows: Sequence[dict[str, Any]], settings: dict[s
         decision = rule.update(r["step"], r.get("loss"), r.get("grad_norm"))
         if decision.flagged:
             flags.append(r["step"])
-            if decision.stop or rule.action == "stop":
+            if decision.stop:
                 return flags, r["step"]
     return flags, None
 

@@ -108,8 +108,7 @@ def score_fault(name: str, scenario: Any, run: dict[str, Any], settings: dict | 
     source = "default" if name == STABLELAB else _RUN_OF[name]
     flags, stop = _flags(name, run, source, settings)
     twin = _twin_of(name, run)
-    twin_flags, _ = _flags(name, run, "twin", settings) if name == STABLELAB else \
-        anchor_decisions(name, run[twin]["rows"], settings)
+    twin_flags, _ = _flags(name, run, twin, settings)
     lo, hi = scenario.fault_step, scenario.fault_step + scenario.window
     before = [s for s in flags if s < lo]
     stopped_before = stop is not None and stop < lo

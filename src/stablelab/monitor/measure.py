@@ -124,6 +124,8 @@ class Measurer:
         self._logits_module = found[1] if found else None
         self._logits_handle = None
         self._head_verdict = task_from_head(model, self._logits_module)  # once: it walks the model
+        # the signals registered when the monitor is built, by schedule (looked up once, not per step)
+        self._every_step, self._sampled = signals_for("every_step"), signals_for("sampled")
         self._armed = False
 
     # -- every step ------------------------------------------------------------------------
@@ -135,7 +137,7 @@ class Measurer:
         record = StepRecord(step=t, lr=float(lr), has_loss=loss is not None, sampled=self.sampling)
         self.current_loss = loss
         try:
-            for signal in signals_for("every_step"):
+            for signal in self._every_step:
                 record.values[signal.name] = signal.measure(self, record)
         finally:
             self.current_loss = None  # the record keeps no reference to the loss's graph
@@ -204,7 +206,7 @@ class Measurer:
     def measure_sampled(self, record: StepRecord) -> None:
         """The sampled signals of this step (a signal with nothing to read returns None)."""
         self._check_hooks_fired()
-        for signal in signals_for("sampled"):
+        for signal in self._sampled:
             value = signal.measure(self, record)
             if value is not None:
                 record.values[signal.name] = value
