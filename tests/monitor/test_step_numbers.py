@@ -15,11 +15,11 @@ from stablelab.signals import (logit_statistics, output_log_z_stats, softmax_col
 
 
 def _sequence(seed: int):
-    """Per-tensor norms of 4 tensors over 60 steps: noise around 1, a 1000x spike, a NaN step, an
+    """Per-tensor norms of 4 tensors over 80 steps: noise around 1, a 1000x spike, a NaN step, an
     inf step, a tensor without gradient (norm 0) for a while, a lasting 20x shift, losses."""
     g = torch.Generator().manual_seed(seed)
     steps = []
-    for t in range(60):
+    for t in range(80):
         norms = (1 + 0.1 * torch.randn(4, generator=g)).abs()
         if t == 25:
             norms = norms * 1000
@@ -57,11 +57,11 @@ def test_host_and_device_paths_agree_on_every_number(with_second_moment):
         assert a.shape == b.shape == (len(FAST),) and b.dtype == torch.float32
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, equal_nan=True, msg=f"step {t}")
         outliers.append(bool(a[FAST.index("outlier")]))
-    # the hand-worked reading of the sequence: the 1000x step after warm-up is an outlier, the
-    # first step of the lasting 20x shift too (20 > 10), and the EMA accepts the shift soon after
+    # the hand-worked reading of the sequence: the 1000x step after warm-up is an outlier; the
+    # lasting 20x shift (20 > 10) is an outlier on each of its first 15 steps, which do not enter
+    # the typical norm, and the 16th (patience) is taken as the new level: nothing after it
     flagged = [t for t, o in enumerate(outliers) if o]
-    assert 25 in flagged and 45 in flagged and 30 not in flagged and 33 not in flagged
-    assert max(flagged) < 45 + 10
+    assert flagged == [25] + list(range(45, 60))
 
 
 def test_host_numbers_by_hand():
@@ -80,6 +80,29 @@ def test_host_numbers_by_hand():
     assert second["outlier"] == 0  # sqrt(52) / 5 = 1.44 < 10
     third = dict(zip(FAST, n.step(torch.tensor([math.nan, 4.0]), 1.0)))
     assert third["nonfinite"] == 1 and third["outlier"] == 0
+
+
+@pytest.mark.parametrize("cls", [HostStepNumbers, DeviceStepNumbers])
+def test_flagged_steps_leave_the_typical_norm_where_it_was(cls):
+    """Three 100x steps in a row: each is judged against the level before the first (the typical
+    norm does not move during them), so each is an outlier; a 5x step (above the suspect level
+    log 4 set by grad_spike) is not an outlier but is not learned from either; a 1.5x step is."""
+    n = cls([4, 9], torch.device("cpu"), outlier_factor=50.0, outlier_warmup=3)
+    base = torch.tensor([3.0, 4.0])  # global norm 5
+    for _ in range(5):
+        n.step(base, 1.0)
+    n.set_suspect_level(math.log(4.0))
+    read = lambda values: dict(zip(FAST, [float(x) for x in values]))  # noqa: E731
+    for _ in range(3):
+        row = read(n.step(base * 100, 1.0))
+        assert row["outlier"] == 1 and row["trusted"] == 0
+        assert row["grad_norm_typical"] == pytest.approx(5.0)
+        assert row["grad_norm_ratio_min"] == pytest.approx(100.0)
+    row = read(n.step(base * 5, 1.0))
+    assert (row["outlier"], row["trusted"]) == (0, 0)
+    assert read(n.step(base * 1.5, 1.0))["grad_norm_typical"] == pytest.approx(5.0)
+    # the 1.5x step entered the EMA of log norms: log 5 + 0.1 log 1.5
+    assert read(n.step(base, 1.0))["grad_norm_typical"] == pytest.approx(5.0 * 1.5 ** 0.1)
 
 
 def test_auto_chooses_host_floats_on_the_cpu():

@@ -53,7 +53,7 @@ def _step_numbers_row(read: dict, record: StepRecord, m: Any) -> dict[str, Any]:
     row = {"grad_norm": fast["grad_norm"], "grad_norm_typical": fast["grad_norm_typical"],
            "grad_norm_ratio_min": fast["grad_norm_ratio_min"], "spike_ratio_max": fast["spike_ratio_max"],
            "spike_param": m.names[int(fast["spike_index"])] if m.names else None,
-           "nonfinite": bool(fast["nonfinite"]), "outlier": bool(fast["outlier"])}
+           "nonfinite": bool(fast["nonfinite"]), "outlier": bool(fast["outlier"]), "trusted": int(fast["trusted"])}
     if record.has_loss:
         row["loss"] = fast["loss"]
     if row["nonfinite"] and "gradient_norms" in read:
@@ -74,7 +74,8 @@ register_signal(Signal(
      Column("spike_param", "tensor with the largest spike ratio"),
      Column("nonfinite", "1 if the loss or a gradient was NaN or infinite"),
      Column("nonfinite_param", "first tensor (model order) with a non-finite gradient"),
-     Column("outlier", "1 if the device-side rule judged the gradient an extreme outlier")),
+     Column("outlier", "1 if the device-side rule judged the gradient an extreme outlier"),
+     Column("trusted", "1 if this step's norms entered the typical norms (not flagged, not non-finite)")),
     to_row=_step_numbers_row, measure=_step_numbers,
     source="monitor.step_numbers: SPAM's g^2 / v per tensor (signals.spikes.tensor_spike_ratio); "
            "the skip rule against a typical norm (OLMo-core, ZClip)"))

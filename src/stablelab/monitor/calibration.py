@@ -20,7 +20,7 @@ from stablelab.errors import UsageError
 
 # detector kind -> (setting, grid of values, most sensitive first)
 GRIDS: dict[str, tuple[str, tuple[float, ...]]] = {
-    "grad_spike": ("coherent", (2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 10.0, 15.0)),
+    "grad_spike": ("z", (4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0, 24.0)),
     "loss_spike": ("z", (3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0)),
     "loss_rise": ("rise", (0.05, 0.1, 0.2, 0.3, 0.5, 1.0)),
     "update_ratio": ("factor", (2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 12.0, 20.0)),

@@ -32,7 +32,7 @@ from torch import nn
 from stablelab.errors import UsageError
 from stablelab.monitor.description import describe, event_counts, summary
 from stablelab.monitor.detection import Detection
-from stablelab.monitor.detectors import Detector, build_detectors, monitor_detector_settings
+from stablelab.monitor.detectors import Detector, build_detectors, monitor_detector_settings, trust_rule
 from stablelab.monitor.distributed import Agreement
 from stablelab.monitor.events import Event, TrainingStopped
 from stablelab.monitor.guard import Guard, Policy, Snapshot, effective_lr
@@ -85,7 +85,8 @@ class Monitor:
                                  outlier_warmup=s.outlier_warmup, collapse_mass_floor=1e-4,
                                  loss_dtype_override=s.loss_dtype, signal_rows=s.signal_rows,
                                  # device mode promises no host read between syncs, on any device
-                                 numbers_on="device" if self.policy.skip_mode == "device" else "auto")
+                                 numbers_on="device" if self.policy.skip_mode == "device" else "auto",
+                                 trust=trust_rule(self.detectors, s.outlier_patience))
         self.scheduled = ScheduledChecks(model, self.measurer, s.sharpness, s.opposing)
         self.sharpness_every, self.opposing_every = s.sharpness.every, s.opposing.every
         self.params, self.names = self.measurer.params, self.measurer.names
@@ -169,7 +170,10 @@ class Monitor:
         if self._sample_weights:  # after load_state_dict: today's weights are the next update's "before"
             self._sample_weights = False
             self.measurer.sample_weights_now()
-        events = self._flush("collect") if t % self.sync_every == 0 else []
+        events = []
+        if t % self.sync_every == 0:  # the read-back; then the trust level its rows set
+            events = self._flush("collect")
+            self.detection.share_spike_level()
         lr = max((effective_lr(g) for g in self.optimizer.param_groups), default=float("nan"))
         record = self.measurer.measure(t, loss, lr)
         self._pending.append(record)

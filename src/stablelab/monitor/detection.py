@@ -26,6 +26,12 @@ class Detection:
         self.immediate, self.device_skips, self.on_error = immediate, device_skips, on_error
         self.names = measurer.names
         self.update_detector = next((d for d in detectors if d.kind == "update_ratio"), None)
+        self.spike_detector = next((d for d in detectors if d.kind == "grad_spike"), None)
+
+    def share_spike_level(self) -> None:
+        """The step numbers stop trusting steps at the level grad_spike now flags (its robust z)."""
+        if self.spike_detector is not None:
+            self.measurer.numbers.set_suspect_level(self.spike_detector.suspect_level())
 
     def check(self, detector: Detector, step: int, row: dict[str, Any]) -> list[Event]:
         try:  # one broken detector must not silence the others
@@ -36,7 +42,8 @@ class Detection:
 
     def note_norm(self, row: dict[str, Any]) -> None:
         value = row.get("grad_norm")
-        if isinstance(value, float) and math.isfinite(value) and not (row.get("nonfinite") or row.get("outlier")):
+        if (isinstance(value, float) and math.isfinite(value) and row.get("trusted", 1)
+                and not (row.get("nonfinite") or row.get("outlier"))):
             self.measurer.norm_history.append(value)
 
     def now(self, record: StepRecord, previous: StepRecord | None) -> list[Event]:
@@ -62,6 +69,8 @@ class Detection:
                 events.extend(self.check(detector, record.step, host))
                 record.done.add(detector.kind)
         self.note_norm(host)
+        if self.spike_detector is not None and self.spike_detector.kind in self.immediate:
+            self.share_spike_level()
         return events
 
     def read(self, records: list[StepRecord], skipped: set[int]) -> tuple[list[dict], list[Event], list[int]]:

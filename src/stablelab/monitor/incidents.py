@@ -53,15 +53,20 @@ class Incident:
         self.events.append(event)
         self.end = max(self.end, event.step)
 
+    @property
+    def length(self) -> int:
+        """Steps from its first event to its last, both included (a 3-step spike: 3)."""
+        return self.end - self.start + 1
+
     def summary(self) -> str:
-        steps = f"step {self.start}" if self.start == self.end else f"steps {self.start}-{self.end}"
+        steps = f"step {self.start}" if self.start == self.end else f"steps {self.start}-{self.end} ({self.length} steps)"
         acted = sorted({a.kind for a in self.actions})
         caused = f", after {self.cause}" if self.cause else ""
         return (f"{self.kind} ({self.severity}) {steps}, {len(self.events)} event(s), peak at step "
                 f"{self.peak}{caused}" + (f"; guard: {', '.join(acted)}" if acted else ""))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "start": self.start, "end": self.end, "peak": self.peak,
+        return {"kind": self.kind, "start": self.start, "end": self.end, "length": self.length, "peak": self.peak,
                 "severity": self.severity, "cause": self.cause, "n_events": len(self.events),
                 "actions": sorted({a.kind for a in self.actions}), "closed": self.closed,
                 "first_message": self.events[0].message if self.events else ""}

@@ -22,7 +22,7 @@ import stablelab.monitor.builtin_signals  # noqa: F401 (registers the built-in s
 from stablelab.monitor.attention import find_attention, unrecognised_attention
 from stablelab.monitor.model_info import TASKS, decide_task, find_logits_module, infer_task, loss_dtype, task_from_head  # noqa: F401 (re-exported)
 from stablelab.monitor.signal_registry import StepRecord, signals_for
-from stablelab.monitor.step_numbers import FAST, step_numbers
+from stablelab.monitor.step_numbers import FAST, TrustRule, step_numbers
 from stablelab.signals.collapse import logit_statistics
 from stablelab.signals.weights import tensor_norms, update_to_weight_ratio
 
@@ -67,7 +67,7 @@ class Measurer:
                  attention: bool, logits_module: str | None | bool, task: str, update_sample: int,
                  elementwise_spikes: bool, outlier_factor: float, outlier_warmup: int,
                  collapse_mass_floor: float, loss_dtype_override: torch.dtype | None,
-                 numbers_on: str = "auto", signal_rows: int = 0):
+                 numbers_on: str = "auto", signal_rows: int = 0, trust: TrustRule = TrustRule()):
         if task not in TASKS:
             raise UsageError(f"task must be one of {TASKS}, got {task!r}")
         if not (isinstance(outlier_factor, (int, float)) and outlier_factor > 1):
@@ -93,7 +93,7 @@ class Measurer:
         group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
         self.groups = [group_of[id(p)] for p in params]
         self.numbers = step_numbers([p.numel() for p in params], self.device, outlier_factor, outlier_warmup,
-                                    where=numbers_on)
+                                    where=numbers_on, trust=trust)
         self._weight_norms: torch.Tensor | None = None
         self._weight_norm_step = 0
         self._flat: list[torch.Tensor] = []

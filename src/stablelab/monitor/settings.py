@@ -79,6 +79,8 @@ class MonitorSettings:
     elementwise_spikes: bool = False     # also record SPAM's element-wise spike fraction on sampled steps
     outlier_factor: float = 50.0         # the skip rule: global gradient norm above this x its typical value
     outlier_warmup: int = 20             # ... after this many steps
+    # suspect steps in a row (monitor.step_numbers.TrustRule) after which a new gradient level is accepted
+    outlier_patience: int = 16
     incident_gap: int = 50               # steps without an event after which an incident closes
     grad_scaler: Any = None              # the run's torch.amp.GradScaler: its overflow steps are info events
     sharpness: SharpnessCheck = field(default_factory=SharpnessCheck)  # keywords sharpness_every, _loss_fn, ...
@@ -95,6 +97,7 @@ class MonitorSettings:
         _count("update_ratio_every", self.update_ratio_every)
         _count("update_sample", self.update_sample)
         _count("outlier_warmup", self.outlier_warmup)
+        _count("outlier_patience", self.outlier_patience, least=1)
         _count("incident_gap", self.incident_gap)
         if self.start_step is not None:
             _count("start_step", self.start_step)

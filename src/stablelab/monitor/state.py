@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 VERSION = 1
 _TENSOR, _DEQUE, _WINDOW = "__tensor__", "__deque__", "__window__"
-_NUMBERS = ("_log_typical", "_typical_count", "_g2_ema", "_ema_count", "_v_mean")
+_NUMBERS = ("_log_typical", "_typical_count", "_g2_ema", "_ema_count", "_v_mean", "_suspect_run", "log_suspect")
 _MEASURER = ("norm_history", "task", "task_reason", "_task_inferred", "_weight_norms", "_weight_norm_step")
 
 

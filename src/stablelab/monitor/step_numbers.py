@@ -14,16 +14,32 @@ without gradients, no second moment) and checks that they agree."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from stablelab.signals.spikes import tensor_spike_ratio
 
 FAST = ("loss", "grad_norm", "spike_ratio_max", "spike_index", "nonfinite", "outlier", "grad_norm_typical",
-        "grad_norm_ratio_min")
+        "grad_norm_ratio_min", "trusted")
 EMA_BETA = 0.99        # running estimate of mean(g^2) per tensor when the optimizer keeps no v
 TYPICAL_BETA = 0.9     # EMA of log ||g||: the typical gradient norm the outlier rule compares to
 _TINY = 1e-30          # norms are clamped here before the log
+
+
+@dataclass(frozen=True)
+class TrustRule:
+    """Which steps the typical norms learn from. After warm-up, a step is *suspect* when its global
+    norm is above `factor` x the typical norm or every tensor's norm is above `coherent` x its own
+    (the grad_spike detector's thresholds), or it is an outlier or non-finite: a suspect step does
+    not enter the typical norms, so a fault lasting several steps is judged against the level
+    before it on every one of its steps. After `patience` suspect steps in a row the new level is
+    taken as the typical one (a lasting shift, e.g. a loss scaled up for good, is accepted instead
+    of being skipped for ever)."""
+
+    factor: float = 12.0
+    coherent: float = 7.0
+    patience: int = 16
 
 
 class DeviceStepNumbers:
@@ -38,16 +54,20 @@ class DeviceStepNumbers:
     - spike ratio: per-tensor mean(g^2) / mean(v) (SPAM's g^2 > theta v taken per tensor), v the
       optimizer's bias-corrected second moment refreshed by `set_second_moments`
       (`signals.spikes.tensor_spike_ratio`); without one, a running EMA of mean(g^2).
-    Non-finite steps do not enter the EMA and outliers enter it clipped; tensors without a gradient
-    are left out. A NaN in the EMA marks a tensor not seen yet (NaN compares False, so an unseen
+    Only trusted steps enter the EMA (`TrustRule`: not non-finite, not suspect; `trusted` = 1 when
+    this step's norms entered it); tensors without a gradient are left out. A NaN in the EMA marks a tensor not seen yet (NaN compares False, so an unseen
     tensor is never an outlier)."""
 
-    def __init__(self, numels: list[int], device: torch.device, outlier_factor: float, outlier_warmup: int):
-        self.device, self.outlier_warmup = device, outlier_warmup
+    def __init__(self, numels: list[int], device: torch.device, outlier_factor: float, outlier_warmup: int,
+                 trust: TrustRule = TrustRule()):
+        self.device, self.outlier_warmup, self.patience = device, outlier_warmup, trust.patience
         self.log_outlier = math.log(outlier_factor)
+        self.log_suspect = min(math.log(trust.factor), self.log_outlier)
+        self.log_coherent = math.log(trust.coherent)
         self.numels = torch.tensor([float(n) for n in numels], device=device)
         self._log_typical = torch.full((len(numels) + 1,), math.nan, device=device)
         self._typical_count = 0
+        self._suspect_run = torch.zeros((), device=device)  # suspect steps in a row
         self._g2_ema = torch.zeros(len(numels), device=device)
         self._ema_count = 0
         self._v_mean: torch.Tensor | None = None
@@ -57,6 +77,10 @@ class DeviceStepNumbers:
     def set_second_moments(self, v_mean: torch.Tensor | None) -> None:
         """Per-tensor bias-corrected mean(v) (0: no history), or None without a second moment."""
         self._v_mean = v_mean
+
+    def set_suspect_level(self, log_ratio: float) -> None:
+        """The log(||g|| / typical) above which a step is suspect (the grad_spike detector's level)."""
+        self.log_suspect = min(float(log_ratio), self.log_outlier)
 
     def reset(self) -> None:
         """Forget the spike-ratio history (after a rollback or a moment reset)."""
@@ -79,9 +103,9 @@ class DeviceStepNumbers:
         bad = (total - total) != 0  # = ~isfinite(total) in 2 ops (inf - inf and NaN - NaN are NaN)
         ratio = self._spike_ratio(g2)
         spike_max, spike_index = ratio.max(0) if len(ratio) else (self._one, self._one * 0)
-        outlier, typical, coherent = self._typical(norms, global_norm, bad)
+        outlier, typical, coherent, trusted = self._typical(norms, global_norm, bad)
         return torch.stack([loss_t, global_norm, spike_max, spike_index.float(), bad.float(),
-                            outlier.float(), typical, coherent])
+                            outlier.float(), typical, coherent, trusted.float()])
 
     def _spike_ratio(self, g2: torch.Tensor) -> torch.Tensor:
         if self._v_mean is not None:
@@ -102,42 +126,50 @@ class DeviceStepNumbers:
         log_norms = torch.cat([norms, global_norm.reshape(1)]).clamp_min_(_TINY).log_()
         diff = log_norms - typical_all
         typical = torch.exp(typical_all[-1])
-        if self._typical_count < self.outlier_warmup:
-            outlier, step = self._false, diff
-        else:
-            outlier = (diff[-1] > self.log_outlier) & ~bad
-            # An outlier enters the EMA clipped to typical + log(outlier_factor) (ZClip updates its
-            # EMA with the clipped norm too): one spike barely moves it, a lasting shift (a new LR)
-            # is accepted within a few steps instead of being skipped for ever.
-            step = torch.where(outlier, diff.clamp(max=self.log_outlier), diff)
         if len(norms):
             lowest = diff[:-1].masked_fill(norms == 0, math.inf).nan_to_num_(nan=math.inf, posinf=math.inf)
             # no tensor to compare (all unseen or without gradient): ratio 1
-            coherent = lowest.amin().nan_to_num_(posinf=0.0).clamp_(-60, 60).exp_()
+            log_coherent = lowest.amin().nan_to_num_(posinf=0.0).clamp_(-60, 60)
         else:
-            coherent = self._one
-        updated = torch.where(typical_all.isnan(), log_norms, typical_all.add(step, alpha=1 - TYPICAL_BETA))
-        self._log_typical = torch.where(bad, typical_all, updated)  # a non-finite step is left out
+            log_coherent = self._one * 0
+        coherent = log_coherent.exp()
+        if self._typical_count < self.outlier_warmup:
+            outlier, accept, learn = self._false, self._false, ~bad
+        else:
+            suspect = ~bad & ((diff[-1] > self.log_suspect) | (log_coherent > self.log_coherent))
+            run = torch.where(suspect, self._suspect_run + 1, 0.0)
+            accept = run >= self.patience  # a lasting shift: the new level becomes the typical one
+            self._suspect_run = torch.where(accept, 0.0, run)
+            outlier = (diff[-1] > self.log_outlier) & ~bad & ~accept
+            learn = ~bad & (~suspect | accept)
+        updated = torch.where(typical_all.isnan() | accept, log_norms, typical_all.add(diff, alpha=1 - TYPICAL_BETA))
+        self._log_typical = torch.where(learn, updated, typical_all)  # untrusted steps are left out
         self._typical_count += 1
-        return outlier, typical, coherent
+        return outlier, typical, coherent, learn
 
 
 class HostStepNumbers:
     """`DeviceStepNumbers`' rule in Python floats, for parameters on the CPU (see the module
     docstring). Same state, same order of updates; float64 arithmetic instead of float32."""
 
-    def __init__(self, numels: list[int], device: torch.device, outlier_factor: float, outlier_warmup: int):
-        self.device, self.outlier_warmup = device, outlier_warmup
+    def __init__(self, numels: list[int], device: torch.device, outlier_factor: float, outlier_warmup: int,
+                 trust: TrustRule = TrustRule()):
+        self.device, self.outlier_warmup, self.patience = device, outlier_warmup, trust.patience
         self.log_outlier = math.log(outlier_factor)
+        self.log_suspect = min(math.log(trust.factor), self.log_outlier)
+        self.log_coherent = math.log(trust.coherent)
         self.numels = [float(n) for n in numels]
         self._log_typical = [math.nan] * (len(numels) + 1)
         self._typical_count = 0
+        self._suspect_run = 0.0
         self._g2_ema = [0.0] * len(numels)
         self._ema_count = 0
         self._v_mean: list[float] | None = None
 
     def set_second_moments(self, v_mean: torch.Tensor | None) -> None:
         self._v_mean = None if v_mean is None else v_mean.tolist()
+
+    set_suspect_level = DeviceStepNumbers.set_suspect_level
 
     def reset(self) -> None:
         self._g2_ema = [0.0] * len(self.numels)
@@ -158,8 +190,9 @@ class HostStepNumbers:
         bad = not math.isfinite(global_norm + loss_value if has_loss else global_norm)
         ratio = self._spike_ratio(g2)
         spike_max, spike_index = _max_with_index(ratio) if ratio else (1.0, 0)
-        outlier, typical, coherent = self._typical(values, global_norm, bad)
-        return [loss_value, global_norm, spike_max, float(spike_index), float(bad), float(outlier), typical, coherent]
+        outlier, typical, coherent, trusted = self._typical(values, global_norm, bad)
+        return [loss_value, global_norm, spike_max, float(spike_index), float(bad), float(outlier), typical, coherent,
+                float(trusted)]
 
     def _spike_ratio(self, g2: list[float]) -> list[float]:
         if self._v_mean is not None:  # tensor_spike_ratio in floats: no history (v = 0) gives 1
@@ -180,19 +213,24 @@ class HostStepNumbers:
         log_norms = [_log(x) for x in norms + [global_norm]]
         diff = [x - t for x, t in zip(log_norms, typical_all)]
         typical = math.exp(typical_all[-1])
-        outlier = (self._typical_count >= self.outlier_warmup and diff[-1] > self.log_outlier and not bad)
-        step = [min(d, self.log_outlier) for d in diff] if outlier else diff  # clipped outlier (ZClip)
-        if norms:
-            candidates = [d for d, x in zip(diff[:-1], norms) if x != 0 and not math.isnan(d)]
-            lowest = min(candidates, default=math.inf)
-            coherent = 1.0 if lowest == math.inf else math.exp(min(max(lowest, -60.0), 60.0))
+        candidates = [d for d, x in zip(diff[:-1], norms) if x != 0 and not math.isnan(d)]
+        lowest = min(candidates, default=math.inf)
+        log_coherent = 0.0 if lowest == math.inf else min(max(lowest, -60.0), 60.0)
+        coherent = math.exp(log_coherent)
+        if self._typical_count < self.outlier_warmup:
+            outlier, accept, learn = False, False, not bad
         else:
-            coherent = 1.0
-        if not bad:  # a non-finite step is left out
-            self._log_typical = [x if math.isnan(t) else t + (1 - TYPICAL_BETA) * s
-                                 for x, t, s in zip(log_norms, typical_all, step)]
+            suspect = not bad and (diff[-1] > self.log_suspect or log_coherent > self.log_coherent)
+            run = self._suspect_run + 1 if suspect else 0.0
+            accept = run >= self.patience  # a lasting shift: the new level becomes the typical one
+            self._suspect_run = 0.0 if accept else run
+            outlier = diff[-1] > self.log_outlier and not bad and not accept
+            learn = not bad and (not suspect or accept)
+        if learn:  # untrusted steps are left out
+            self._log_typical = [x if (math.isnan(t) or accept) else t + (1 - TYPICAL_BETA) * d
+                                 for x, t, d in zip(log_norms, typical_all, diff)]
         self._typical_count += 1
-        return outlier, typical, coherent
+        return outlier, typical, coherent, learn
 
 
 def _log(x: float) -> float:
@@ -212,8 +250,8 @@ def _max_with_index(values: list[float]) -> tuple[float, int]:
 
 
 def step_numbers(numels: list[int], device: torch.device, outlier_factor: float, outlier_warmup: int,
-                 where: str = "auto"):
+                 where: str = "auto", trust: TrustRule = TrustRule()):
     """The implementation for `device` ("auto": Python floats on the CPU, tensors elsewhere)."""
     on_host = where == "host" or (where == "auto" and device.type == "cpu")
     cls = HostStepNumbers if on_host else DeviceStepNumbers
-    return cls(numels, device, outlier_factor, outlier_warmup)
+    return cls(numels, device, outlier_factor, outlier_warmup, trust)

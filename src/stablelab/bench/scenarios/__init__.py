@@ -118,6 +118,23 @@ def _build() -> dict[str, Scenario]:
             "hf_gpt2_fp16", "hf_gpt2", 1000, False,
             "GPT-2 under float16 autocast with GradScaler.",
             optimizer="adamw", lr=3e-3, scheduler="hf_cosine", warmup=100, amp="float16"),
+        # long converged runs (issue 21): 5,000+ steps past convergence, where a tiny gradient's
+        # tenfold jump moves nothing and must not be a warning
+        _healthy(
+            "mlp_digits_adamw_converged", "mlp_digits", 6000, False,
+            "MLP on digits, AdamW lr 1e-3, 6,000 steps: 100% train accuracy by step ~800, then 5,000+ "
+            "steps at near-zero loss with tiny gradients.",
+            optimizer="adamw", lr=1e-3),
+        _healthy(
+            "regression_1_adamw_converged", "regression_1", 6000, False,
+            "One-output MSE regression, AdamW lr 1e-3 with CosineAnnealingLR over 6,000 steps: fitted by "
+            "step ~1,000, then 5,000 steps at its noise floor.",
+            optimizer="adamw", lr=1e-3, scheduler="cosine", batch=128),
+        _healthy(
+            "encoder_lm_converged", "encoder_lm", 6000, False,
+            "The byte LM (AdamW lr 3e-3, warm-up + cosine) for 6,000 steps: its loss flattens by ~1,000 "
+            "and stays there while the lr decays to zero.",
+            optimizer="adamw", lr=3e-3, scheduler="warmup_cosine", warmup=100),
     ]
     f = [
         _fault("grad_spike_10x", mlp_sgd, "grad_spike", 200, 300, True,

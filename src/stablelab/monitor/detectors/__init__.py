@@ -21,10 +21,11 @@ from stablelab.monitor.detectors.gradients import EpsFloor, GradOutlier, GradSpi
 from stablelab.monitor.detectors.logits import AttnLogitGrowth, LogitDivergence, SoftmaxCollapse
 from stablelab.monitor.detectors.loss import LossRise, LossSpike, NonFinite
 from stablelab.monitor.detectors.opposing import OpposingSignals
+from stablelab.monitor.step_numbers import TrustRule
 
 __all__ = [
     "DETECTORS", "Detector", "register_detector", "build_detectors", "default_settings",
-    "monitor_detector_settings",
+    "monitor_detector_settings", "trust_rule",
     "NonFinite", "LossSpike", "LossRise", "GradOutlier", "GradSpike", "UpdateRatio", "EpsFloor",
     "AttnLogitGrowth", "LogitDivergence", "SoftmaxCollapse", "EdgeOfStability", "OpposingSignals",
     "_finite", "_median", "_number", "_Window",
@@ -98,3 +99,11 @@ def monitor_detector_settings(detectors: dict[str, Any] | None, target_false_ala
         if detectors.get("nonfinite", {}) is not False:
             detectors["nonfinite"] = {"grad_scaler": True, **(detectors.get("nonfinite") or {})}
     return detectors
+
+
+def trust_rule(detectors: list[Detector], patience: int) -> TrustRule:
+    """The steps the typical gradient norms learn from: those grad_spike would not flag (its
+    thresholds, or its defaults when it is switched off), with a lasting shift accepted after
+    `patience` suspect steps in a row."""
+    spike = next((d for d in detectors if isinstance(d, GradSpike)), GradSpike())
+    return TrustRule(factor=spike.factor, coherent=spike.coherent, patience=patience)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -31,11 +32,24 @@ class GradOutlier(Detector):
 
 @dataclass
 class GradSpike(Detector):
-    """A gradient spike below the outlier level, on any of three readings: every tensor's gradient
-    norm at least `coherent` x its own typical value at once (`grad_norm_ratio_min`: a gradient
-    scaled as a whole, which a hard batch does not do), the global norm above `factor` x its
-    typical value, or one tensor's mean(g^2) / mean(v) above `ratio` (SPAM's ratio taken per
-    tensor). Outliers are reported by grad_outlier instead. Calibrated with detect-bench."""
+    """A gradient spike below the outlier level, on any of four readings:
+    - the global norm's log-ratio to its typical value, log(||g|| / typical), above `z` robust
+      standard deviations (MAD) of that log-ratio over the last `window` trusted steps, and at
+      least `min_factor` x (the run's own noise sets the level: ~3x on a quiet MLP, more on a
+      noisy LM; after `min_values` trusted steps, before that `factor`);
+    - the global norm above `factor` x its typical value, whatever the noise;
+    - every tensor's gradient norm at least `coherent` x its own typical value at once
+      (`grad_norm_ratio_min`: a gradient scaled as a whole, which a hard batch does not do);
+    - one tensor's mean(g^2) / mean(v) above `ratio` (SPAM's ratio taken per tensor).
+    Outliers are reported by grad_outlier instead. The level is also the step numbers' trust level
+    (`suspect_level`, refreshed at every read-back): a step above it does not enter the typical norms.
+
+    Severity by effect: a spike on a converged model (loss at most `converged` x the loss of the
+    first steps), no larger than the gradients the run trained through early on (the median norm of
+    its first trusted steps after warm-up), whose update-to-weight ratio stayed within
+    `update_factor` x its median, is information, not a warning: it moved nothing. When the update
+    is not yet known (the policy acts on grad_spike before the step), it stays a warning.
+    Calibrated with detect-bench."""
 
     kind: ClassVar[str] = "grad_spike"
     every_step: ClassVar[bool] = True
@@ -43,27 +57,87 @@ class GradSpike(Detector):
     coherent: float = 7.0
     factor: float = 12.0
     ratio: float = 1000.0
+    z: float = 8.0
+    min_factor: float = 3.0
+    window: int = 256
+    min_values: int = 32
+    converged: float = 0.05
+    update_factor: float = 3.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._log_ratios = _Window(self.window)
+        self._updates = _Window(self.window)
+        self._start_losses: list[float] = []
+        self._early_norms: list[float] = []
+
+    def suspect_level(self) -> float:
+        """The log-ratio log(||g|| / typical) above which a step is a spike (and not trusted)."""
+        ceiling = math.log(self.factor)
+        if len(self._log_ratios) < self.min_values:
+            return ceiling
+        median, sigma = self._log_ratios.median_mad()  # robust z of the log-ratio
+        return min(ceiling, max(math.log(max(self.min_factor, 1.0)), median + self.z * max(sigma, 1e-3)))
+
+    def _learn(self, row, log_ratio) -> None:
+        if row.get("trusted", 1) and log_ratio is not None:
+            self._log_ratios.add(log_ratio)
+        loss, norm = row.get("loss"), row.get("grad_norm")
+        if _finite(loss) and len(self._start_losses) < self.min_values:
+            self._start_losses.append(loss)
+        if _finite(norm) and len(self._early_norms) < self.min_values:
+            self._early_norms.append(norm)
+
+    def observe_only(self, step, row):
+        loss = row.get("loss")
+        if _finite(loss) and len(self._start_losses) < self.min_values:
+            self._start_losses.append(loss)
+        self._updates.add(row.get("update_ratio_max"))
 
     def detect(self, step, row):
         if row.get("outlier") or row.get("nonfinite"):
             return []
         norm, typical = row.get("grad_norm"), row.get("grad_norm_typical")
-        global_ratio = norm / typical if _finite(norm) and _finite(typical) and typical > 0 else 0.0
+        known = _finite(norm) and _finite(typical) and typical > 0 and norm > 0
+        global_ratio = norm / typical if known else 0.0
+        log_ratio = math.log(global_ratio) if known else None
         coherent = row.get("grad_norm_ratio_min")
         coherent = coherent if _finite(coherent) else 0.0
         value = row.get("spike_ratio_max")
         tensor_spike = _finite(value) and value > self.ratio
-        if global_ratio <= self.factor and coherent <= self.coherent and not tensor_spike:
+        level = self.suspect_level()
+        spike = (log_ratio is not None and log_ratio > level) or coherent > self.coherent or tensor_spike
+        update = row.get("update_ratio_max")
+        if not spike:
+            self._learn(row, log_ratio)
+            self._updates.add(update)
             return []
         where = row.get("spike_param")
+        effect = self._effect(row, norm, update)
+        severity = "info" if effect else "warning"
+        tail = (f" It moved nothing: {effect}; information, not a warning." if effect else
+                " Likely fix: clip or skip the step (policy grad_spike: clip or skip), or reset the "
+                "optimizer moments (SPAM).")
         return [self.event(
-            step, "warning",
-            f"gradient spike: global norm {norm:.4g} = {global_ratio:.3g}x its typical value, every "
-            f"tensor's at least {coherent:.3g}x its own; largest per-tensor mean(g^2)/mean(v) "
-            f"{value:.4g} (in {where}). Likely fix: clip or skip the step (policy grad_spike: clip "
-            "or skip), or reset the optimizer moments (SPAM).",
-            ratio=global_ratio, coherent_ratio=coherent, spike_ratio=value, threshold=self.factor,
-            parameter=where, grad_norm=norm)]
+            step, severity,
+            f"gradient spike: global norm {norm:.4g} = {global_ratio:.3g}x its typical value (spike level "
+            f"{math.exp(level):.3g}x), every tensor's at least {coherent:.3g}x its own; largest per-tensor "
+            f"mean(g^2)/mean(v) {value:.4g} (in {where}).{tail}",
+            ratio=global_ratio, coherent_ratio=coherent, spike_ratio=value, threshold=math.exp(level),
+            parameter=where, grad_norm=norm, update_ratio=update)]
+
+    def _effect(self, row, norm, update) -> str:
+        """Why a spike is harmless (the empty string when it may not be)."""
+        loss = row.get("loss")
+        if not (_finite(loss) and _finite(update) and _finite(norm) and len(self._updates) >= self.min_values // 4
+                and len(self._start_losses) >= 4 and len(self._early_norms) >= 4):
+            return ""
+        start, early, typical_update = _median(self._start_losses), _median(self._early_norms), _median(self._updates.values)
+        if loss <= self.converged * start and norm <= early and update <= self.update_factor * typical_update:
+            return (f"loss {loss:.3g} is {loss / start:.2g}x the first steps' {start:.3g}, the norm is within the "
+                    f"{early:.3g} the run trained through early on, and the update-to-weight ratio {update:.3g} "
+                    f"is {update / typical_update:.2g}x its median")
+        return ""
 
 
 @dataclass
