@@ -82,6 +82,15 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"stablelab {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        from stablelab.io import out_of_space
+
+        if not out_of_space(error):
+            raise
+        print(f"stablelab {args.command}: error: {error.strerror} writing {error.filename}; files already "
+              "written are complete (each written to a temporary name, then renamed): free space and rerun "
+              "the same command to resume", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -6,10 +6,12 @@ through here."""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +28,35 @@ _FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp alone gives 06
 _NONFINITE_TAG = "$float"  # {"$float": "nan" | "inf" | "-inf"}: a non-finite number in strict JSON
 
 
+FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT)  # no space left; disk quota exceeded
+
+
+def out_of_space(error: BaseException) -> bool:
+    """Whether `error` is a write that failed for want of disk space (or quota)."""
+    return isinstance(error, OSError) and error.errno in FULL_DISK_ERRNOS
+
+
+@contextmanager
+def naming_failed_writes(path: str | Path):
+    """An OSError raised in the block names `path` when it names no file itself (a write() to an
+    open handle on a full disk says only "No space left on device")."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is not None:
+            raise
+        # a new error, not the old one with a filename set: that would not survive pickling (a
+        # Dask worker's error reaches the driver pickled)
+        raise OSError(error.errno, error.strerror, str(path)) from error
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
+    with naming_failed_writes(path):
+        _atomic_write_bytes(path, data)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -70,3 +70,45 @@ def test_a_fault_lasting_several_steps_is_handled_on_every_step_as_one_incident(
     assert len(incident.events) == length and {a.kind for a in incident.actions} == {"skip"}
     assert f"({length} steps)" in incident.summary() or length == 1
     assert {e.step for e in warnings_of(monitor.events)} == set(fault)
+
+
+def _converged_classifier(policy=None, spikes=(100, 1500), steps=1600):
+    from monitor_test_helpers import train_classifier
+
+    x, y, g = classification_task()
+    torch.manual_seed(0)
+    model = mlp()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    monitor = Monitor(model, optimizer, policy=policy, sinks=())
+
+    def plant(step):
+        if step in spikes:
+            for p in model.parameters():
+                p.grad.mul_(10.0)
+
+    train_classifier(model, optimizer, monitor, x, y, g, steps, plant)
+    monitor.close()
+    return monitor
+
+
+def test_a_spike_that_moves_nothing_on_a_converged_model_is_information():
+    """Issue 21, point 2: the same 10x gradient is a warning at step 100 (loss 0.2 of a start of
+    ~1.1) and information at step 1500, where the classifier has converged (loss < 1% of its start)
+    and the spiked norm and the step's update-to-weight ratio stay below those of its early steps."""
+    monitor = _converged_classifier()
+    spikes = {e.step: e for e in monitor.events if e.kind == "grad_spike"}
+    assert set(spikes) == {100, 1500}
+    assert spikes[100].severity == "warning"
+    late = spikes[1500]
+    assert late.severity == "info" and "moved nothing" in late.message
+    assert late.data["update_ratio"] is not None
+    assert [i.start for i in monitor.incidents if i.severity != "info"] == [100]
+
+
+def test_a_spike_acted_on_before_its_update_is_known_stays_a_warning():
+    """When the policy acts on grad_spike (skip), it is judged before the optimizer steps: the
+    update is unknown, so the late spike is not called harmless."""
+    monitor = _converged_classifier(policy={"grad_spike": "skip", "grad_outlier": "skip", "nonfinite": "skip"})
+    spikes = {e.step: e.severity for e in monitor.events if e.kind == "grad_spike"}
+    assert spikes == {100: "warning", 1500: "warning"}
+    assert 1500 in monitor.skipped_steps

@@ -278,7 +278,7 @@ def detection_benchmark(out: str | Path, *, quick: bool = False, detectors: str 
                 store(key, run_one(key[2], names, device, seed=key[1], split=key[0]))
                 advance("/".join(map(str, key)))
         elif todo:
-            from stablelab.sweep.executor import dask_client, run_tasks
+            from stablelab.sweep.executor import SweepStopped, dask_client, run_tasks
 
             failures = []
             by_label = {"/".join(map(str, key)): key for key in todo}
@@ -293,8 +293,11 @@ def detection_benchmark(out: str | Path, *, quick: bool = False, detectors: str 
             # the long healthy runs first, so the last tasks are short
             order = sorted(todo, key=lambda key: key[2] in {s.name for s in scenarios[key[0]] if s.kind == "fault"})
             with dask_client(address, workers) as client:
-                run_tasks(run_one, [("/".join(map(str, k)), (k[2], names, device, k[1], k[0])) for k in order],
-                          client, on_result=on_result)
+                try:
+                    run_tasks(run_one, [("/".join(map(str, k)), (k[2], names, device, k[1], k[0])) for k in order],
+                              client, on_result=on_result, stop_after_same_error=3 if len(order) > 3 else 0)
+                except SweepStopped as stopped:
+                    raise UsageError(str(stopped)) from None
             if failures:
                 raise RuntimeError("scenarios failed (rerun to retry them): " + "; ".join(failures))
     calibration = None

@@ -29,6 +29,8 @@ TUNING: dict[str, tuple[str, tuple[float, ...]]] = {
     "zclip": ("z_thresh", (1.5, 2.0, 2.5, 3.0, 4.0, 6.0)),
 }
 TUNING_FALSE_LIMIT = 0.2  # false warnings per 1k healthy steps a tuned setting may have (calibration)
+# a point fault whose unguarded run ends 30 steps later within this factor of its twin did no harm
+HARMLESS_WITHIN = 1.05
 _RUN_OF = {"olmo_core": "live:olmo_core", "zclip": "live:zclip", "megatron": "clip_1", "llm_foundry": "clip_1",
            "lightning": "warn_only"}
 
@@ -87,6 +89,22 @@ def damage_vs_twin(run: dict[str, Any], twin: dict[str, Any], fault_step: int) -
     return after / healthy if math.isfinite(after) else math.inf
 
 
+def harm_unguarded(scenario: Any, run: dict[str, Any]) -> float | None:
+    """The fault's harm when nothing acts on it: the warn-only run's probe loss 30 steps after the
+    fault over its twin's (`damage_vs_twin`); None where not measured."""
+    if scenario.kind != "fault" or "warn_only" not in run or "twin" not in run:
+        return None
+    return damage_vs_twin(run["warn_only"], run["twin"], scenario.fault_step)
+
+
+def is_harmless(scenario: Any, harm: float | None) -> bool:
+    """A point fault (a spike, a bad batch, an LR jump) that left the unguarded run where its twin
+    is (within HARMLESS_WITHIN): a warning on it would not have meant likely harm. The slow faults
+    (runaway LR, logit drift, collapse, attention growth) are instabilities whatever the loss says
+    30 steps on."""
+    return scenario.fault in POINT_FAULTS and harm is not None and math.isfinite(harm) and harm <= HARMLESS_WITHIN
+
+
 def _flags(name: str, run: dict[str, Any], source: str, settings: dict | None) -> tuple[list[int], int | None]:
     if name == STABLELAB:
         part = run[source]
@@ -139,6 +157,8 @@ def aggregate(entries: Sequence[dict[str, Any]], name: str) -> dict[str, Any]:
     healthy = [e for e in entries if e["kind"] == "healthy"]
     mine = lambda e: e["by_detector"][name]  # noqa: E731
     credited = sum(mine(e)["credited"] for e in faults)
+    harmful = [e for e in faults if not e.get("harmless")]
+    credited_harmful = sum(mine(e)["credited"] for e in harmful)
     false = sum(mine(e)["false_warnings"] for e in healthy) + sum(mine(e)["warnings_before_fault"] for e in faults)
     steps = sum(mine(e)["steps"] for e in healthy) + sum(mine(e)["pre_fault_steps"] for e in faults)
     by_seed: dict[int, dict[str, list]] = {}
@@ -164,6 +184,11 @@ def aggregate(entries: Sequence[dict[str, Any]], name: str) -> dict[str, Any]:
         "recall": credited / len(faults) if faults else None,
         "recall_ci": wilson_interval(credited, len(faults)),
         "recall_raw": sum(mine(e)["flagged"] for e in faults) / len(faults) if faults else None,
+        # recall over the faults that did harm when left alone (is_harmless), and how many did none
+        "recall_harmful": credited_harmful / len(harmful) if harmful else None,
+        "recall_harmful_ci": wilson_interval(credited_harmful, len(harmful)),
+        "harmless_faults": len(faults) - len(harmful),
+        "warned_harmless_faults": sum(mine(e)["credited"] for e in faults if e.get("harmless")),
         "chance_rate": sum(mine(e)["twin_warned"] for e in faults) / len(faults) if faults else None,
         "recall_by_seed": [min(recalls), max(recalls)] if recalls else None,
         "false_warnings_per_1k": 1000.0 * false / steps if steps else None,
@@ -198,6 +223,9 @@ def score_split(scenarios: Sequence[Any], runs: dict[tuple[int, str], dict[str, 
             entry = {"name": scenario.name, "seed": seed, "kind": scenario.kind, "family": scenario.family,
                      "fault": scenario.fault, "fault_step": scenario.fault_step, "window": scenario.window,
                      "steps": scenario.steps, "size": scenario.settings.get("factor"), "by_detector": {}}
+            if scenario.kind == "fault":
+                entry["harm_unguarded"] = harm_unguarded(scenario, run)
+                entry["harmless"] = is_harmless(scenario, entry["harm_unguarded"])
             for name in names:
                 if scenario.kind == "fault":
                     entry["by_detector"][name] = score_fault(name, scenario, run, settings.get(name))

@@ -10,7 +10,8 @@ from typing import Any, Sequence
 from stablelab.report.html import Page, plt
 from stablelab.io import atomic_write_bytes
 
-HEADER = ("rule", "action", "recall (95% CI) [seeds]", "false warnings / 1k steps (95% CI)",
+HEADER = ("rule", "action", "recall (95% CI) [seeds]", "recall, faults that did harm (95% CI)",
+          "false warnings / 1k steps (95% CI)",
           "lead: runaway LR, MLP", "lead: runaway LR, LM", "damage 1000x spike (worst)",
           "median damage, point faults (runs that went on)", "point-fault runs damaged > 2x",
           "runs stopped: before / at or after the fault")
@@ -54,6 +55,7 @@ def _lead(d: dict[str, Any], scenario: str) -> str:
 
 def detector_rows(summary: dict[str, Any]) -> list[list[str]]:
     return [[name, d["action"], _ci(d["recall"], d.get("recall_ci"), d.get("recall_by_seed")),
+             _ci(d.get("recall_harmful"), d.get("recall_harmful_ci")),
              _ci(d["false_warnings_per_1k"], d.get("false_warnings_per_1k_ci")),
              _lead(d, "lr_runaway"), _lead(d, "lr_runaway_lm"),
              _f(d["damage_ratio_default_policy"]), _f(d["median_damage_ratio_point_faults"]),
@@ -88,7 +90,8 @@ def scenario_rows(summary: dict[str, Any], kind: str) -> tuple[list[str], list[l
             continue
         cells = [s["name"], _f(s["seed"]), s["family"]]
         if kind == "fault":
-            cells += [s["fault"], _f(s["fault_step"])]
+            harm = _f(s.get("harm_unguarded")) + (" (harmless)" if s.get("harmless") else "")
+            cells += [s["fault"], _f(s["fault_step"]), harm]
             for name in names:
                 d = s["by_detector"][name]
                 mark = ("credited" if d["credited"] else "chance" if d["flagged"] else
@@ -99,7 +102,7 @@ def scenario_rows(summary: dict[str, Any], kind: str) -> tuple[list[str], list[l
             cells.append(_f(s["steps"]))
             cells += [_f(s["by_detector"][name]["false_warnings"]) for name in names]
         rows.append(cells)
-    header = ["scenario", "seed", "family"] + (["fault", "step"] if kind == "fault" else ["steps"]) + names
+    header = ["scenario", "seed", "family"] + (["fault", "step", "harm left alone"] if kind == "fault" else ["steps"]) + names
     return header, rows
 
 

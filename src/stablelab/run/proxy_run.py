@@ -105,15 +105,24 @@ def _finite(x: float) -> bool:
 
 class ProxyStoreSink(Sink):
     """Monitor rows -> the run's store: every `log_every`-th step and the last step, merged with the
-    run's own per-step extras (update RMS, first-MLP gradient RMS, wall time); events as they come."""
+    run's own per-step extras (update RMS, first-MLP gradient RMS, wall time); events as they come.
+    The monitor goes on when a sink fails; this one is the run's record, so its first failed write
+    (`failed`: a full disk) ends the run at its next log step instead of sealing a run without rows."""
 
     def __init__(self, writer: RunWriter, log_every: int, last_step: int):
         self.writer, self.log_every, self.last_step = writer, log_every, last_step
+        self.failed: OSError | None = None
         self.extras: dict[int, dict] = {}
         self.max_attn_logit = 0.0
         self.sharpness: list[dict] = []  # the scheduled curvature checks, kept whatever the step
 
     def rows(self, rows):
+        try:
+            self._rows(rows)
+        except OSError as error:  # kept for the loop to raise (the monitor would only warn)
+            self.failed = self.failed or error
+
+    def _rows(self, rows):
         for row in rows:
             step = row["step"]
             extra = self.extras.pop(step, None)
@@ -128,8 +137,11 @@ class ProxyStoreSink(Sink):
             self.writer.log(row)
 
     def events(self, events):
-        for event in events:
-            self.writer.event(event.to_dict())
+        try:
+            for event in events:
+                self.writer.event(event.to_dict())
+        except OSError as error:
+            self.failed = self.failed or error
 
 
 @torch.no_grad()
@@ -226,6 +238,8 @@ def train(config: ProxyRunConfig, run_dir: str | Path,
                             "before": [p.detach().clone() for p in params],
                             "loss_total": logged.pop("loss_total")}
             writer.check_owner()
+            if sink.failed is not None:
+                raise sink.failed
             if not keep_going():
                 raise RuntimeError("the sweep that started this run is gone")
 
@@ -249,6 +263,8 @@ def train(config: ProxyRunConfig, run_dir: str | Path,
                                      "time": time.time() - started}
         finally:
             summary = monitor.close()
+        if sink.failed is not None:  # the run's rows are incomplete: not a finished run
+            raise sink.failed
         nonfinite_step = loop.nonfinite_step
         step = loop.steps_done - 1 + loop.diverged  # the last step whose forward ran
         max_attn_logit = sink.max_attn_logit

@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from stablelab.io import atomic_write_bytes, atomic_write_json, read_json, to_jsonable
+from stablelab.io import atomic_write_bytes, atomic_write_json, naming_failed_writes, read_json, to_jsonable
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -113,9 +113,15 @@ class RunWriter:
     def close(self) -> None:
         for handle in (self._metrics, self._events):
             if handle is not None and not handle.closed:
-                handle.flush()
-                os.fsync(handle.fileno())
-                handle.close()
+                with naming_failed_writes(handle.name):
+                    try:
+                        handle.flush()
+                        os.fsync(handle.fileno())
+                    finally:
+                        try:
+                            handle.close()
+                        except OSError:  # a flush that failed fails again at close: the first error says it
+                            pass
 
     # -- writing ----------------------------------------------------------------------------
     def check_owner(self) -> None:
@@ -128,18 +134,21 @@ class RunWriter:
             raise RunTakenOver(f"{self.run_dir} was restarted by another process")
 
     def log(self, row: dict[str, Any]) -> None:
-        self._metrics.write(json.dumps(to_jsonable(row), allow_nan=False) + "\n")
+        with naming_failed_writes(self._metrics.name):  # a full disk names the run's file
+            self._metrics.write(json.dumps(to_jsonable(row), allow_nan=False) + "\n")
         self._since_sync += 1
         if self._since_sync >= self.fsync_every:
             self.checkpoint()
 
     def event(self, row: dict[str, Any]) -> None:
-        self._events.write(json.dumps(to_jsonable(row), allow_nan=False) + "\n")
+        with naming_failed_writes(self._events.name):
+            self._events.write(json.dumps(to_jsonable(row), allow_nan=False) + "\n")
 
     def checkpoint(self) -> None:
         for handle in (self._metrics, self._events):
-            handle.flush()
-            os.fsync(handle.fileno())
+            with naming_failed_writes(handle.name):
+                handle.flush()
+                os.fsync(handle.fileno())
         self._since_sync = 0
 
     def finish(self, result: dict[str, Any]) -> None:
@@ -155,8 +164,13 @@ class RunWriter:
         if pq is not None:
             table = rows_to_table(read_jsonl(self.run_dir / METRICS))
             tmp = self.run_dir / f".{PARQUET}.{self.token}.tmp"
-            pq.write_table(table, tmp)
-            os.replace(tmp, self.run_dir / PARQUET)
+            try:
+                with naming_failed_writes(tmp):
+                    pq.write_table(table, tmp)
+                    os.replace(tmp, self.run_dir / PARQUET)
+            finally:
+                if tmp.exists():
+                    tmp.unlink()
         atomic_write_json(self.run_dir / RESULT, result)
         atomic_write_bytes(self.run_dir / DONE, b"")
 

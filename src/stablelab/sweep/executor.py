@@ -22,7 +22,8 @@ def dask_client(address: str | None = None, workers: int | None = None) -> Itera
     from distributed import Client, LocalCluster
 
     # Quiet, local-disk spill space and no dashboard: this is a batch tool, not a service.
-    with dask.config.set({"logging.distributed": "error"}):
+    # A failed task is reported by run_tasks' caller, once: the workers' own error logs are silenced.
+    with dask.config.set({"logging.distributed": "critical"}):
         if address:
             try:
                 client = Client(address, timeout="10s")
@@ -37,7 +38,7 @@ def dask_client(address: str | None = None, workers: int | None = None) -> Itera
             return
         cluster = LocalCluster(
             n_workers=workers or default_workers(), threads_per_worker=1, processes=True,
-            dashboard_address=None, silence_logs=40,
+            dashboard_address=":0", silence_logs=50,  # any free port: never "8787 already in use"
         )
         client = Client(cluster)
         try:
@@ -61,8 +62,12 @@ def run_tasks(
     Results come back in completion order. A task that raises is reported with its error and the
     sweep goes on (its run folder has no `done` marker, so the next resume retries it), unless the
     first `stop_after_same_error` tasks to end (N > 0) all failed with the same error and none
-    succeeded: then the other tasks are cancelled and SweepStopped says it once."""
+    succeeded: then the other tasks are cancelled and SweepStopped says it once. A run that found
+    the disk full stops the sweep at once (the next ones would too), naming the file it could not
+    write; finished runs are complete (every file is written to a temporary name, then renamed)."""
     from distributed import as_completed
+
+    from stablelab.io import out_of_space
 
     futures = {}
     for key, args in tasks:
@@ -80,6 +85,11 @@ def run_tasks(
         results[key] = result
         if on_result is not None:
             on_result(key, result, error)
+        if out_of_space(error):
+            for other in futures:
+                other.cancel()
+            raise SweepStopped(f"{error.strerror} writing {error.filename} (stopped the sweep; finished runs are "
+                               "kept and complete: free space and rerun the same command to resume)")
         if stop_after_same_error and same is not None:
             signature = None if error is None else (type(error).__name__, str(error).splitlines()[0] if str(error) else "")
             if signature is None or (first is not None and signature != first):

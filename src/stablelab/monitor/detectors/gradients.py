@@ -45,10 +45,10 @@ class GradSpike(Detector):
     (`suspect_level`, refreshed at every read-back): a step above it does not enter the typical norms.
 
     Severity by effect: a spike on a converged model (loss at most `converged` x the loss of the
-    first steps), no larger than the gradients the run trained through early on (the median norm of
-    its first trusted steps after warm-up), whose update-to-weight ratio stayed within
-    `update_factor` x its median, is information, not a warning: it moved nothing. When the update
-    is not yet known (the policy acts on grad_spike before the step), it stays a warning.
+    first steps) whose gradient norm and update-to-weight ratio are no larger than those the run
+    trained through early on (their medians over its first trusted steps after warm-up) is
+    information, not a warning: it moved the weights less than an ordinary early step did. When the
+    update is not yet known (the policy acts on grad_spike before the step), it stays a warning.
     Calibrated with detect-bench."""
 
     kind: ClassVar[str] = "grad_spike"
@@ -57,19 +57,18 @@ class GradSpike(Detector):
     coherent: float = 7.0
     factor: float = 12.0
     ratio: float = 1000.0
-    z: float = 8.0
+    z: float = 10.0
     min_factor: float = 3.0
     window: int = 256
     min_values: int = 32
-    converged: float = 0.05
-    update_factor: float = 3.0
+    converged: float = 0.01
 
     def __post_init__(self):
         super().__post_init__()
         self._log_ratios = _Window(self.window)
-        self._updates = _Window(self.window)
         self._start_losses: list[float] = []
         self._early_norms: list[float] = []
+        self._early_updates: list[float] = []
 
     def suspect_level(self) -> float:
         """The log-ratio log(||g|| / typical) above which a step is a spike (and not trusted)."""
@@ -82,17 +81,18 @@ class GradSpike(Detector):
     def _learn(self, row, log_ratio) -> None:
         if row.get("trusted", 1) and log_ratio is not None:
             self._log_ratios.add(log_ratio)
-        loss, norm = row.get("loss"), row.get("grad_norm")
+        loss, norm, update = row.get("loss"), row.get("grad_norm"), row.get("update_ratio_max")
         if _finite(loss) and len(self._start_losses) < self.min_values:
             self._start_losses.append(loss)
         if _finite(norm) and len(self._early_norms) < self.min_values:
             self._early_norms.append(norm)
+        if _finite(update) and len(self._early_updates) < self.min_values:
+            self._early_updates.append(update)
 
     def observe_only(self, step, row):
         loss = row.get("loss")
         if _finite(loss) and len(self._start_losses) < self.min_values:
             self._start_losses.append(loss)
-        self._updates.add(row.get("update_ratio_max"))
 
     def detect(self, step, row):
         if row.get("outlier") or row.get("nonfinite"):
@@ -110,7 +110,6 @@ class GradSpike(Detector):
         update = row.get("update_ratio_max")
         if not spike:
             self._learn(row, log_ratio)
-            self._updates.add(update)
             return []
         where = row.get("spike_param")
         effect = self._effect(row, norm, update)
@@ -129,14 +128,15 @@ class GradSpike(Detector):
     def _effect(self, row, norm, update) -> str:
         """Why a spike is harmless (the empty string when it may not be)."""
         loss = row.get("loss")
-        if not (_finite(loss) and _finite(update) and _finite(norm) and len(self._updates) >= self.min_values // 4
-                and len(self._start_losses) >= 4 and len(self._early_norms) >= 4):
+        if not (_finite(loss) and _finite(update) and _finite(norm) and len(self._start_losses) >= 4
+                and len(self._early_norms) >= 4 and len(self._early_updates) >= 4):
             return ""
-        start, early, typical_update = _median(self._start_losses), _median(self._early_norms), _median(self._updates.values)
-        if loss <= self.converged * start and norm <= early and update <= self.update_factor * typical_update:
-            return (f"loss {loss:.3g} is {loss / start:.2g}x the first steps' {start:.3g}, the norm is within the "
-                    f"{early:.3g} the run trained through early on, and the update-to-weight ratio {update:.3g} "
-                    f"is {update / typical_update:.2g}x its median")
+        start, early = _median(self._start_losses), _median(self._early_norms)
+        early_update = _median(self._early_updates)
+        if loss <= self.converged * start and norm <= early and update <= early_update:
+            return (f"loss {loss:.3g} is {loss / start:.2g}x the first steps' {start:.3g}; the norm and the "
+                    f"update-to-weight ratio {update:.3g} are within the {early:.3g} and {early_update:.3g} of "
+                    "the run's early steps")
         return ""
 
 
