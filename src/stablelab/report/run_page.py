@@ -167,7 +167,7 @@ def render(run_dir: Path, rows: list[dict[str, Any]], events: list[dict[str, Any
 
 
 def run(args) -> int:
-    from stablelab.io import atomic_write_json
+    from stablelab.io import atomic_write_json, ensure_out_folder
     from stablelab.store.run_store import CONFIG, EVENTS, METRICS, PARQUET, load_events, load_metrics, read_json
 
     run_dir = Path(args.run_dir)
@@ -177,14 +177,27 @@ def run(args) -> int:
         raise UsageError(f"{run_dir} holds no metrics.jsonl, metrics.parquet or events.jsonl: not a run folder")
     from stablelab.monitor.log_folder import load_rows, sessions
 
-    started = sessions(run_dir)  # a monitor folder: its rows as they stand, restarts marked
-    rows = load_rows(run_dir) if started else load_metrics(run_dir)
+    def read(name: str, reader):
+        """reader() on a file of the run; a corrupt file is one line naming it (exit 2)."""
+        try:
+            return reader()
+        except (ValueError, UnicodeDecodeError, OSError) as error:  # JSON, Arrow and OS errors
+            raise UsageError(f"{run_dir / name} cannot be read ({type(error).__name__}: "
+                             f"{str(error).splitlines()[0] if str(error) else ''}); not a file stablelab "
+                             "wrote whole: move it away, or point at another run folder") from None
+
+    started = read("sessions.jsonl", lambda: sessions(run_dir))  # a monitor folder: rows as they stand
+    rows = read(METRICS, lambda: load_rows(run_dir) if started else load_metrics(run_dir))
     restarts = [int(s["first_step"]) for s in started if s.get("continued")]
-    events = load_events(run_dir)
-    config = read_json(run_dir / CONFIG) if (run_dir / CONFIG).exists() else {}
-    out = Path(args.out) if args.out else run_dir
-    incidents = read_json(run_dir / "incidents.json") if (run_dir / "incidents.json").exists() else None
-    result = read_json(run_dir / "result.json") if (run_dir / "result.json").exists() else None
+    events = read(EVENTS, lambda: load_events(run_dir))
+    if not rows and not events:
+        raise UsageError(f"{run_dir} holds no readable row or event yet (a run killed before its first "
+                         "read-back, or files that are not JSON lines)")
+    config = read(CONFIG, lambda: read_json(run_dir / CONFIG) if (run_dir / CONFIG).exists() else {})
+    out = ensure_out_folder(args.out) if args.out else run_dir
+    incidents = read("incidents.json", lambda: read_json(run_dir / "incidents.json")
+                     if (run_dir / "incidents.json").exists() else None)
+    result = read("result.json", lambda: read_json(run_dir / "result.json") if (run_dir / "result.json").exists() else None)
     page, summary = render(run_dir, rows, events, config, args.max_events, incidents, restarts, result)
     page.write(out / "report.html")
     atomic_write_json(out / "summary.json", {"run_dir": str(run_dir), **summary})

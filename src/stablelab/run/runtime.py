@@ -13,9 +13,14 @@ from stablelab.errors import UsageError
 
 
 def checked(runtime: Runtime) -> Runtime:
-    """`runtime` after every check (counts, then the device); UsageError, one line, otherwise."""
+    """`runtime` after every check (counts, the device, then --out: a folder it can write in, created
+    here); UsageError, one line, otherwise."""
     runtime.checked()
     check_device(runtime.device)
+    if runtime.out is not None:
+        from stablelab.io import ensure_out_folder
+
+        ensure_out_folder(runtime.out)
     return runtime
 
 
