@@ -11,8 +11,8 @@ import pytest
 from stablelab.bench.detect import AnchorHook, split_seeds
 from stablelab.bench.scenarios import SCENARIOS, run_scenario, suite, twin_of
 from stablelab.bench.scoring import anchor_decisions
-from stablelab.bench.verdicts import (damage_step_vs_twin, damage_vs_twin, poisson_rate_interval, score_fault,
-                                      wilson_interval)
+from stablelab.bench.verdicts import (aggregate, damage_step_vs_twin, damage_vs_twin, harm_unguarded, is_harmless,
+                                      poisson_rate_interval, score_fault, wilson_interval)
 from stablelab.errors import UsageError
 from stablelab.io import atomic_write_json, atomic_write_json_exact, read_json, read_json_exact
 
@@ -85,6 +85,29 @@ def test_damage_and_lead_are_measured_against_the_twin():
     run = _run([102], [], losses=losses, twin_losses=twin)
     assert score_fault("stablelab", _Fault, run)["lead_steps"] == 3
     assert damage_vs_twin({"probe_losses": {"130": float("inf")}}, {"probe_losses": {"130": 1.0}}, 100) == math.inf
+
+
+def test_recall_over_the_faults_that_did_harm_leaves_out_the_harmless_ones():
+    """A point fault whose unguarded run ends 30 steps on within 5% of its twin did no harm: the
+    second recall leaves it out (and says how many were left out); a slow fault counts whatever its
+    loss says, and a non-finite probe is harm."""
+    harmless = _run([], [])
+    harmless["warn_only"] = {**harmless["warn_only"], "probe_losses": {"130": 1.03}}
+    assert harm_unguarded(_Fault, harmless) == pytest.approx(1.03)
+    assert is_harmless(_Fault, 1.03) and not is_harmless(_Fault, 1.2) and not is_harmless(_Fault, math.inf)
+
+    class _Drift(_Fault):
+        fault = "logit_drift"
+
+    assert not is_harmless(_Drift, 1.0)
+    entries = []
+    for flags, harmless_fault in (([105], False), ([], True), ([103], False)):
+        entries.append({"kind": "fault", "fault": "grad_spike", "name": "f", "seed": 100, "harmless": harmless_fault,
+                        "by_detector": {"stablelab": score_fault("stablelab", _Fault, _run(flags, []))}})
+    figures = aggregate(entries, "stablelab")
+    assert figures["recall"] == pytest.approx(2 / 3) and figures["recall_harmful"] == 1.0
+    assert figures["harmless_faults"] == 1 and figures["warned_harmless_faults"] == 0
+    assert figures["recall_harmful_ci"] == pytest.approx(wilson_interval(2, 2))
 
 
 def test_splits_are_disjoint_and_the_calibration_faults_differ():
