@@ -3,11 +3,11 @@ file in src/stablelab (inside functions too), read with `ast`, points down or wi
 
 Bottom to top; a module may import stablelab modules of lower layers and of its own package only:
   L0 errors, io, config (standard library only)
-  L1 signals, nn, data, optim, store, sweep
+  L1 signals, nn, data, optim, store, sweep, logs
   L2 models, monitor, continual, analysis
   L3 report
   L4 run
-  L5 studies, bench, integrations
+  L5 studies, bench, integrations, diagnosis
   L6 cli, __main__, and the package __init__ (lazy attribute access only)
 Within a layer: config may import errors and io; __main__ may import cli.
 """
@@ -26,11 +26,11 @@ PACKAGE = SRC / "stablelab"
 
 LAYERS: dict[str, int] = {
     "errors": 0, "io": 0, "config": 0,
-    "signals": 1, "nn": 1, "data": 1, "optim": 1, "store": 1, "sweep": 1,
+    "signals": 1, "nn": 1, "data": 1, "optim": 1, "store": 1, "sweep": 1, "logs": 1,
     "models": 2, "monitor": 2, "continual": 2, "analysis": 2,
     "report": 3,
     "run": 4,
-    "studies": 5, "bench": 5, "integrations": 5,
+    "studies": 5, "bench": 5, "integrations": 5, "diagnosis": 5,
     "cli": 6, "__main__": 6, "": 6,  # "" is the package itself (stablelab/__init__.py)
     "proxy": 6,  # stablelab.proxy: the Python API of the proxy study (re-exports studies.proxy_api)
 }

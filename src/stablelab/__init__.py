@@ -12,4 +12,8 @@ def __getattr__(name: str):
         from stablelab.monitor import Monitor
 
         return Monitor
+    if name == "diagnose":  # stablelab.diagnose(path) -> Diagnosis (issue 22)
+        from stablelab.diagnosis import diagnose
+
+        return diagnose
     raise AttributeError(f"module 'stablelab' has no attribute {name!r}")

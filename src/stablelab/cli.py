@@ -17,6 +17,7 @@ from stablelab.errors import UsageError
 COMMANDS: dict[str, tuple[str, str]] = {
     "proxy": ("stablelab.studies.proxy", "LR x scale x mitigation sweep on small transformers"),
     "report": ("stablelab.report.run_page", "render one run's signals and events as HTML"),
+    "diagnose": ("stablelab.diagnosis.command", "verdicts on training logs you already have (TensorBoard, CSV, HF, MLflow, JSONL)"),
     "grok": ("stablelab.studies.grok", "softmax collapse and grokking on modular arithmetic"),
     "eos": ("stablelab.studies.eos", "sharpness against 2/lr (edge of stability)"),
     "gap": ("stablelab.studies.gap", "continual evaluation and the stability gap"),

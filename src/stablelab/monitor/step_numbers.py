@@ -178,8 +178,9 @@ class HostStepNumbers:
 
     def step(self, norms: torch.Tensor, loss) -> list[float]:
         """FAST of one step as a list of Python floats (no tensor is made: the monitor reads it as
-        is, and the window's read-back takes the list without a device transfer)."""
-        values = norms.tolist()
+        is, and the window's read-back takes the list without a device transfer). norms: a tensor
+        or a list of floats (a log's global norm: stablelab diagnose)."""
+        values = norms if isinstance(norms, list) else norms.tolist()
         g2 = [x * x for x in values]
         global_norm = math.sqrt(sum(g2))
         has_loss = loss is not None

@@ -117,11 +117,11 @@ class GradSpike(Detector):
         tail = (f" It moved nothing: {effect}; information, not a warning." if effect else
                 " Likely fix: clip or skip the step (policy grad_spike: clip or skip), or reset the "
                 "optimizer moments (SPAM).")
+        tensors = (f"; largest per-tensor mean(g^2)/mean(v) {value:.4g} (in {where})" if _finite(value) else "")
         return [self.event(
             step, severity,
             f"gradient spike: global norm {norm:.4g} = {global_ratio:.3g}x its typical value (spike level "
-            f"{math.exp(level):.3g}x), every tensor's at least {coherent:.3g}x its own; largest per-tensor "
-            f"mean(g^2)/mean(v) {value:.4g} (in {where}).{tail}",
+            f"{math.exp(level):.3g}x), every tensor's at least {coherent:.3g}x its own{tensors}.{tail}",
             ratio=global_ratio, coherent_ratio=coherent, spike_ratio=value, threshold=math.exp(level),
             parameter=where, grad_norm=norm, update_ratio=update)]
 

@@ -1,0 +1,50 @@
+"""The `stablelab diagnose` command."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from stablelab.logs import FORMATS
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", help="a training log (file) or a folder of them")
+    parser.add_argument("--out", default=None, help="folder for report.html and summary.json "
+                        "(default: PATH/diagnosis for a folder, beside the file for a file)")
+    parser.add_argument("--format", choices=FORMATS, default=None, help="the log's format (default: from its content)")
+    parser.add_argument("--map", action="append", default=[], metavar="COLUMN=SIGNAL",
+                        help="read COLUMN as SIGNAL (loss, grad_norm, lr, step, ...); repeatable")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from stablelab.diagnosis import diagnose_run
+    from stablelab.io import atomic_write_json, ensure_out_folder
+    from stablelab.logs import find_runs, parse_mapping, read_log
+
+    path = Path(args.path)
+    mapping = parse_mapping(args.map)
+    sources = find_runs(path, args.format)
+    out = ensure_out_folder(args.out or (path / "diagnosis" if path.is_dir() else path.parent / "diagnosis"))
+    results = []
+    for source in sources:
+        diagnosis = diagnose_run(read_log(source, mapping))
+        folder = out if len(sources) == 1 else out / _slug(source, path)
+        diagnosis.to_html(folder)
+        results.append((folder, diagnosis))
+        print(f"{source.path}: {diagnosis.verdict}")
+    if len(results) > 1:
+        atomic_write_json(out / "summary.json", {"runs": [{"folder": str(f), **d.summary()} for f, d in results]})
+        worst = max(results, key=lambda r: len(r[1].incidents))
+        print(f"{len(results)} runs; most incidents: {worst[1].run.source.path} ({len(worst[1].incidents)})")
+    print(f"report: {out / 'report.html' if len(results) == 1 else out}")
+    return 0
+
+
+def _slug(source, root: Path) -> str:
+    try:
+        relative = source.path.relative_to(root)
+    except ValueError:
+        relative = Path(source.path.name)
+    return "_".join(relative.parts).replace(".", "_") or source.path.name

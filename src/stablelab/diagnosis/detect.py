@@ -1,0 +1,123 @@
+"""The monitor's detectors on a log's rows. Each logged row is one observation: the detectors'
+windows and warm-ups count logged values (so their span in steps grows with the logging interval),
+the typical gradient norm is the monitor's own rule (`monitor.step_numbers`) run on the logged
+global norm, and a detector whose signal the log lacks is off. Events and incidents carry the
+logged step."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from stablelab.monitor.detectors import build_detectors, trust_rule
+from stablelab.monitor.events import Event
+from stablelab.monitor.incidents import IncidentTracker
+from stablelab.monitor.settings import MonitorSettings
+from stablelab.monitor.step_numbers import FAST, HostStepNumbers
+
+# detector kind -> the logged signals it needs (a kind missing here needs a live monitor)
+NEEDS: dict[str, tuple[str, ...]] = {
+    "nonfinite": ("loss",), "loss_spike": ("loss",), "loss_rise": ("loss",),
+    "grad_outlier": ("grad_norm",), "grad_spike": ("grad_norm",), "update_ratio": ("update_ratio_max",),
+    "attn_logit_growth": ("attn_logit_max",), "logit_divergence": ("log_z_mean",),
+    "softmax_collapse": ("softmax_collapse_fraction",), "eps_floor": ("eps_ratio_min",),
+}
+
+
+@dataclass
+class Detection:
+    events: list[Event]
+    incidents: list[Any]
+    detectors_on: list[str]
+    detectors_off: dict[str, str]  # kind -> why
+
+
+def aligned(series: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Every logged step of the loss (and of the gradient norm), each signal's value there (NaN
+    where it was not logged at that step)."""
+    keys = [k for k in ("loss", "grad_norm") if k in series]
+    steps = np.unique(np.concatenate([series[k][0] for k in keys]))
+    columns = {}
+    for name, (s, v) in series.items():
+        at = np.full(len(steps), np.nan)
+        index = np.searchsorted(steps, s)
+        inside = (index < len(steps)) & (steps[np.minimum(index, len(steps) - 1)] == s)
+        at[index[inside]] = v[inside]
+        columns[name] = at
+    return steps, columns
+
+
+def rows_of(steps: np.ndarray, columns: dict[str, np.ndarray], numbers: HostStepNumbers | None) -> Iterator[dict]:
+    """One row per logged step, built as it is used (a long log is never held as a million dicts)."""
+    names = list(columns)
+    arrays = [columns[n] for n in names]
+    grad = columns.get("grad_norm")
+    for i in range(len(steps)):
+        row = {"step": int(steps[i])}
+        for name, array in zip(names, arrays):
+            value = array[i]
+            if not math.isnan(value):
+                row[name] = float(value)
+        if numbers is not None and grad is not None and not math.isnan(grad[i]):
+            loss = row.get("loss")
+            fast = dict(zip(FAST, numbers.step([float(grad[i])], loss)))
+            row.update(grad_norm_typical=fast["grad_norm_typical"], grad_norm_ratio_min=fast["grad_norm_ratio_min"],
+                       outlier=bool(fast["outlier"]), trusted=int(fast["trusted"]))
+        loss = row.get("loss")
+        row["nonfinite"] = (loss is not None and not math.isfinite(loss)) or (
+            "grad_norm" in row and not math.isfinite(row["grad_norm"]))
+        yield row
+
+
+def detect(series: dict[str, tuple[np.ndarray, np.ndarray]], settings: MonitorSettings | None = None,
+           progress=None) -> Detection:
+    """Run every detector the log's signals allow over its rows; events and incidents as the live
+    monitor makes them (row index as the detectors' clock, the logged step in what they report)."""
+    settings = settings or MonitorSettings()
+    detectors = build_detectors(settings.detectors)
+    on = [d for d in detectors if d.kind in NEEDS and all(s in series for s in NEEDS[d.kind])]
+    off = {d.kind: ("needs " + ", ".join(s for s in NEEDS.get(d.kind, ()) if s not in series)
+                    if d.kind in NEEDS else "needs a live monitor (a scheduled check)")
+           for d in detectors if d not in on}
+    numbers = None
+    if "grad_norm" in series:
+        numbers = HostStepNumbers([1], torch.device("cpu"), settings.outlier_factor, settings.outlier_warmup,
+                                  trust_rule(detectors, settings.outlier_patience))
+    spike = next((d for d in on if d.kind == "grad_spike"), None)
+    steps, columns = aligned(series)
+    tracker = IncidentTracker(gap=settings.incident_gap, link=settings.incident_gap)
+    events: list[Event] = []
+    for index, row in enumerate(rows_of(steps, columns, numbers)):
+        found = []
+        for detector in on:
+            for event in detector.check(index, row):
+                event.data["row"] = index
+                event.step = row["step"]
+                found.append(event)
+        if found:
+            events.extend(found)
+            tracker.add([_indexed(e) for e in found])
+        if spike is not None and numbers is not None and index % settings.sync_every == 0:
+            numbers.set_suspect_level(spike.suspect_level())  # as the monitor shares it at read-backs
+        if progress is not None and index % 65536 == 0:
+            progress(index)
+    tracker.close_all()
+    incidents = [_stepped(i, steps) for i in tracker.incidents]
+    return Detection(events, incidents, [d.kind for d in on], off)
+
+
+def _indexed(event: Event) -> Event:
+    """The event on the row clock, for the tracker's gap (counted in logged rows)."""
+    return Event(event.kind, event.data["row"], event.severity, event.message, event.data)
+
+
+def _stepped(incident, steps: np.ndarray):
+    incident.start, incident.end, incident.peak = (int(steps[incident.start]), int(steps[incident.end]),
+                                                   int(steps[incident.peak]))
+    for event in incident.events + incident.actions:
+        event.step = int(steps[event.data["row"]]) if "row" in event.data else event.step
+    return incident

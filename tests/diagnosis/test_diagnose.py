@@ -1,0 +1,242 @@
+"""Issue 22: `stablelab diagnose` reads the logs the real libraries write (TensorBoard's
+SummaryWriter, Lightning's CSVLogger, the Hugging Face Trainer, MLflow's file store, W&B-style
+CSV/JSONL exports), runs the monitor's detectors on the logged rows, and says what went wrong and
+where, or that nothing did."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+
+import pytest
+import torch
+
+import stablelab
+from stablelab.cli import main
+
+
+def _loss_curve(steps: int, spike_at: int | None = None, seed: int = 0):
+    """A falling loss with noise; at `spike_at` the loss x20 and the gradient norm x500."""
+    rng = random.Random(seed)
+    for step in range(steps):
+        loss = 2.0 * math.exp(-step / 150) + 0.3 + 0.03 * rng.random()
+        grad = 1.0 + 0.2 * rng.random()
+        if step == spike_at:
+            loss, grad = loss * 20, grad * 500
+        yield step, loss, grad
+
+
+def _kinds_at(diagnosis) -> set[tuple[str, int]]:
+    return {(i["kind"], i["start"]) for i in diagnosis.incidents}
+
+
+def test_tensorboard_event_files_written_by_summarywriter(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(tmp_path / "tb"))
+    for step, loss, grad in _loss_curve(400, spike_at=300):
+        writer.add_scalar("train/loss", loss, step)
+        writer.add_scalar("train/grad_norm", grad, step)
+        writer.add_scalar("train/learning_rate", 1e-3, step)
+    writer.close()
+    diagnosis = stablelab.diagnose(tmp_path / "tb")
+    assert diagnosis.run.source.format == "tensorboard"
+    assert diagnosis.signals_found == {"loss": "train/loss", "grad_norm": "train/grad_norm", "lr": "train/learning_rate"}
+    assert {("grad_outlier", 300), ("loss_spike", 300)} <= _kinds_at(diagnosis)
+    assert diagnosis.log_interval == 1 and "grad_outlier at step 300" in diagnosis.verdict
+
+
+def test_a_healthy_log_says_so_plainly(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(tmp_path / "tb"))
+    for step, loss, grad in _loss_curve(400):
+        writer.add_scalar("loss", loss, step)
+        writer.add_scalar("grad_norm", grad, step)
+    writer.close()
+    diagnosis = stablelab.diagnose(tmp_path / "tb")
+    assert diagnosis.incidents == [] and diagnosis.verdict.startswith("nothing wrong found in 400 logged steps")
+    assert "no lr logged" in " ".join(diagnosis.notes)
+
+
+def test_lightning_csvlogger_metrics_with_a_bad_batch(tmp_path):
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import CSVLogger
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    x = torch.randn(256, 8)
+    y = (x[:, 0] > 0).long()
+
+    class Module(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+
+        def training_step(self, batch, index):
+            xb, yb = batch
+            if self.global_step == 150:  # one corrupted batch: inputs x1000
+                xb = xb * 1000.0
+            loss = torch.nn.functional.cross_entropy(self.net(xb), yb)
+            self.log("train_loss", loss)
+            return loss
+
+        def on_before_optimizer_step(self, optimizer):
+            norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.parameters()]))
+            self.log("grad_norm", norm)
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=3e-3)
+
+    logger = CSVLogger(str(tmp_path / "logs"), name="run")
+    trainer = pl.Trainer(max_steps=250, logger=logger, log_every_n_steps=1, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.fit(Module(), DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True))
+    diagnosis = stablelab.diagnose(tmp_path / "logs")
+    assert diagnosis.run.source.path.name == "metrics.csv" and diagnosis.run.source.format == "csv"
+    assert diagnosis.signals_found["loss"] == "train_loss" and diagnosis.signals_found["grad_norm"] == "grad_norm"
+    assert ("grad_outlier", 150) in _kinds_at(diagnosis)
+
+
+def test_hf_trainer_state_of_a_real_trainer_run(tmp_path):
+    import transformers
+
+    config = transformers.GPT2Config(vocab_size=32, n_positions=16, n_embd=32, n_layer=1, n_head=2,
+                                     bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config)
+    pattern = torch.arange(16) % 8  # a sequence the model learns quickly
+    data = [{"input_ids": pattern.clone(), "labels": pattern.clone()} for _ in range(512)]
+    calls = {"n": 0}
+
+    def collate(batch):
+        calls["n"] += 1
+        ids = torch.stack([b["input_ids"] for b in batch])
+        if calls["n"] == 61:  # step 61 (1-based in HF's log): random tokens, a loss spike
+            ids = torch.randint(0, 32, ids.shape, generator=torch.Generator().manual_seed(1))
+        return {"input_ids": ids, "labels": ids}
+
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "hf"), max_steps=80, per_device_train_batch_size=4, learning_rate=3e-3,
+        logging_steps=1, save_strategy="steps", save_steps=40, report_to=[], use_cpu=True,
+        disable_tqdm=True, lr_scheduler_type="constant")
+    transformers.Trainer(model=model, args=args, train_dataset=data, data_collator=collate).train()
+    diagnosis = stablelab.diagnose(tmp_path / "hf")
+    assert diagnosis.run.source.format == "hf"
+    assert diagnosis.run.source.path.parent.name == "checkpoint-80"  # the furthest trainer_state.json
+    assert set(diagnosis.signals_found) >= {"loss", "grad_norm", "lr"}
+    # the random batch at step 61: loss 0.07 -> 4.2 and gradient norm 0.17 -> 3.4 (20x: a grad_spike; the
+    # loss, still falling fast, has a wide window that a 60x jump in loss does not leave by z 6)
+    assert ("grad_spike", 61) in _kinds_at(diagnosis) and len(diagnosis.incidents) == 1
+    assert any("mean loss over each logging interval" in n for n in diagnosis.notes)
+
+
+def test_mlflow_file_store_run(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 writes a file store only when told to
+    mlflow.set_tracking_uri((tmp_path / "mlruns").as_uri())
+    try:
+        with mlflow.start_run() as active:
+            for step, loss, grad in _loss_curve(300, spike_at=200):
+                mlflow.log_metrics({"train_loss": loss, "grad_norm": grad}, step=step)
+        run_dir = next((tmp_path / "mlruns").glob(f"*/{active.info.run_id}"))
+    finally:
+        mlflow.set_tracking_uri(None)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")  # reading needs no setting from the user
+    diagnosis = stablelab.diagnose(run_dir)
+    assert diagnosis.run.source.format == "mlflow"
+    assert {("grad_outlier", 200), ("loss_spike", 200)} <= _kinds_at(diagnosis)
+
+
+def test_wandb_style_csv_and_jsonl_exports_and_several_runs_in_one_folder(tmp_path, capsys):
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    with open(folder / "run_a.csv", "w", newline="") as handle:  # W&B's "Export CSV": _step + keys
+        writer = csv.writer(handle)
+        writer.writerow(["_step", "_runtime", "train/loss", "train/grad_norm"])
+        for step, loss, grad in _loss_curve(300, spike_at=250):
+            writer.writerow([step, step * 0.1, loss, grad])
+    with open(folder / "run_b.jsonl", "w") as handle:  # a history export: one JSON object a line
+        for step, loss, grad in _loss_curve(300, seed=1):
+            handle.write(json.dumps({"_step": step, "train/loss": loss, "train/grad_norm": grad}) + "\n")
+    assert main(["diagnose", str(folder), "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "run_a.csv: " in printed and "grad_outlier at step 250" in printed
+    assert "run_b.jsonl: nothing wrong found" in printed
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [r["format"] for r in summary["runs"]] == ["csv", "jsonl"]
+    for run in summary["runs"]:
+        assert (tmp_path / "out" / run["folder"].split("/")[-1] / "report.html").exists()
+        assert set(run) >= {"verdict", "incidents", "signals_found", "signals_missing", "log_interval"}
+
+
+def test_a_log_every_50_steps_still_flags_a_lasting_divergence(tmp_path):
+    """Logged every 50 steps: the interval is read and said; the loss blowing up is still seen."""
+    path = tmp_path / "metrics.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["step", "train_loss"])
+        for step in range(0, 20000, 50):
+            loss = 2.0 * math.exp(-step / 3000) + 0.3 if step < 15000 else 0.5 * 1.2 ** ((step - 15000) / 50)
+            writer.writerow([step, loss])
+    diagnosis = stablelab.diagnose(path)
+    assert diagnosis.log_interval == 50 and any("logged every 50 steps" in n for n in diagnosis.notes)
+    assert diagnosis.signals_missing == ["grad_norm", "lr"]
+    assert diagnosis.incidents and min(i["start"] for i in diagnosis.incidents) >= 15000
+    assert "grad_spike" in diagnosis.detection.detectors_off
+
+
+def test_the_page_and_summary(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(tmp_path / "tb"))
+    for step, loss, grad in _loss_curve(300, spike_at=200):
+        writer.add_scalar("loss", loss, step)
+    writer.close()
+    assert main(["diagnose", str(tmp_path / "tb"), "--out", str(tmp_path / "out")]) == 0
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "Verdict" in page and "no grad_norm logged: gradient detectors off" in page
+    assert page.count("data:image/png;base64,") == 1 and "http" not in page.split("<body>")[1]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["signals_missing"] == ["grad_norm", "lr"] and summary["log_interval"] == 1
+    assert [(i["kind"], i["start"]) for i in summary["incidents"]] == [("loss_spike", 200)]
+
+
+BAD = [
+    ("/nonexistent/log.csv", [], "does not exist"),
+    ("{empty}", [], "is empty"),
+    ("{blank}", [], "cannot tell its format"),
+    ("{blank}", ["--format", "jsonl"], "holds no JSON line"),
+    ("{noloss}", [], "no loss column among step, accuracy, val_acc"),
+    ("{noloss}", ["--map", "accuracy"], "--map takes COLUMN=SIGNAL"),
+    ("{noloss}", ["--map", "nothere=loss"], "the log has no column 'nothere'"),
+    ("{noloss}", ["--map", "accuracy=banana"], "unknown signal 'banana'"),
+    ("{noloss}", ["--format", "foo"], "invalid choice: 'foo'"),
+    ("{folder}", [], "holds no training log"),
+]
+
+
+@pytest.mark.parametrize("path, flags, fragment", BAD, ids=[f"{p} {' '.join(f)}" for p, f, _ in BAD])
+def test_bad_input_is_one_line_and_exit_2(path, flags, fragment, tmp_path, capsys):
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "log").write_text("")
+    (tmp_path / "noloss.csv").write_text("step,accuracy,val_acc\n0,0.5,0.4\n1,0.6,0.5\n")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "notes.txt").write_text("hello")
+    places = {"empty": tmp_path / "empty.csv", "blank": tmp_path / "log", "noloss": tmp_path / "noloss.csv", "folder": tmp_path / "folder"}
+    with pytest.raises(SystemExit) if "invalid choice" in fragment else _nothing():
+        status = main(["diagnose", path.format(**places), *flags, "--out", str(tmp_path / "out")])
+        assert status == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and fragment in lines[0], lines
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
