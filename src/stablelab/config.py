@@ -342,3 +342,18 @@ def write_config(out: Path, settings: Any, runtime: Runtime, extra: dict | None 
     atomic_write_json(path, {"settings": to_json(settings), "runtime": runtime_data, **(extra or {}),
                              "pid": os.getpid()})
     return path
+
+
+def ensure_out_folder(out: str | Path, flag: str = "--out") -> Path:
+    """`out` as a folder this process can write in, created if needed; a UsageError (one line)
+    when it is a file, cannot be created, or is not writable. Called before any work starts."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{flag} {out} is a file, not a folder; use a new {flag}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot create {flag} {out}: {error.strerror or error}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write in {flag} {out}: permission denied")
+    return out

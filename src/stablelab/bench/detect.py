@@ -384,7 +384,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"device {args.device!r} is not available: {str(error).splitlines()[0]}") from None
     if args.quick and args.seeds is not None and args.seeds < 2:
         raise UsageError(f"--quick keeps at least 2 held-out seeds, got --seeds {args.seeds}")
-    from stablelab.io import ensure_out_folder
+    from stablelab.config import ensure_out_folder
 
     ensure_out_folder(args.out)
     summary = detection_benchmark(args.out, quick=args.quick, detectors=args.detectors, device=args.device,

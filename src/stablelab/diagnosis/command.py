@@ -20,7 +20,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from stablelab.diagnosis import diagnose_run
-    from stablelab.io import atomic_write_json, ensure_out_folder
+    from stablelab.config import ensure_out_folder
+    from stablelab.io import atomic_write_json
     from stablelab.logs import find_runs, parse_mapping, read_log
 
     path = Path(args.path)

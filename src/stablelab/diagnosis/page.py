@@ -30,7 +30,8 @@ def page_rows(diagnosis) -> list[dict[str, Any]]:
 
 
 def write_page(diagnosis, out: Path) -> Path:
-    from stablelab.io import atomic_write_json, ensure_out_folder
+    from stablelab.config import ensure_out_folder
+    from stablelab.io import atomic_write_json
     from stablelab.report.html import Page
     from stablelab.report.run_page import render
 

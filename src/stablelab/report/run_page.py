@@ -167,7 +167,8 @@ def render(run_dir: Path, rows: list[dict[str, Any]], events: list[dict[str, Any
 
 
 def run(args) -> int:
-    from stablelab.io import atomic_write_json, ensure_out_folder
+    from stablelab.config import ensure_out_folder
+    from stablelab.io import atomic_write_json
     from stablelab.store.run_store import CONFIG, EVENTS, METRICS, PARQUET, load_events, load_metrics, read_json
 
     run_dir = Path(args.run_dir)

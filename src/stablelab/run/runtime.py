@@ -18,7 +18,7 @@ def checked(runtime: Runtime) -> Runtime:
     runtime.checked()
     check_device(runtime.device)
     if runtime.out is not None:
-        from stablelab.io import ensure_out_folder
+        from stablelab.config import ensure_out_folder
 
         ensure_out_folder(runtime.out)
     return runtime
