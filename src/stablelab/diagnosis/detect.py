@@ -19,6 +19,8 @@ from stablelab.monitor.incidents import IncidentTracker
 from stablelab.monitor.settings import MonitorSettings
 from stablelab.monitor.step_numbers import FAST, HostStepNumbers
 
+TYPICAL, COHERENT, OUTLIER, TRUSTED = (FAST.index(k) for k in ("grad_norm_typical", "grad_norm_ratio_min",
+                                                                "outlier", "trusted"))
 # detector kind -> the logged signals it needs (a kind missing here needs a live monitor)
 NEEDS: dict[str, tuple[str, ...]] = {
     "nonfinite": ("loss",), "loss_spike": ("loss",), "loss_rise": ("loss",),
@@ -63,10 +65,9 @@ def rows_of(steps: np.ndarray, columns: dict[str, np.ndarray], numbers: HostStep
             if not math.isnan(value):
                 row[name] = float(value)
         if numbers is not None and grad is not None and not math.isnan(grad[i]):
-            loss = row.get("loss")
-            fast = dict(zip(FAST, numbers.step([float(grad[i])], loss)))
-            row.update(grad_norm_typical=fast["grad_norm_typical"], grad_norm_ratio_min=fast["grad_norm_ratio_min"],
-                       outlier=bool(fast["outlier"]), trusted=int(fast["trusted"]))
+            fast = numbers.step([float(grad[i])], row.get("loss"))
+            row["grad_norm_typical"], row["grad_norm_ratio_min"] = fast[TYPICAL], fast[COHERENT]
+            row["outlier"], row["trusted"] = bool(fast[OUTLIER]), int(fast[TRUSTED])
         loss = row.get("loss")
         row["nonfinite"] = (loss is not None and not math.isfinite(loss)) or (
             "grad_norm" in row and not math.isfinite(row["grad_norm"]))

@@ -56,8 +56,7 @@ def revive(current: Any, saved: Any, device: torch.device | None = None) -> Any:
         return deque((tuple(v) if isinstance(v, list) else v for v in saved[_DEQUE]), maxlen=maxlen)
     if isinstance(saved, dict) and _WINDOW in saved:
         window = current if isinstance(current, _Window) else _Window(len(saved[_WINDOW]) or 1)
-        window.values.clear()
-        window.values.extend(saved[_WINDOW])
+        window.replace(saved[_WINDOW])
         return window
     return saved
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
+
+import numpy as np
 
 from stablelab.monitor.events import SEVERITIES, Event
 
@@ -65,20 +68,45 @@ def _median(values) -> float:
 
 
 class _Window:
-    """The last `size` finite values, with robust statistics."""
+    """The last `size` finite values, with robust statistics. A sorted copy is kept beside the
+    arrival order (an insertion and a removal by bisection per value), so the median costs O(1)
+    instead of a sort per step: a detector's window is read on every step of a live run and every
+    row of a million-step log."""
 
     def __init__(self, size: int):
         self.values: deque[float] = deque(maxlen=size)
+        self._sorted: list[float] = []
 
     def add(self, x: float) -> None:
         if _finite(x):
+            if len(self.values) == self.values.maxlen:
+                del self._sorted[bisect.bisect_left(self._sorted, self.values[0])]
             self.values.append(x)
+            bisect.insort(self._sorted, x)
+
+    def replace(self, values) -> None:
+        """The window holding `values` (oldest first), as after adding them in turn."""
+        self.values.clear()
+        self._sorted = []
+        for x in values:
+            self.add(x)
 
     def __len__(self) -> int:
         return len(self.values)
 
+    @property
+    def minimum(self) -> float:
+        return self._sorted[0]
+
+    def median(self) -> float:
+        ordered, n = self._sorted, len(self._sorted)
+        return ordered[n // 2] if n % 2 else 0.5 * (ordered[n // 2 - 1] + ordered[n // 2])
+
     def median_mad(self) -> tuple[float, float]:
         """(median, 1.4826 x median absolute deviation): a standard deviation estimate that one
         outlier cannot move (Hampel's scale; 1.4826 makes it consistent for a normal)."""
-        median = _median(self.values)
-        return median, 1.4826 * _median(abs(v - median) for v in self.values)
+        median = self.median()
+        if len(self._sorted) >= 64:  # numpy's median of the deviations: ~10 us for 256 values
+            deviations = np.abs(np.asarray(self._sorted) - median)
+            return median, 1.4826 * float(np.median(deviations))
+        return median, 1.4826 * _median(abs(v - median) for v in self._sorted)

@@ -39,6 +39,16 @@ class NonFinite(Detector):
             loss=loss, grad_norm=row.get("grad_norm"), parameter=where)]
 
 
+def _start_level(detector, full: int) -> float:
+    """The median of the detector's first losses (`_start`), computed once when all `full` are in."""
+    if detector._start_median is not None:
+        return detector._start_median
+    level = _median(detector._start)
+    if len(detector._start) >= full:
+        detector._start_median = level
+    return level
+
+
 @dataclass
 class LossSpike(Detector):
     """A loss far above its recent level, judged on a robust scale of log-loss and against a floor
@@ -67,6 +77,7 @@ class LossSpike(Detector):
         super().__post_init__()
         self._window = _Window(self.window)
         self._start: list[float] = []
+        self._start_median: float | None = None
         self._early_fired = False
 
     def _take(self, loss) -> None:
@@ -84,8 +95,13 @@ class LossSpike(Detector):
             return []
         if len(self._window) < self.min_values:
             return self._early(step, loss)
+        start = _start_level(self, self.min_values)
+        if loss - math.exp(self._window.minimum) < self.floor * start:
+            # the excess over the level exp(median) >= exp(min) cannot reach the floor: no spike,
+            # whatever the robust z (spares the MAD on most steps)
+            self._take(loss)
+            return []
         median, sigma = self._window.median_mad()
-        start = _median(self._start)
         level = math.exp(median)
         excess = loss - level
         robust_z = (math.log(loss) - median) / max(sigma, 1e-3)
@@ -134,6 +150,7 @@ class LossRise(Detector):
         super().__post_init__()
         self._recent = _Window(self.window)
         self._start: list[float] = []
+        self._start_median: float | None = None
         self._lowest: float | None = None
 
     def observe_only(self, step, row):
@@ -147,7 +164,7 @@ class LossRise(Detector):
             self._start.append(loss)
         if len(self._recent) < self.window:
             return None
-        median = _median(self._recent.values)
+        median = self._recent.median()
         self._lowest = median if self._lowest is None else min(self._lowest, median)
         return median
 
@@ -155,7 +172,7 @@ class LossRise(Detector):
         median = self._take(row.get("loss"))
         if median is None or self._lowest is None:
             return []
-        start = _median(self._start)
+        start = _start_level(self, self.window)
         excess = median - self._lowest
         if median > (1 + self.rise) * self._lowest and excess >= self.floor * start:
             return [self.event(
