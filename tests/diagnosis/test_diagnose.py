@@ -240,3 +240,23 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_a_logged_nan_is_a_finding_and_a_blank_is_a_gap(tmp_path):
+    """Lightning's CSVLogger writes `nan` for a NaN loss and leaves a cell blank when nothing was
+    logged: the first is a non-finite step, the second nothing at all. The same in JSONL."""
+    rows = [(step, loss, grad) for step, loss, grad in _loss_curve(200)]
+    with open(tmp_path / "metrics.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["step", "train_loss", "grad_norm"])
+        for step, loss, grad in rows:
+            writer.writerow([step, "nan" if step == 150 else loss, "" if step % 2 else grad])
+    diagnosis = stablelab.diagnose(tmp_path / "metrics.csv")
+    assert [(i["kind"], i["start"]) for i in diagnosis.incidents] == [("nonfinite", 150)]
+    assert len(diagnosis.run.series["grad_norm"][0]) == 100  # the blanks are gaps
+    with open(tmp_path / "history.jsonl", "w") as handle:
+        for step, loss, grad in rows:
+            entry = {"_step": step, "train/loss": float("nan") if step == 120 else loss}
+            handle.write(json.dumps(entry) + "\n")  # json writes NaN as the NaN token
+    diagnosis = stablelab.diagnose(tmp_path / "history.jsonl")
+    assert [(i["kind"], i["start"]) for i in diagnosis.incidents] == [("nonfinite", 120)]

@@ -38,34 +38,36 @@ class Detection:
     detectors_off: dict[str, str]  # kind -> why
 
 
-def aligned(series: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Every logged step of the loss (and of the gradient norm), each signal's value there (NaN
-    where it was not logged at that step)."""
+def aligned(series: dict[str, tuple[np.ndarray, np.ndarray]]
+            ) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Every logged step of the loss (and of the gradient norm); per signal, its value there and
+    whether it was logged at that step (a logged NaN is a value: the nonfinite detector's)."""
     keys = [k for k in ("loss", "grad_norm") if k in series]
     steps = np.unique(np.concatenate([series[k][0] for k in keys]))
     columns = {}
     for name, (s, v) in series.items():
-        at = np.full(len(steps), np.nan)
+        at, logged = np.full(len(steps), np.nan), np.zeros(len(steps), dtype=bool)
         index = np.searchsorted(steps, s)
         inside = (index < len(steps)) & (steps[np.minimum(index, len(steps) - 1)] == s)
         at[index[inside]] = v[inside]
-        columns[name] = at
+        logged[index[inside]] = True
+        columns[name] = (at, logged)
     return steps, columns
 
 
-def rows_of(steps: np.ndarray, columns: dict[str, np.ndarray], numbers: HostStepNumbers | None) -> Iterator[dict]:
+def rows_of(steps: np.ndarray, columns: dict[str, tuple[np.ndarray, np.ndarray]],
+            numbers: HostStepNumbers | None) -> Iterator[dict]:
     """One row per logged step, built as it is used (a long log is never held as a million dicts)."""
     names = list(columns)
     arrays = [columns[n] for n in names]
     grad = columns.get("grad_norm")
     for i in range(len(steps)):
         row = {"step": int(steps[i])}
-        for name, array in zip(names, arrays):
-            value = array[i]
-            if not math.isnan(value):
-                row[name] = float(value)
-        if numbers is not None and grad is not None and not math.isnan(grad[i]):
-            fast = numbers.step([float(grad[i])], row.get("loss"))
+        for name, (values, logged) in zip(names, arrays):
+            if logged[i]:
+                row[name] = float(values[i])
+        if numbers is not None and grad is not None and grad[1][i]:
+            fast = numbers.step([float(grad[0][i])], row.get("loss"))
             row["grad_norm_typical"], row["grad_norm_ratio_min"] = fast[TYPICAL], fast[COHERENT]
             row["outlier"], row["trusted"] = bool(fast[OUTLIER]), int(fast[TRUSTED])
         loss = row.get("loss")

@@ -22,9 +22,9 @@ def page_rows(diagnosis) -> list[dict[str, Any]]:
     rows = []
     for i in keep:
         row = {"step": int(steps[i])}
-        for name, array in columns.items():
-            if not math.isnan(array[i]):
-                row[name] = float(array[i])
+        for name, (values, logged) in columns.items():
+            if logged[i] and math.isfinite(values[i]):
+                row[name] = float(values[i])
         rows.append(row)
     return rows
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -161,46 +162,52 @@ def read_log(source: LogSource, mapping: dict[str, str] | None = None) -> Logged
 Series = Callable[[str, "str | None"], tuple[np.ndarray, np.ndarray]]
 
 
-def _from_table(columns: dict[str, np.ndarray], n: int) -> tuple[list[str], Series]:
+def _from_table(columns: dict[str, np.ndarray], n: int,
+                present: dict[str, np.ndarray] | None = None) -> tuple[list[str], Series]:
+    """columns: values per column (NaN where logged as NaN); present: where each column was logged
+    at all (default: where it is not NaN). A logged NaN or inf is a finding, kept; a blank is a gap."""
     def series(column: str, step_column: str | None):
         values = columns[column]
+        logged = present[column] if present is not None else ~np.isnan(values)
         steps = columns[step_column] if step_column else np.arange(n, dtype=np.float64)
-        keep = ~np.isnan(values) & ~np.isnan(steps)
-        keep |= np.isinf(values)  # an inf loss is a finding, not a gap
+        keep = logged & np.isfinite(steps)
+        if step_column and present is not None:
+            keep &= present[step_column]
         return steps[keep], values[keep]
 
     return list(columns), series
 
 
-def _numeric(array) -> np.ndarray:
-    """A pyarrow or Python column as float64 (non-numbers: NaN)."""
+def _numeric(array) -> tuple[np.ndarray, np.ndarray]:
+    """A pyarrow column as (float64 values, logged mask): nulls are gaps, NaN stays NaN."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    if isinstance(array, (pa.ChunkedArray, pa.Array)):
-        if pa.types.is_integer(array.type) or pa.types.is_floating(array.type) or pa.types.is_boolean(array.type):
-            return pc.cast(array, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
-        return np.full(len(array), np.nan)
-    return np.asarray(array, dtype=np.float64)
+    present = ~array.is_null().to_numpy(zero_copy_only=False)
+    if pa.types.is_integer(array.type) or pa.types.is_floating(array.type) or pa.types.is_boolean(array.type):
+        values = pc.cast(array, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+        return np.where(present, values, np.nan), present
+    return np.full(len(array), np.nan), np.zeros(len(array), dtype=bool)
 
 
 def read_csv(path: Path):
     """CSV with a header (Lightning's CSVLogger: one row per logging call, blanks elsewhere; W&B
-    exports: `_step` and one column per key), read with pyarrow's CSV reader."""
+    exports: `_step` and one column per key), read with pyarrow's CSV reader. Only a blank cell is
+    a gap: `nan` and `inf` are values a run logged."""
     import pyarrow.csv as pcsv
 
     if path.stat().st_size == 0:
         raise UsageError(f"{path} is empty")
-    table = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(strings_can_be_null=True))
-    columns = {name: _numeric(table.column(name)) for name in table.column_names}
-    return _from_table(columns, table.num_rows)
+    table = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(null_values=[""], strings_can_be_null=True))
+    read = {name: _numeric(table.column(name)) for name in table.column_names}
+    return _from_table({k: v[0] for k, v in read.items()}, table.num_rows, {k: v[1] for k, v in read.items()})
 
 
 def read_jsonl(path: Path):
-    """One JSON object per line (W&B history exports, stablelab's metrics.jsonl), streamed: only
-    numbers are kept, a torn last line is ignored."""
-    keys: dict[str, None] = {}
+    """One JSON object per line (W&B history exports, stablelab's metrics.jsonl), streamed: numbers
+    are kept (NaN and Infinity too), a key missing from a line is a gap, a torn last line is ignored."""
     values: dict[str, list[float]] = {}
+    logged: dict[str, list[bool]] = {}
     n = 0
     with open(path, encoding="utf-8") as handle:
         for line in handle:
@@ -209,22 +216,24 @@ def read_jsonl(path: Path):
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
-                break  # a torn last line (a killed writer); an earlier one raises below
+                break  # a torn last line (a killed writer)
             if not isinstance(row, dict):
                 raise UsageError(f"{path}: line {n + 1} is not a JSON object")
             for key, value in row.items():
-                if key not in keys:
-                    keys[key] = None
-                    values[key] = [float("nan")] * n
-                number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
-                values[key].append(float(number))
+                if key not in values:
+                    values[key], logged[key] = [math.nan] * n, [False] * n
+                number = isinstance(value, (int, float)) and not isinstance(value, bool)
+                values[key].append(float(value) if number else math.nan)
+                logged[key].append(number)
             n += 1
-            for key in keys:
+            for key in values:
                 if len(values[key]) < n:
-                    values[key].append(float("nan"))
+                    values[key].append(math.nan)
+                    logged[key].append(False)
     if n == 0:
         raise UsageError(f"{path} holds no JSON line")
-    return _from_table({k: np.asarray(v, dtype=np.float64) for k, v in values.items()}, n)
+    return _from_table({k: np.asarray(v, dtype=np.float64) for k, v in values.items()}, n,
+                       {k: np.asarray(v, dtype=bool) for k, v in logged.items()})
 
 
 def read_hf(path: Path):
@@ -236,9 +245,13 @@ def read_hf(path: Path):
     keys: dict[str, None] = {}
     for entry in history:
         keys.update(dict.fromkeys(entry))
-    columns = {k: np.asarray([float(e[k]) if isinstance(e.get(k), (int, float)) else np.nan for e in history],
-                             dtype=np.float64) for k in keys}
-    return _from_table(columns, len(history))
+
+    def number(entry, key) -> bool:
+        return isinstance(entry.get(key), (int, float)) and not isinstance(entry.get(key), bool)
+
+    columns = {k: np.asarray([float(e[k]) if number(e, k) else np.nan for e in history], dtype=np.float64) for k in keys}
+    present = {k: np.asarray([number(e, k) for e in history], dtype=bool) for k in keys}
+    return _from_table(columns, len(history), present)
 
 
 def read_tensorboard(path: Path):
