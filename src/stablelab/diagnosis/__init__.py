@@ -103,13 +103,14 @@ def notes_for(run: LoggedRun) -> list[str]:
                      "divided by the interval")
     interval = run.interval()
     if interval and interval > 1:
-        notes.append(f"logged every {interval} steps: the detectors see one value in {interval}; their windows "
-                     "count logged values, and a fault between two logged steps is not seen")
+        notes.append(f"logged every {interval} steps: the detectors see one value in {interval}; their warm-ups "
+                     "and windows span the same steps as live (counted in logged values, at least 8), and a "
+                     "fault between two logged steps is not seen")
     return notes
 
 
 def diagnose_run(run: LoggedRun, progress=None) -> Diagnosis:
-    return Diagnosis(run, detect(run.series, progress=progress), notes_for(run))
+    return Diagnosis(run, detect(run.series, progress=progress, interval=run.interval()), notes_for(run))
 
 
 def diagnose(path: str | Path, format: str | None = None, mapping: Sequence[str] | dict | None = None,

@@ -30,6 +30,34 @@ NEEDS: dict[str, tuple[str, ...]] = {
 }
 
 
+# the detector settings counted in steps, and the least each keeps when counted in logged values
+_IN_STEPS = {"warmup": 0, "cooldown": 1, "min_values": 8, "window": 8}
+
+
+def interval_settings(interval: int | None) -> dict[str, dict[str, int]]:
+    """Detector overrides for a log with one value every `interval` steps: every warm-up, cool-down,
+    minimum history and window counted in steps becomes the same span in logged values (at least
+    the floor above: 8 values for a robust median), so a fault at step 200 of a log every 50 steps
+    meets armed detectors."""
+    from dataclasses import fields
+
+    from stablelab.monitor.detectors import DETECTORS
+
+    if not interval or interval <= 1:
+        return {}
+    overrides: dict[str, dict[str, int]] = {}
+    for kind, cls in DETECTORS.items():
+        scaled = {}
+        for f in fields(cls):
+            if f.name in _IN_STEPS and isinstance(f.default, int) and f.default > 0:
+                scaled[f.name] = max(_IN_STEPS[f.name], math.ceil(f.default / interval))
+        if "window" in scaled and "min_values" in scaled:
+            scaled["min_values"] = min(scaled["min_values"], scaled["window"])
+        if scaled:
+            overrides[kind] = scaled
+    return overrides
+
+
 @dataclass
 class Detection:
     events: list[Event]
@@ -77,22 +105,30 @@ def rows_of(steps: np.ndarray, columns: dict[str, tuple[np.ndarray, np.ndarray]]
 
 
 def detect(series: dict[str, tuple[np.ndarray, np.ndarray]], settings: MonitorSettings | None = None,
-           progress=None) -> Detection:
+           progress=None, interval: int | None = None) -> Detection:
     """Run every detector the log's signals allow over its rows; events and incidents as the live
-    monitor makes them (row index as the detectors' clock, the logged step in what they report)."""
+    monitor makes them (row index as the detectors' clock, the logged step in what they report).
+    interval: the logging interval; spans counted in steps (warm-ups, windows, the incident gap,
+    the outlier rule's warm-up) are scaled to the same span in logged values (`interval_settings`)."""
     settings = settings or MonitorSettings()
-    detectors = build_detectors(settings.detectors)
+    scale = interval if interval and interval > 1 else 1
+    overrides = interval_settings(scale)
+    for kind, values in (settings.detectors or {}).items():  # explicit settings win
+        overrides[kind] = values if values is False else {**overrides.get(kind, {}), **values}
+    detectors = build_detectors(overrides)
     on = [d for d in detectors if d.kind in NEEDS and all(s in series for s in NEEDS[d.kind])]
     off = {d.kind: ("needs " + ", ".join(s for s in NEEDS.get(d.kind, ()) if s not in series)
                     if d.kind in NEEDS else "needs a live monitor (a scheduled check)")
            for d in detectors if d not in on}
     numbers = None
     if "grad_norm" in series:
-        numbers = HostStepNumbers([1], torch.device("cpu"), settings.outlier_factor, settings.outlier_warmup,
-                                  trust_rule(detectors, settings.outlier_patience))
+        numbers = HostStepNumbers([1], torch.device("cpu"), settings.outlier_factor,
+                                  max(1, math.ceil(settings.outlier_warmup / scale)),
+                                  trust_rule(detectors, max(2, math.ceil(settings.outlier_patience / scale))))
     spike = next((d for d in on if d.kind == "grad_spike"), None)
     steps, columns = aligned(series)
-    tracker = IncidentTracker(gap=settings.incident_gap, link=settings.incident_gap)
+    gap = max(2, math.ceil(settings.incident_gap / scale))
+    tracker = IncidentTracker(gap=gap, link=gap)
     events: list[Event] = []
     for index, row in enumerate(rows_of(steps, columns, numbers)):
         found = []
@@ -104,7 +140,7 @@ def detect(series: dict[str, tuple[np.ndarray, np.ndarray]], settings: MonitorSe
         if found:
             events.extend(found)
             tracker.add([_indexed(e) for e in found])
-        if spike is not None and numbers is not None and index % settings.sync_every == 0:
+        if spike is not None and numbers is not None and index % max(1, settings.sync_every // scale) == 0:
             numbers.set_suspect_level(spike.suspect_level())  # as the monitor shares it at read-backs
         if progress is not None and index % 65536 == 0:
             progress(index)
