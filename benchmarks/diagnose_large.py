@@ -9,6 +9,7 @@ spikes, then runs `stablelab diagnose` on it in a fresh process and reads that p
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import subprocess
 import sys
@@ -51,7 +52,8 @@ def main() -> None:
         if done.returncode:
             raise SystemExit(done.stderr[-2000:])
         verdict = done.stdout.splitlines()[0]
-        found = all(f"step {s}" in (Path(tmp) / "out" / "summary.json").read_text() for s in spikes)
+        starts = {i["start"] for i in json.loads((Path(tmp) / "out" / "summary.json").read_text())["incidents"]}
+        found = set(spikes) <= starts
         print(f"{args.rows} rows ({size:.0f} MiB CSV): diagnosed in {wall:.1f} s, peak RSS {peak:.0f} MiB; "
               f"the 3 planted spikes found: {found}")
         print(verdict[:300])

@@ -260,3 +260,15 @@ def test_a_logged_nan_is_a_finding_and_a_blank_is_a_gap(tmp_path):
             handle.write(json.dumps(entry) + "\n")  # json writes NaN as the NaN token
     diagnosis = stablelab.diagnose(tmp_path / "history.jsonl")
     assert [(i["kind"], i["start"]) for i in diagnosis.incidents] == [("nonfinite", 120)]
+
+
+def test_spans_counted_in_steps_keep_their_length_in_a_log_every_10_steps():
+    from stablelab.diagnosis.detect import interval_settings
+
+    assert interval_settings(1) == {}
+    ten = interval_settings(10)
+    # loss_spike: window and min_values 32 steps -> 4 values, raised to the floor of 8
+    assert ten["loss_spike"] == {"window": 8, "min_values": 8}
+    # grad_spike: warm-up 20 -> 2; window 256 -> 26; min_values 32 -> 4, raised to 8
+    assert ten["grad_spike"] == {"warmup": 2, "window": 26, "min_values": 8}
+    assert ten["loss_rise"] == {"window": 8, "cooldown": 10} and ten["update_ratio"]["cooldown"] == 5

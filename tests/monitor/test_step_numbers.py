@@ -105,6 +105,30 @@ def test_flagged_steps_leave_the_typical_norm_where_it_was(cls):
     assert read(n.step(base, 1.0))["grad_norm_typical"] == pytest.approx(5.0 * 1.5 ** 0.1)
 
 
+def test_the_one_norm_rule_equals_the_host_rule_on_one_tensor():
+    """GlobalNormNumbers (stablelab diagnose's global norm) against HostStepNumbers([1]) on a
+    sequence with spikes, NaN, inf, zero, a lasting shift and shared suspect levels."""
+    from stablelab.monitor.step_numbers import GlobalNormNumbers, TrustRule
+
+    trust = TrustRule(factor=12.0, coherent=7.0, patience=5)
+    host = HostStepNumbers([1], torch.device("cpu"), 10.0, 4, trust)
+    one = GlobalNormNumbers(10.0, 4, trust)
+    g = torch.Generator().manual_seed(3)
+    for t in range(120):
+        norm = float((1 + 0.2 * torch.randn((), generator=g)).abs())
+        norm *= {30: 1000.0, 31: 1000.0, 50: 5.0}.get(t, 1.0) * (30.0 if t >= 80 else 1.0)
+        norm = {40: math.nan, 41: math.inf, 45: 0.0}.get(t, norm)
+        loss = None if t == 7 else (math.nan if t == 60 else 1.0 / (1 + t))
+        if t % 10 == 0:
+            level = math.log(3.0 + t / 100)
+            host.set_suspect_level(level)
+            one.set_suspect_level(level)
+        full = dict(zip(FAST, host.step(torch.tensor([norm]), loss)))
+        typical, ratio, outlier, trusted = one.read(norm, loss)
+        expected = (full["grad_norm_typical"], full["grad_norm_ratio_min"], bool(full["outlier"]), bool(full["trusted"]))
+        assert (typical, ratio, outlier, trusted) == pytest.approx(expected, nan_ok=True), f"step {t}"
+
+
 def test_auto_chooses_host_floats_on_the_cpu():
     assert isinstance(step_numbers([1], torch.device("cpu"), 10.0, 5), HostStepNumbers)
     assert isinstance(step_numbers([1], torch.device("cpu"), 10.0, 5, where="device"), DeviceStepNumbers)

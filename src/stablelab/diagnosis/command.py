@@ -7,6 +7,8 @@ from pathlib import Path
 
 from stablelab.logs import FORMATS
 
+PROGRESS_FROM = 200_000  # logged steps from which a run's diagnosis shows a progress bar (~2 s)
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", help="a training log (file) or a folder of them")
@@ -23,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from stablelab.config import ensure_out_folder
     from stablelab.io import atomic_write_json
     from stablelab.logs import find_runs, parse_mapping, read_log
+    from stablelab.run.progress import progress_bar
 
     path = Path(args.path)
     mapping = parse_mapping(args.map)
@@ -30,7 +33,11 @@ def run(args: argparse.Namespace) -> int:
     out = ensure_out_folder(args.out or (path / "diagnosis" if path.is_dir() else path.parent / "diagnosis"))
     results = []
     for source in sources:
-        diagnosis = diagnose_run(read_log(source, mapping))
+        run_log = read_log(source, mapping)
+        rows = len(run_log.series["loss"][0])
+        with progress_bar("diagnose", rows, unit="logged steps", description=source.name,
+                          enabled=not args.no_progress and rows >= PROGRESS_FROM, transient=True) as bar:
+            diagnosis = diagnose_run(run_log, progress=lambda done: bar.update(advance=done - bar.completed))
         folder = out if len(sources) == 1 else out / _slug(source, path)
         diagnosis.to_html(folder)
         results.append((folder, diagnosis))

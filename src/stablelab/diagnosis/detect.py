@@ -11,16 +11,13 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
-import torch
 
 from stablelab.monitor.detectors import build_detectors, trust_rule
 from stablelab.monitor.events import Event
 from stablelab.monitor.incidents import IncidentTracker
 from stablelab.monitor.settings import MonitorSettings
-from stablelab.monitor.step_numbers import FAST, HostStepNumbers
+from stablelab.monitor.step_numbers import GlobalNormNumbers
 
-TYPICAL, COHERENT, OUTLIER, TRUSTED = (FAST.index(k) for k in ("grad_norm_typical", "grad_norm_ratio_min",
-                                                                "outlier", "trusted"))
 # detector kind -> the logged signals it needs (a kind missing here needs a live monitor)
 NEEDS: dict[str, tuple[str, ...]] = {
     "nonfinite": ("loss",), "loss_spike": ("loss",), "loss_rise": ("loss",),
@@ -84,7 +81,7 @@ def aligned(series: dict[str, tuple[np.ndarray, np.ndarray]]
 
 
 def rows_of(steps: np.ndarray, columns: dict[str, tuple[np.ndarray, np.ndarray]],
-            numbers: HostStepNumbers | None) -> Iterator[dict]:
+            numbers: GlobalNormNumbers | None) -> Iterator[dict]:
     """One row per logged step, built as it is used (a long log is never held as a million dicts)."""
     names = list(columns)
     arrays = [columns[n] for n in names]
@@ -95,9 +92,9 @@ def rows_of(steps: np.ndarray, columns: dict[str, tuple[np.ndarray, np.ndarray]]
             if logged[i]:
                 row[name] = float(values[i])
         if numbers is not None and grad is not None and grad[1][i]:
-            fast = numbers.step([float(grad[0][i])], row.get("loss"))
-            row["grad_norm_typical"], row["grad_norm_ratio_min"] = fast[TYPICAL], fast[COHERENT]
-            row["outlier"], row["trusted"] = bool(fast[OUTLIER]), int(fast[TRUSTED])
+            typical, ratio, outlier, trusted = numbers.read(float(grad[0][i]), row.get("loss"))
+            row["grad_norm_typical"], row["grad_norm_ratio_min"] = typical, ratio
+            row["outlier"], row["trusted"] = outlier, int(trusted)
         loss = row.get("loss")
         row["nonfinite"] = (loss is not None and not math.isfinite(loss)) or (
             "grad_norm" in row and not math.isfinite(row["grad_norm"]))
@@ -122,9 +119,8 @@ def detect(series: dict[str, tuple[np.ndarray, np.ndarray]], settings: MonitorSe
            for d in detectors if d not in on}
     numbers = None
     if "grad_norm" in series:
-        numbers = HostStepNumbers([1], torch.device("cpu"), settings.outlier_factor,
-                                  max(1, math.ceil(settings.outlier_warmup / scale)),
-                                  trust_rule(detectors, max(2, math.ceil(settings.outlier_patience / scale))))
+        numbers = GlobalNormNumbers(settings.outlier_factor, max(1, math.ceil(settings.outlier_warmup / scale)),
+                                    trust_rule(detectors, max(2, math.ceil(settings.outlier_patience / scale))))
     spike = next((d for d in on if d.kind == "grad_spike"), None)
     steps, columns = aligned(series)
     gap = max(2, math.ceil(settings.incident_gap / scale))

@@ -234,6 +234,39 @@ class HostStepNumbers:
         return outlier, typical, coherent, learn
 
 
+class GlobalNormNumbers(HostStepNumbers):
+    """`HostStepNumbers`' rule for one norm, the global one (a training log has no per-tensor norms:
+    stablelab diagnose): the same state and arithmetic without the lists, about 10x less work per
+    step on a million-step log. tests/monitor/test_step_numbers.py checks it equals
+    HostStepNumbers([1]) value for value."""
+
+    def __init__(self, outlier_factor: float, outlier_warmup: int, trust: TrustRule = TrustRule()):
+        super().__init__([1], torch.device("cpu"), outlier_factor, outlier_warmup, trust)
+
+    def read(self, norm: float, loss: float | None) -> tuple[float, float, bool, bool]:
+        """(typical norm before this step, ratio to it, outlier, trusted) of one step."""
+        bad = not math.isfinite(norm + loss if loss is not None else norm)
+        t = self._log_typical[-1]
+        x = _log(norm)
+        d = x - t
+        typical = math.exp(t)
+        log_coherent = 0.0 if (norm == 0 or math.isnan(d) or d == math.inf) else min(max(d, -60.0), 60.0)
+        if self._typical_count < self.outlier_warmup:
+            outlier, accept, learn = False, False, not bad
+        else:
+            suspect = not bad and (d > self.log_suspect or log_coherent > self.log_coherent)
+            run = self._suspect_run + 1 if suspect else 0.0
+            accept = run >= self.patience
+            self._suspect_run = 0.0 if accept else run
+            outlier = d > self.log_outlier and not bad and not accept
+            learn = not bad and (not suspect or accept)
+        if learn:
+            new = x if (math.isnan(t) or accept) else t + (1 - TYPICAL_BETA) * d
+            self._log_typical = [new, new]
+        self._typical_count += 1
+        return typical, math.exp(log_coherent), outlier, learn
+
+
 def _log(x: float) -> float:
     # torch's clamp_min(1e-30).log(): NaN stays NaN, inf stays inf
     return x if math.isnan(x) else math.log(max(x, _TINY)) if x != math.inf else math.inf
