@@ -168,6 +168,8 @@ def test_wandb_style_csv_and_jsonl_exports_and_several_runs_in_one_folder(tmp_pa
     assert "run_b.jsonl: nothing wrong found" in printed
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert [r["format"] for r in summary["runs"]] == ["csv", "jsonl"]
+    comparison = (tmp_path / "out" / "report.html").read_text()
+    assert comparison.index("run_a.csv") < comparison.index("run_b.jsonl")  # most incidents first
     for run in summary["runs"]:
         assert (tmp_path / "out" / run["folder"].split("/")[-1] / "report.html").exists()
         assert set(run) >= {"verdict", "incidents", "signals_found", "signals_missing", "log_interval"}

@@ -44,9 +44,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{source.path}: {diagnosis.verdict}")
     if len(results) > 1:
         atomic_write_json(out / "summary.json", {"runs": [{"folder": str(f), **d.summary()} for f, d in results]})
+        comparison_page(results, out)
         worst = max(results, key=lambda r: len(r[1].incidents))
         print(f"{len(results)} runs; most incidents: {worst[1].run.source.path} ({len(worst[1].incidents)})")
-    print(f"report: {out / 'report.html' if len(results) == 1 else out}")
+    print(f"report: {out / 'report.html'}")
     return 0
 
 
@@ -56,3 +57,21 @@ def _slug(source, root: Path) -> str:
     except ValueError:
         relative = Path(source.path.name)
     return "_".join(relative.parts).replace(".", "_") or source.path.name
+
+
+def comparison_page(results, out: Path) -> None:
+    """OUT/report.html for several runs: one line each (incidents, the first, the interval), linked
+    to its own page."""
+    from stablelab.report.html import Page
+
+    page = Page(f"stablelab diagnosis: {len(results)} runs", subtitle=str(out))
+    page.heading("Runs, most incidents first")
+    ranked = sorted(results, key=lambda r: -len(r[1].incidents))
+    page.table(["run", "format", "logged steps", "interval", "incidents", "kinds", "first incident", "page"],
+               [[d.run.source.name, d.run.source.format, d.steps_logged(), d.log_interval, len(d.incidents),
+                 ", ".join(sorted({i["kind"] for i in d.incidents})) or "-",
+                 f"step {d.incidents[0]['start']}" if d.incidents else "-",
+                 str(Path(folder).relative_to(out) / "report.html")] for folder, d in ranked])
+    page.heading("Verdicts")
+    page.findings([f"{d.run.source.name}: {d.verdict}" for _, d in ranked], [bool(d.incidents) for _, d in ranked])
+    page.write(out / "report.html")
