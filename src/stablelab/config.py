@@ -344,16 +344,29 @@ def write_config(out: Path, settings: Any, runtime: Runtime, extra: dict | None 
     return path
 
 
-def ensure_out_folder(out: str | Path, flag: str = "--out") -> Path:
-    """`out` as a folder this process can write in, created if needed; a UsageError (one line)
-    when it is a file, cannot be created, or is not writable. Called before any work starts."""
+def ensure_out_folder(out: str | Path, flag: str = "--out", create: bool = True) -> Path:
+    """`out` as a folder this process can write in; a UsageError (one line) when it is a file,
+    cannot be created, or is not writable. The check creates the folder for real (the only sure
+    test); with create=False the folders it made are removed again (they were empty, and ours), so
+    input refused later leaves nothing behind."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"{flag} {out} is a file, not a folder; use a new {flag}")
+    missing, parent = [], out
+    while not parent.exists() and parent != parent.parent:
+        missing.append(parent)  # innermost first
+        parent = parent.parent
     try:
         out.mkdir(parents=True, exist_ok=True)
+        writable = os.access(out, os.W_OK | os.X_OK)
     except OSError as error:
-        raise UsageError(f"cannot create {flag} {out}: {error.strerror or error}") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot write in {flag} {out}: permission denied")
+        raise UsageError(f"cannot create or write {flag} {out}: {error.strerror or error}") from None
+    if not create or not writable:
+        for folder in missing:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+    if not writable:
+        raise UsageError(f"cannot create or write {flag} {out}: permission denied")
     return out

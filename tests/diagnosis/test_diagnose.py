@@ -234,6 +234,7 @@ def test_bad_input_is_one_line_and_exit_2(path, flags, fragment, tmp_path, capsy
         assert status == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and fragment in lines[0], lines
+    assert not (tmp_path / "out").exists()  # refused before any output
 
 
 class _nothing:

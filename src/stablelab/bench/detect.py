@@ -386,7 +386,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--quick keeps at least 2 held-out seeds, got --seeds {args.seeds}")
     from stablelab.config import ensure_out_folder
 
-    ensure_out_folder(args.out)
+    ensure_out_folder(args.out, create=False)
     summary = detection_benchmark(args.out, quick=args.quick, detectors=args.detectors, device=args.device,
                                   workers=args.workers, address=args.address, progress=not args.no_progress,
                                   seeds=args.seeds, calibration_seeds=args.calibration_seeds)

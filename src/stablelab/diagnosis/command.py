@@ -30,10 +30,12 @@ def run(args: argparse.Namespace) -> int:
     path = Path(args.path)
     mapping = parse_mapping(args.map)
     sources = find_runs(path, args.format)
-    out = ensure_out_folder(args.out or (path / "diagnosis" if path.is_dir() else path.parent / "diagnosis"))
+    out = args.out or (path / "diagnosis" if path.is_dir() else path.parent / "diagnosis")
+    ensure_out_folder(out, create=False)
+    logs = [read_log(source, mapping) for source in sources]  # every log read (and refused) before any output
+    out = ensure_out_folder(out)
     results = []
-    for source in sources:
-        run_log = read_log(source, mapping)
+    for source, run_log in zip(sources, logs):
         rows = len(run_log.series["loss"][0])
         with progress_bar("diagnose", rows, unit="logged steps", description=source.name,
                           enabled=not args.no_progress and rows >= PROGRESS_FROM, transient=True) as bar:

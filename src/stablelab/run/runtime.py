@@ -20,7 +20,7 @@ def checked(runtime: Runtime) -> Runtime:
     if runtime.out is not None:
         from stablelab.config import ensure_out_folder
 
-        ensure_out_folder(runtime.out)
+        ensure_out_folder(runtime.out, create=False)  # checked here, created when work starts
     return runtime
 
 
