@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from stablelab.diagnosis.detect import Detection, detect
-from stablelab.logs import SIGNALS, LoggedRun, find_runs, parse_mapping, read_log
+from stablelab.logs import LoggedRun, find_runs, parse_mapping, read_log
 
 # how to log what a detector needs, per missing signal
 HOW_TO_LOG = {
@@ -123,4 +123,4 @@ def diagnose(path: str | Path, format: str | None = None, mapping: Sequence[str]
     return results[0] if len(results) == 1 else Diagnoses(results)
 
 
-__all__ = ["Diagnosis", "Diagnoses", "diagnose", "diagnose_run", "SIGNALS"]
+__all__ = ["Diagnosis", "Diagnoses", "diagnose", "diagnose_run"]

@@ -61,6 +61,8 @@ class Detection:
     incidents: list[Any]
     detectors_on: list[str]
     detectors_off: dict[str, str]  # kind -> why
+    steps: np.ndarray | None = None  # the logged steps and the signals at them (`aligned`), for the page
+    columns: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
 
 
 def aligned(series: dict[str, tuple[np.ndarray, np.ndarray]]
@@ -142,7 +144,7 @@ def detect(series: dict[str, tuple[np.ndarray, np.ndarray]], settings: MonitorSe
             progress(index)
     tracker.close_all()
     incidents = [_stepped(i, steps) for i in tracker.incidents]
-    return Detection(events, incidents, [d.kind for d in on], off)
+    return Detection(events, incidents, [d.kind for d in on], off, steps, columns)
 
 
 def _indexed(event: Event) -> Event:

@@ -9,13 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from stablelab.diagnosis.detect import aligned
-
 MAX_POINTS = 4000  # points per curve on the page (a long log is thinned, every event's step kept)
 
 
 def page_rows(diagnosis) -> list[dict[str, Any]]:
-    steps, columns = aligned(diagnosis.run.series)
+    steps, columns = diagnosis.detection.steps, diagnosis.detection.columns  # aligned once, by detect
     keep = np.unique(np.concatenate([np.linspace(0, len(steps) - 1, min(len(steps), MAX_POINTS)).astype(int),
                                      np.searchsorted(steps, [e.step for e in diagnosis.detection.events])]))
     keep = keep[keep < len(steps)]
