@@ -10,6 +10,7 @@ import json
 import math
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -270,8 +271,91 @@ def test_spans_counted_in_steps_keep_their_length_in_a_log_every_10_steps():
 
     assert interval_settings(1) == {}
     ten = interval_settings(10)
-    # loss_spike: window and min_values 32 steps -> 4 values, raised to the floor of 8
-    assert ten["loss_spike"] == {"window": 8, "min_values": 8}
-    # grad_spike: warm-up 20 -> 2; window 256 -> 26; min_values 32 -> 4, raised to 8
-    assert ten["grad_spike"] == {"warmup": 2, "window": 26, "min_values": 8}
-    assert ten["loss_rise"] == {"window": 8, "cooldown": 10} and ten["update_ratio"]["cooldown"] == 5
+    # loss_spike: window and min_values 32 steps -> 4 values, kept at 32 (the floor, its live count)
+    assert ten["loss_spike"] == {"window": 32, "min_values": 32}
+    # grad_spike: warm-up 20 -> 2; window 256 -> 26, raised to 32; min_values 32 -> 4, raised to 32
+    assert ten["grad_spike"] == {"warmup": 2, "window": 32, "min_values": 32}
+    # update_ratio: window 200 -> 20, raised to 32; min_values 20 -> 2, raised to its live 20 (not 32)
+    assert {k: ten["update_ratio"][k] for k in ("window", "min_values")} == {"window": 32, "min_values": 20}
+    assert ten["loss_rise"] == {"window": 32, "cooldown": 10} and ten["update_ratio"]["cooldown"] == 5
+
+
+def test_a_monitors_own_log_at_interval_1_gives_the_live_monitors_warnings(tmp_path):
+    """Issue 22, Done-when: at interval 1, a log holding the monitor's own columns (its
+    metrics.jsonl, as a Monitor forwarding its rows to any logger would write them) gets the
+    live monitor's warnings, kind and step for kind and step: a 10x gradient at step 150, a 30x
+    learning-rate jump at step 400 and a NaN loss at step 600 on a small classifier."""
+    import torch
+    import torch.nn.functional as F
+
+    from stablelab.diagnosis.detect import NEEDS
+    from stablelab.monitor import Monitor
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 16, generator=g)
+    y = (x @ torch.randn(16, 4, generator=g)).argmax(-1)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 4))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    monitor = Monitor(model, optimizer, log_dir=tmp_path / "run", policy={"*": "warn"}, sinks=())
+    for step in range(700):
+        if step == 400:
+            optimizer.param_groups[0]["lr"] *= 30
+        index = torch.randint(0, len(x), (32,), generator=g)
+        loss = F.cross_entropy(model(x[index]), y[index])
+        loss.backward()
+        if step == 150:
+            for p in model.parameters():
+                p.grad.mul_(10.0)
+        monitor.observe(loss * float("nan") if step == 600 else loss)
+        if step != 600:
+            optimizer.step()
+        optimizer.zero_grad()
+    monitor.close()
+    live = {(e.kind, e.step) for e in monitor.events if e.severity != "info" and e.kind in NEEDS}
+    assert {k for k, _ in live} >= {"grad_spike", "update_ratio", "nonfinite"}  # the faults were seen live
+    diagnosis = stablelab.diagnose(tmp_path / "run" / "metrics.jsonl")
+    assert diagnosis.log_interval == 1
+    assert {(e.kind, e.step) for e in diagnosis.detection.events if e.severity != "info"} == live
+
+
+def test_thresholds_for_a_log_interval_come_from_the_sparser_calibration():
+    """A log every k steps takes the calibrated row of the smallest measured interval >= k (worked
+    by hand from the table), the largest row beyond it, and nothing at interval 1; detect() builds
+    its detectors with those values unless the caller set them."""
+    from stablelab.diagnosis.calibration import LOG_THRESHOLDS, thresholds_for_interval
+    from stablelab.diagnosis.detect import detect
+    from stablelab.monitor.settings import MonitorSettings
+
+    assert thresholds_for_interval(1) == {} and thresholds_for_interval(None) == {}
+    assert thresholds_for_interval(3) == LOG_THRESHOLDS[5]
+    assert thresholds_for_interval(10) == LOG_THRESHOLDS[10]
+    assert thresholds_for_interval(11) == LOG_THRESHOLDS[25]
+    assert thresholds_for_interval(1000) == LOG_THRESHOLDS[100]
+    steps = np.arange(0, 2000, 10)
+    series = {"loss": (steps, np.exp(-steps / 1000.0)), "grad_norm": (steps, np.ones(len(steps)))}
+    used = {d.kind: d for d in _detectors_of(detect, series, None, 10)}
+    assert used["grad_spike"].z == LOG_THRESHOLDS[10]["grad_spike"]["z"]
+    assert used["loss_spike"].z == LOG_THRESHOLDS[10]["loss_spike"]["z"]
+    mine = MonitorSettings(detectors={"grad_spike": {"z": 3.5}})
+    assert {d.kind: d for d in _detectors_of(detect, series, mine, 10)}["grad_spike"].z == 3.5
+
+
+def _detectors_of(detect, series, settings, interval):
+    """The detectors detect() built (captured from build_detectors)."""
+    import sys
+
+    module = sys.modules["stablelab.diagnosis.detect"]
+    built = []
+    original = module.build_detectors
+
+    def capture(overrides):
+        built.extend(original(overrides))
+        return built
+
+    module.build_detectors = capture
+    try:
+        detect(series, settings, interval=interval)
+    finally:
+        module.build_detectors = original
+    return built

@@ -100,7 +100,8 @@ def notes_for(run: LoggedRun) -> list[str]:
                          + HOW_TO_LOG[signal])
     if run.source.format == "hf":
         notes.append("the HF Trainer logs the mean loss over each logging interval: a one-step spike shows "
-                     "divided by the interval")
+                     "divided by the interval; its logging_nan_inf_filter (on by default) leaves NaN losses out "
+                     "of that mean (an interval of NaN losses logs 0.0), so NaNs show only in grad_norm")
     interval = run.interval()
     if interval and interval > 1:
         notes.append(f"logged every {interval} steps: the detectors see one value in {interval}; their warm-ups "

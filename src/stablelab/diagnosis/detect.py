@@ -7,11 +7,12 @@ logged step."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
 import numpy as np
 
+from stablelab.diagnosis.calibration import thresholds_for_interval
 from stablelab.monitor.detectors import build_detectors, trust_rule
 from stablelab.monitor.events import Event
 from stablelab.monitor.incidents import IncidentTracker
@@ -28,14 +29,18 @@ NEEDS: dict[str, tuple[str, ...]] = {
 
 
 # the detector settings counted in steps, and the least each keeps when counted in logged values
-_IN_STEPS = {"warmup": 0, "cooldown": 1, "min_values": 8, "window": 8}
+# (never more than its live default): a robust median and MAD over fewer than 32 values raised false
+# warnings on the calibration split's sparse logs (benchmarks/diagnose_calibrate.py: at floors of 8
+# and 16 values, 14 and 5 false incidents over its replays at intervals 5-10; none at 32)
+_IN_STEPS = {"warmup": 0, "cooldown": 1, "min_values": 32, "window": 32}
 
 
 def interval_settings(interval: int | None) -> dict[str, dict[str, int]]:
-    """Detector overrides for a log with one value every `interval` steps: every warm-up, cool-down,
-    minimum history and window counted in steps becomes the same span in logged values (at least
-    the floor above: 8 values for a robust median), so a fault at step 200 of a log every 50 steps
-    meets armed detectors."""
+    """Detector overrides for a log with one value every `interval` steps: every warm-up and
+    cool-down counted in steps becomes the same span in logged values, so a fault at step 200 of a
+    log every 50 steps meets armed detectors; a window or minimum history keeps at least 32 values
+    (or its live count, if smaller), so its robust statistics are as steady as live, and spans more
+    steps."""
     from dataclasses import fields
 
     from stablelab.monitor.detectors import DETECTORS
@@ -47,7 +52,7 @@ def interval_settings(interval: int | None) -> dict[str, dict[str, int]]:
         scaled = {}
         for f in fields(cls):
             if f.name in _IN_STEPS and isinstance(f.default, int) and f.default > 0:
-                scaled[f.name] = max(_IN_STEPS[f.name], math.ceil(f.default / interval))
+                scaled[f.name] = max(min(_IN_STEPS[f.name], f.default), math.ceil(f.default / interval))
         if "window" in scaled and "min_values" in scaled:
             scaled["min_values"] = min(scaled["min_values"], scaled["window"])
         if scaled:
@@ -82,36 +87,58 @@ def aligned(series: dict[str, tuple[np.ndarray, np.ndarray]]
     return steps, columns
 
 
+# the monitor's own per-step numbers (rows of a stablelab Monitor forwarded to a logger): computed on
+# every step from every tensor's norm, so a log that has them needs no re-estimate from one norm
+STEP_NUMBERS = ("grad_norm_typical", "grad_norm_ratio_min", "outlier", "trusted", "nonfinite")
+_FLAGS = {"outlier": bool, "trusted": int, "nonfinite": bool}
+
+
 def rows_of(steps: np.ndarray, columns: dict[str, tuple[np.ndarray, np.ndarray]],
-            numbers: GlobalNormNumbers | None) -> Iterator[dict]:
-    """One row per logged step, built as it is used (a long log is never held as a million dicts)."""
-    names = list(columns)
-    arrays = [columns[n] for n in names]
+            numbers: GlobalNormNumbers | None, coherent: bool = True) -> Iterator[dict]:
+    """One row per logged step, built as it is used (a long log is never held as a million dicts).
+    numbers: the monitor's rule re-run on the logged global norm (None when the log carries the
+    monitor's own numbers); coherent: whether that one-norm rule stands in for "every tensor's
+    norm" (grad_norm_ratio_min), which a log without per-tensor norms cannot show."""
+    plain = [(name, *columns[name]) for name in columns if name not in _FLAGS]
+    flags = [(name, _FLAGS[name], *columns[name]) for name in columns if name in _FLAGS]
     grad = columns.get("grad_norm")
     for i in range(len(steps)):
         row = {"step": int(steps[i])}
-        for name, (values, logged) in zip(names, arrays):
+        for name, values, logged in plain:
             if logged[i]:
                 row[name] = float(values[i])
+        for name, cast, values, logged in flags:
+            if logged[i]:
+                value = float(values[i])
+                row[name] = cast(value) if math.isfinite(value) else value
         if numbers is not None and grad is not None and grad[1][i]:
             typical, ratio, outlier, trusted = numbers.read(float(grad[0][i]), row.get("loss"))
-            row["grad_norm_typical"], row["grad_norm_ratio_min"] = typical, ratio
+            row["grad_norm_typical"] = typical
+            if coherent:
+                row["grad_norm_ratio_min"] = ratio
             row["outlier"], row["trusted"] = outlier, int(trusted)
         loss = row.get("loss")
-        row["nonfinite"] = (loss is not None and not math.isfinite(loss)) or (
+        row["nonfinite"] = bool(row.get("nonfinite")) or (loss is not None and not math.isfinite(loss)) or (
             "grad_norm" in row and not math.isfinite(row["grad_norm"]))
         yield row
 
 
 def detect(series: dict[str, tuple[np.ndarray, np.ndarray]], settings: MonitorSettings | None = None,
-           progress=None, interval: int | None = None) -> Detection:
+           progress=None, interval: int | None = None, one_norm_coherent: bool = False) -> Detection:
     """Run every detector the log's signals allow over its rows; events and incidents as the live
     monitor makes them (row index as the detectors' clock, the logged step in what they report).
     interval: the logging interval; spans counted in steps (warm-ups, windows, the incident gap,
-    the outlier rule's warm-up) are scaled to the same span in logged values (`interval_settings`)."""
+    the outlier rule's warm-up) are scaled to the same span in logged values (`interval_settings`)
+    and the thresholds are those calibrated for the interval (`calibration.thresholds_for_interval`).
+    A log with the monitor's own gradient numbers (`STEP_NUMBERS`) is judged on them; otherwise the
+    monitor's rule runs on the logged global norm, without grad_spike's "every tensor" reading
+    unless one_norm_coherent (on the benchmark's calibration split the one norm standing in for
+    every tensor added a false warning and no detection)."""
     settings = settings or MonitorSettings()
     scale = interval if interval and interval > 1 else 1
     overrides = interval_settings(scale)
+    for kind, values in thresholds_for_interval(scale).items():  # calibrated for the interval
+        overrides[kind] = {**overrides.get(kind, {}), **values}
     for kind, values in (settings.detectors or {}).items():  # explicit settings win
         overrides[kind] = values if values is False else {**overrides.get(kind, {}), **values}
     detectors = build_detectors(overrides)
@@ -120,15 +147,18 @@ def detect(series: dict[str, tuple[np.ndarray, np.ndarray]], settings: MonitorSe
                     if d.kind in NEEDS else "needs a live monitor (a scheduled check)")
            for d in detectors if d not in on}
     numbers = None
-    if "grad_norm" in series:
+    if "grad_norm" in series and "grad_norm_typical" not in series:
+        trust = trust_rule(detectors, max(2, math.ceil(settings.outlier_patience / scale)))
+        if not one_norm_coherent:
+            trust = replace(trust, coherent=math.inf)
         numbers = GlobalNormNumbers(settings.outlier_factor, max(1, math.ceil(settings.outlier_warmup / scale)),
-                                    trust_rule(detectors, max(2, math.ceil(settings.outlier_patience / scale))))
+                                    trust)
     spike = next((d for d in on if d.kind == "grad_spike"), None)
     steps, columns = aligned(series)
     gap = max(2, math.ceil(settings.incident_gap / scale))
     tracker = IncidentTracker(gap=gap, link=gap)
     events: list[Event] = []
-    for index, row in enumerate(rows_of(steps, columns, numbers)):
+    for index, row in enumerate(rows_of(steps, columns, numbers, one_norm_coherent)):
         found = []
         for detector in on:
             for event in detector.check(index, row):

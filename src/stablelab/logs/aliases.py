@@ -25,7 +25,9 @@ ALIASES: dict[str, tuple[str, ...]] = {
 }
 # stablelab's own signal columns are read under their own names (a metrics.jsonl of the monitor)
 OWN = ("update_ratio_max", "attn_logit_max", "log_z_mean", "log_z_max", "spike_ratio_max",
-       "softmax_collapse_fraction", "eps_ratio_min")
+       "softmax_collapse_fraction", "eps_ratio_min",
+       # the monitor's per-step gradient numbers (from every tensor's norm, every step)
+       "grad_norm_typical", "grad_norm_ratio_min", "outlier", "trusted", "nonfinite")
 SIGNALS = ("loss", "grad_norm", "lr") + OWN
 _LR_PREFIX = re.compile(r"^lr-[a-z0-9_]+$")  # Lightning's LearningRateMonitor: lr-<Optimizer>[-group]
 
