@@ -105,8 +105,8 @@ def notes_for(run: LoggedRun) -> list[str]:
     interval = run.interval()
     if interval and interval > 1:
         notes.append(f"logged every {interval} steps: the detectors see one value in {interval}; their warm-ups "
-                     "and windows span the same steps as live (counted in logged values, at least 8), and a "
-                     "fault between two logged steps is not seen")
+                     "span the same steps as live, their windows at least 32 logged values, their thresholds "
+                     "are those calibrated for this interval, and a fault between two logged steps is not seen")
     return notes
 
 
