@@ -359,3 +359,54 @@ def _detectors_of(detect, series, settings, interval):
     finally:
         module.build_detectors = original
     return built
+
+
+def test_per_tensor_norms_logged_by_lightnings_grad_norm_give_the_live_monitors_gradient_warnings(tmp_path):
+    """A log with per-tensor gradient norms (Lightning's `grad_norm(module, 2)` utility, written by
+    its CSVLogger) gets the monitor's per-tensor rules: a gradient scaled 20x as a whole at step 150
+    (the global norm only ~10x its noisy typical value, under the 12x level; every tensor >= 7x its
+    own) and the first bias's gradient 100x at step 300 are warned at the steps, and with the
+    kinds, the live monitor warns them; from the total norm alone step 150 is not seen, and the note says
+    the per-tensor rules ran. SGD with momentum: the live spike ratio is the same running mean."""
+    import torch
+    import torch.nn.functional as F
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.utilities import grad_norm
+
+    from stablelab.monitor import Monitor
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(512, 16, generator=g)
+    y = (x @ torch.randn(16, 4, generator=g)).argmax(-1)
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 32), torch.nn.Tanh(),
+                                torch.nn.Linear(32, 4))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    monitor = Monitor(model, optimizer, policy={"*": "warn"}, sinks=())
+    logger = CSVLogger(str(tmp_path), name="run", version=0)
+    for step in range(400):
+        index = torch.randint(0, len(x), (32,), generator=g)
+        loss = F.cross_entropy(model(x[index]), y[index])
+        loss.backward()
+        if step == 150:
+            for p in model.parameters():
+                p.grad.mul_(20.0)
+        if step == 300:
+            model[0].bias.grad.mul_(100.0)
+        logger.log_metrics({"train_loss": loss.item(), **{k: v.item() for k, v in grad_norm(model, 2).items()}},
+                           step=step)
+        monitor.observe(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+    monitor.close()
+    logger.finalize("success")
+    kinds = ("grad_spike", "grad_outlier")
+    live = {(e.kind, e.step) for e in monitor.events if e.severity != "info" and e.kind in kinds}
+    assert {s for _, s in live} >= {150, 300}, sorted(live)
+    diagnosis = stablelab.diagnose(tmp_path / "run" / "version_0" / "metrics.csv")
+    assert len(diagnosis.run.tensors) == 6 and any("per-tensor gradient norms of 6" in n for n in diagnosis.notes)
+    assert {(e.kind, e.step) for e in diagnosis.detection.events if e.severity != "info" and e.kind in kinds} == live
+    from stablelab.diagnosis.detect import detect
+
+    one_norm = detect(diagnosis.run.series, interval=1)  # grad_2.0_norm_total only
+    assert 150 not in {e.step for e in one_norm.events if e.severity != "info" and e.kind in kinds}

@@ -98,6 +98,12 @@ def notes_for(run: LoggedRun) -> list[str]:
         if signal not in run.series:
             notes.append(f"no {signal} logged: " + ("gradient detectors off; " if signal == "grad_norm" else "")
                          + HOW_TO_LOG[signal])
+    if run.tensors:
+        notes.append(f"per-tensor gradient norms of {len(run.tensors)} tensors logged: the monitor's per-tensor rules "
+                     "(every tensor's norm at once, the per-tensor spike ratio) run on them")
+    elif "grad_norm" in run.series:
+        notes.append("no per-tensor gradient norms: the 'every tensor grew at once' reading is off (Lightning: "
+                     "self.log_dict(lightning.pytorch.utilities.grad_norm(self, norm_type=2)) logs them)")
     if run.source.format == "hf":
         notes.append("the HF Trainer logs the mean loss over each logging interval: a one-step spike shows "
                      "divided by the interval; its logging_nan_inf_filter (on by default) leaves NaN losses out "
@@ -111,7 +117,8 @@ def notes_for(run: LoggedRun) -> list[str]:
 
 
 def diagnose_run(run: LoggedRun, progress=None) -> Diagnosis:
-    return Diagnosis(run, detect(run.series, progress=progress, interval=run.interval()), notes_for(run))
+    return Diagnosis(run, detect(run.series, progress=progress, interval=run.interval(), tensors=run.tensors),
+                     notes_for(run))
 
 
 def diagnose(path: str | Path, format: str | None = None, mapping: Sequence[str] | dict | None = None,

@@ -11,13 +11,14 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
 import numpy as np
+import torch
 
 from stablelab.diagnosis.calibration import thresholds_for_interval
 from stablelab.monitor.detectors import build_detectors, trust_rule
 from stablelab.monitor.events import Event
 from stablelab.monitor.incidents import IncidentTracker
 from stablelab.monitor.settings import MonitorSettings
-from stablelab.monitor.step_numbers import GlobalNormNumbers
+from stablelab.monitor.step_numbers import GlobalNormNumbers, HostStepNumbers
 
 # detector kind -> the logged signals it needs (a kind missing here needs a live monitor)
 NEEDS: dict[str, tuple[str, ...]] = {
@@ -93,15 +94,64 @@ STEP_NUMBERS = ("grad_norm_typical", "grad_norm_ratio_min", "outlier", "trusted"
 _FLAGS = {"outlier": bool, "trusted": int, "nonfinite": bool}
 
 
+class OneNorm:
+    """The monitor's gradient rule re-run on the logged global norm (`GlobalNormNumbers`). Without
+    per-tensor norms there is no "every tensor grew at once" reading unless `coherent`."""
+
+    def __init__(self, numbers: GlobalNormNumbers, coherent: bool):
+        self.numbers, self.coherent = numbers, coherent
+        self.set_suspect_level = numbers.set_suspect_level
+
+    def fill(self, i: int, row: dict) -> None:
+        if "grad_norm" not in row:
+            return
+        typical, ratio, outlier, trusted = self.numbers.read(row["grad_norm"], row.get("loss"))
+        row["grad_norm_typical"] = typical
+        if self.coherent:
+            row["grad_norm_ratio_min"] = ratio
+        row["outlier"], row["trusted"] = outlier, int(trusted)
+
+
+class PerTensor:
+    """The monitor's rule on logged per-tensor norms (`HostStepNumbers`, as live on the CPU): the
+    typical norms, the "every tensor" ratio and the per-tensor spike ratio (mean(g^2) over its
+    running mean, which needs no parameter count: both sides divide by it). A tensor not logged at
+    a step counts as a zero norm there (left out of the "every tensor" minimum, as live)."""
+
+    def __init__(self, numbers: HostStepNumbers, matrix: np.ndarray, logged: np.ndarray, names: list[str]):
+        self.numbers, self.matrix, self.logged, self.names = numbers, matrix, logged, names
+        self.set_suspect_level = numbers.set_suspect_level
+
+    def fill(self, i: int, row: dict) -> None:
+        if not self.logged[i]:
+            return
+        fast = self.numbers.step(self.matrix[i].tolist(), row.get("loss"))
+        _, global_norm, spike, where, _, outlier, typical, coherent, trusted = fast
+        row.setdefault("grad_norm", global_norm)
+        row.update(grad_norm_typical=typical, grad_norm_ratio_min=coherent, spike_ratio_max=spike,
+                   spike_param=self.names[int(where)], outlier=bool(outlier), trusted=int(trusted))
+
+
+def tensor_matrix(tensors: dict[str, tuple[np.ndarray, np.ndarray]], steps: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(rows x tensors norms at `steps`, 0 where a tensor was not logged; whether any was logged)."""
+    matrix = np.zeros((len(steps), len(tensors)))
+    logged = np.zeros(len(steps), dtype=bool)
+    for j, (s, v) in enumerate(tensors.values()):
+        index = np.searchsorted(steps, s)
+        inside = (index < len(steps)) & (steps[np.minimum(index, len(steps) - 1)] == s)
+        matrix[index[inside], j] = v[inside]
+        logged[index[inside]] = True
+    return matrix, logged
+
+
 def rows_of(steps: np.ndarray, columns: dict[str, tuple[np.ndarray, np.ndarray]],
-            numbers: GlobalNormNumbers | None, coherent: bool = True) -> Iterator[dict]:
+            numbers: "OneNorm | PerTensor | None") -> Iterator[dict]:
     """One row per logged step, built as it is used (a long log is never held as a million dicts).
-    numbers: the monitor's rule re-run on the logged global norm (None when the log carries the
-    monitor's own numbers); coherent: whether that one-norm rule stands in for "every tensor's
-    norm" (grad_norm_ratio_min), which a log without per-tensor norms cannot show."""
+    numbers: the monitor's gradient rule re-run on what the log holds (None when the log carries
+    the monitor's own numbers)."""
     plain = [(name, *columns[name]) for name in columns if name not in _FLAGS]
     flags = [(name, _FLAGS[name], *columns[name]) for name in columns if name in _FLAGS]
-    grad = columns.get("grad_norm")
     for i in range(len(steps)):
         row = {"step": int(steps[i])}
         for name, values, logged in plain:
@@ -111,12 +161,8 @@ def rows_of(steps: np.ndarray, columns: dict[str, tuple[np.ndarray, np.ndarray]]
             if logged[i]:
                 value = float(values[i])
                 row[name] = cast(value) if math.isfinite(value) else value
-        if numbers is not None and grad is not None and grad[1][i]:
-            typical, ratio, outlier, trusted = numbers.read(float(grad[0][i]), row.get("loss"))
-            row["grad_norm_typical"] = typical
-            if coherent:
-                row["grad_norm_ratio_min"] = ratio
-            row["outlier"], row["trusted"] = outlier, int(trusted)
+        if numbers is not None:
+            numbers.fill(i, row)
         loss = row.get("loss")
         row["nonfinite"] = bool(row.get("nonfinite")) or (loss is not None and not math.isfinite(loss)) or (
             "grad_norm" in row and not math.isfinite(row["grad_norm"]))
@@ -124,17 +170,22 @@ def rows_of(steps: np.ndarray, columns: dict[str, tuple[np.ndarray, np.ndarray]]
 
 
 def detect(series: dict[str, tuple[np.ndarray, np.ndarray]], settings: MonitorSettings | None = None,
-           progress=None, interval: int | None = None, one_norm_coherent: bool = False) -> Detection:
+           progress=None, interval: int | None = None, one_norm_coherent: bool = False,
+           tensors: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> Detection:
     """Run every detector the log's signals allow over its rows; events and incidents as the live
     monitor makes them (row index as the detectors' clock, the logged step in what they report).
     interval: the logging interval; spans counted in steps (warm-ups, windows, the incident gap,
     the outlier rule's warm-up) are scaled to the same span in logged values (`interval_settings`)
     and the thresholds are those calibrated for the interval (`calibration.thresholds_for_interval`).
-    A log with the monitor's own gradient numbers (`STEP_NUMBERS`) is judged on them; otherwise the
-    monitor's rule runs on the logged global norm, without grad_spike's "every tensor" reading
-    unless one_norm_coherent (on the benchmark's calibration split the one norm standing in for
-    every tensor added a false warning and no detection)."""
+    A log with the monitor's own gradient numbers (`STEP_NUMBERS`) is judged on them; one with
+    per-tensor gradient norms (`tensors`: parameter -> (steps, norms)) gets the monitor's rule on
+    them (`PerTensor`); otherwise the rule runs on the logged global norm, without grad_spike's
+    "every tensor" reading unless one_norm_coherent (on the benchmark's calibration split the one
+    norm standing in for every tensor added a false warning and no detection)."""
     settings = settings or MonitorSettings()
+    if tensors and "grad_norm" not in series:  # the global norm of the logged tensors
+        steps = np.unique(np.concatenate([s for s, _ in tensors.values()]))
+        series = {**series, "grad_norm": (steps, np.sqrt((tensor_matrix(tensors, steps)[0] ** 2).sum(axis=1)))}
     scale = interval if interval and interval > 1 else 1
     overrides = interval_settings(scale)
     for kind, values in thresholds_for_interval(scale).items():  # calibrated for the interval
@@ -146,19 +197,22 @@ def detect(series: dict[str, tuple[np.ndarray, np.ndarray]], settings: MonitorSe
     off = {d.kind: ("needs " + ", ".join(s for s in NEEDS.get(d.kind, ()) if s not in series)
                     if d.kind in NEEDS else "needs a live monitor (a scheduled check)")
            for d in detectors if d not in on}
-    numbers = None
-    if "grad_norm" in series and "grad_norm_typical" not in series:
-        trust = trust_rule(detectors, max(2, math.ceil(settings.outlier_patience / scale)))
-        if not one_norm_coherent:
-            trust = replace(trust, coherent=math.inf)
-        numbers = GlobalNormNumbers(settings.outlier_factor, max(1, math.ceil(settings.outlier_warmup / scale)),
-                                    trust)
-    spike = next((d for d in on if d.kind == "grad_spike"), None)
     steps, columns = aligned(series)
+    numbers = None
+    warmup = max(1, math.ceil(settings.outlier_warmup / scale))
+    trust = trust_rule(detectors, max(2, math.ceil(settings.outlier_patience / scale)))
+    if tensors and "grad_norm_typical" not in series:
+        matrix, logged = tensor_matrix(tensors, steps)
+        host = HostStepNumbers([1] * len(tensors), torch.device("cpu"), settings.outlier_factor, warmup, trust)
+        numbers = PerTensor(host, matrix, logged, list(tensors))
+    elif "grad_norm" in series and "grad_norm_typical" not in series:
+        trust = trust if one_norm_coherent else replace(trust, coherent=math.inf)
+        numbers = OneNorm(GlobalNormNumbers(settings.outlier_factor, warmup, trust), one_norm_coherent)
+    spike = next((d for d in on if d.kind == "grad_spike"), None)
     gap = max(2, math.ceil(settings.incident_gap / scale))
     tracker = IncidentTracker(gap=gap, link=gap)
     events: list[Event] = []
-    for index, row in enumerate(rows_of(steps, columns, numbers, one_norm_coherent)):
+    for index, row in enumerate(rows_of(steps, columns, numbers)):
         found = []
         for detector in on:
             for event in detector.check(index, row):

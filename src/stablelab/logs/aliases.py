@@ -19,7 +19,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
              "train/train_loss", "loss/train", "trainer/loss", "lm loss", "lm_loss", "train/lm_loss", "loss_step"),
     "grad_norm": ("grad_norm", "train/grad_norm", "gradient_norm", "train/gradient_norm", "grad-norm",
                   "total_norm", "grad_norm_step", "optim/grad_norm", "optimizer/grad_norm", "grad norm",
-                  "train/grad-norm"),
+                  "train/grad-norm", "grad_2.0_norm_total", "grad_2_norm_total"),
     "lr": ("lr", "learning_rate", "train/learning_rate", "train/lr", "optim/lr", "trainer/learning_rate",
            "learning-rate", "lr-adamw", "lr-adam", "lr-sgd"),
 }
@@ -30,6 +30,19 @@ OWN = ("update_ratio_max", "attn_logit_max", "log_z_mean", "log_z_max", "spike_r
        "grad_norm_typical", "grad_norm_ratio_min", "outlier", "trusted", "nonfinite")
 SIGNALS = ("loss", "grad_norm", "lr") + OWN
 _LR_PREFIX = re.compile(r"^lr-[a-z0-9_]+$")  # Lightning's LearningRateMonitor: lr-<Optimizer>[-group]
+# per-tensor gradient norms: Lightning's `grad_norm(module, 2)` utility logs grad_2.0_norm/<parameter>
+# (and the total as grad_2.0_norm_total); many scripts log grad_norm/<parameter>
+_PER_TENSOR = re.compile(r"^(?:grad_2(?:\.0)?_norm|grad_norm)/(.+)$", re.IGNORECASE)
+
+
+def tensor_columns(columns: Iterable[str]) -> dict[str, str]:
+    """{parameter name: column} for the per-tensor gradient-norm columns a log has."""
+    found = {}
+    for column in columns:
+        match = _PER_TENSOR.match(column)
+        if match:
+            found.setdefault(match.group(1), column)
+    return found
 
 
 def parse_mapping(items: Iterable[str] | None) -> dict[str, str]:

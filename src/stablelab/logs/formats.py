@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 
 from stablelab.errors import UsageError
-from stablelab.logs.aliases import map_columns
+from stablelab.logs.aliases import map_columns, tensor_columns
 
 FORMATS = ("tensorboard", "csv", "hf", "mlflow", "jsonl")
 
@@ -31,12 +31,14 @@ class LogSource:
 @dataclass
 class LoggedRun:
     """A run's logged signals: `series[signal] = (steps, values)` as numpy arrays in step order;
-    `columns` every column (tag, key) the log had; `mapped` the column each signal was read from."""
+    `columns` every column (tag, key) the log had; `mapped` the column each signal was read from;
+    `tensors[parameter] = (steps, values)` the per-tensor gradient norms, where logged."""
 
     source: LogSource
     columns: list[str]
     mapped: dict[str, str]
     series: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    tensors: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     def interval(self) -> int | None:
         """The median step gap between logged losses (the logging interval), or None."""
@@ -154,6 +156,10 @@ def read_log(source: LogSource, mapping: dict[str, str] | None = None) -> Logged
         steps, values = series_of(column, mapped.get("step"))
         order = np.argsort(steps, kind="stable")
         run.series[signal] = (steps[order].astype(np.int64), values[order].astype(np.float64))
+    for name, column in tensor_columns(columns).items():
+        steps, values = series_of(column, mapped.get("step"))
+        order = np.argsort(steps, kind="stable")
+        run.tensors[name] = (steps[order].astype(np.int64), values[order].astype(np.float64))
     if len(run.series["loss"][0]) == 0:
         raise UsageError(f"{source.path}: its loss column {mapped['loss']!r} holds no value")
     return run
