@@ -405,6 +405,7 @@ def test_per_tensor_norms_logged_by_lightnings_grad_norm_give_the_live_monitors_
     assert {s for _, s in live} >= {150, 300}, sorted(live)
     diagnosis = stablelab.diagnose(tmp_path / "run" / "version_0" / "metrics.csv")
     assert len(diagnosis.run.tensors) == 6 and any("per-tensor gradient norms of 6" in n for n in diagnosis.notes)
+    assert diagnosis.summary()["per_tensor_norms"] == sorted(name for name, _ in model.named_parameters())
     assert {(e.kind, e.step) for e in diagnosis.detection.events if e.severity != "info" and e.kind in kinds} == live
     from stablelab.diagnosis.detect import detect
 

@@ -70,7 +70,8 @@ class Diagnosis:
         return {"source": str(self.run.source.path), "format": self.run.source.format, "verdict": self.verdict,
                 "incidents": self.incidents, "signals_found": self.signals_found,
                 "signals_missing": self.signals_missing, "log_interval": self.log_interval,
-                "steps_logged": self.steps_logged(), "detectors_on": self.detection.detectors_on,
+                "steps_logged": self.steps_logged(), "per_tensor_norms": sorted(self.run.tensors),
+                "detectors_on": self.detection.detectors_on,
                 "detectors_off": self.detection.detectors_off, "notes": self.notes}
 
     def to_html(self, out: str | Path) -> Path:
