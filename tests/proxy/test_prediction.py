@@ -235,3 +235,19 @@ def test_validation_on_a_subset_of_lrs_checks_only_per_lr_points():
     # exact laws, no noise: every point inside, and the errors are zero
     assert all(p["inside"] for p in v["points"])
     assert v["accuracy"]["final_loss_median_abs_error"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_combination_is_the_geometric_mean_of_its_curves_forecasts():
+    """"mean:a,b" forecasts exp(mean(log a, log b)) at every LR, worked from each curve on its own;
+    a curve that cannot be fitted at an LR is left out there; an unknown curve is refused."""
+    sizes = [1e5, 4e5, 1.6e6]
+    lrs = [1e-3, 1e-2]
+    losses = [[4.0, 3.5], [3.4, 3.1], [3.0, 2.9]]
+    usable = [[True, True]] * 3
+    a = fit_group_losses("power_law", sizes, lrs, losses, usable, 6.4e6)
+    b = fit_group_losses("constant", sizes, lrs, losses, usable, 6.4e6)
+    both = fit_group_losses("mean:power_law,constant", sizes, lrs, losses, usable, 6.4e6)
+    assert both == pytest.approx([math.sqrt(x * y) for x, y in zip(a, b)], rel=1e-12)
+    assert b == pytest.approx([3.0, 2.9])  # the largest width's loss, by hand
+    with pytest.raises(ValueError):
+        fit_group_losses("mean:power_law,wiggly", sizes, lrs, losses, usable, 6.4e6)

@@ -135,10 +135,38 @@ def fit_loss(model: str, sizes: Sequence[float], losses: Sequence[float], n_targ
     return value if math.isfinite(value) and value > 0 else float("nan")
 
 
+def combined_curves(model: str) -> list[str] | None:
+    """The curves of a combination "mean:a,b,..." (None for a single curve); ValueError for an
+    unknown one."""
+    if not model.startswith("mean:"):
+        return None
+    names = [n for n in model[len("mean:"):].split(",") if n]
+    unknown = [n for n in names if n not in LOSS_MODELS]
+    if len(names) < 2 or unknown:
+        raise ValueError(f"a combination names 2+ of {', '.join(LOSS_MODELS)}: got {model!r}")
+    return names
+
+
+def loss_model_text(model: str) -> str:
+    names = combined_curves(model)
+    if names is None:
+        return LOSS_MODEL_TEXT[model]
+    return "the geometric mean of the forecasts of " + ", ".join(names) + " (forecast combination)"
+
+
 def fit_group_losses(model: str, sizes: Sequence[float], lrs: Sequence[float], losses, usable, n_target: float
                      ) -> list[float]:
     """Per-LR losses at n_target from a (size x LR) table; `usable` marks the cells to fit (not diverged).
-    A group-level model that cannot be fitted falls back to the per-LR power law."""
+    A group-level model that cannot be fitted falls back to the per-LR power law. "mean:a,b" is the
+    geometric mean of the curves' forecasts (a forecast combination, Bates & Granger 1969)."""
+    names = combined_curves(model)
+    if names is not None:
+        forecasts = np.array([fit_group_losses(n, sizes, lrs, losses, usable, n_target) for n in names], float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            logs = np.where(forecasts > 0, np.log(np.where(forecasts > 0, forecasts, 1.0)), np.nan)
+        # a curve that cannot be fitted at an LR is left out there; none fitted: NaN
+        return [float(np.exp(np.mean(col[np.isfinite(col)]))) if np.isfinite(col).any() else float("nan")
+                for col in logs.T]
     losses = np.asarray(losses, float)
     if model in GROUP_MODELS:
         mask = np.asarray(usable, bool) & np.isfinite(losses) & (losses > 0)

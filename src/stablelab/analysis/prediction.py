@@ -28,8 +28,8 @@ import numpy as np
 from stablelab.analysis.calibration import (Calibration, calibrate, coverage, is_inside, leverage_ratio, scaled,
                                             z_for)
 from stablelab.analysis.decisions import group_points
-from stablelab.analysis.extrapolation import (LOGIT_MODEL_TEXT, LOGIT_MODELS, LOSS_MODEL_TEXT, LOSS_MODELS, extrapolate,
-                                              fit_group_logits, fit_group_losses, logit_degree)
+from stablelab.analysis.extrapolation import (LOGIT_MODEL_TEXT, LOGIT_MODELS, LOSS_MODELS, extrapolate,
+                                              fit_group_logits, fit_group_losses, logit_degree, loss_model_text)
 from stablelab.analysis.proxy import best_lr, largest_stable_lr, lr_sensitivity
 
 __all__ = ["extrapolate", "forecast", "validate", "METHODS", "DEFAULT_LEVEL"]
@@ -355,7 +355,7 @@ def forecast(results: list[dict], early_logits: dict[str, float], target: dict[i
             "defaults" if bt is None else f"not calibrated: {', '.join(short)}; a {level:.0%} interval needs "
             f"{math.ceil(level / (1 - level) - 1e-9)} or more, so these are wide defaults" if short else None)
     return {"points": points, "groups": groups_out, "level": level, "models": models,
-            "model_text": {"final_loss": LOSS_MODEL_TEXT[models["final_loss"]],
+            "model_text": {"final_loss": loss_model_text(models["final_loss"]),
                            "attn_logit": LOGIT_MODEL_TEXT[models["attn_logit"]]},
             "model_backtest_errors": scores,
             "calibration": {q: c.to_json() for q, c in cals.items()}, "calibration_note": note,

@@ -1,0 +1,98 @@
+"""Re-score a finished proxy study's forecasts under other loss curves, without training anything
+(issue 25): its backtest (the largest grid width predicted from the smaller ones) and, where the
+study was run with --validate-width, its check against the real larger width, scored with the
+issue's targets (coverage, median final-loss interval width, median absolute and signed error,
+best LR exact / within one step / median regret).
+
+    .venv/bin/python benchmarks/forecast_variants.py STUDY_OUT [--curves 'chosen;lr_shift;mean:lr_shift,saturating'] [--json FILE]
+
+STUDY_OUT is a `stablelab proxy --out` folder. A curve is any of `analysis.extrapolation.LOSS_MODELS`,
+`chosen` (what the study's backtest chose), or `mean:a,b` (the geometric mean of their forecasts).
+Pick a method on one study and judge it on another: a curve chosen by its check's score on the same
+study has been tuned on that check."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def load(out: Path) -> dict:
+    from stablelab.store.run_store import load_result
+    from stablelab.studies.proxy import RUNS_DIR, early_attention_logits
+
+    summary = json.loads((out / "summary.json").read_text())
+    results = [load_result(d) for d in sorted((out / RUNS_DIR).iterdir()) if (d / "result.json").exists()]
+    check = summary.get("validation") or {}
+    width = check.get("width")
+    target = {int(k): v for k, v in summary["prediction"]["n_params_by_depth"].items()}
+    return {"summary": summary, "train": [r for r in results if r["width"] != width],
+            "held": [r for r in results if r["width"] == width], "width": width,
+            "early": early_attention_logits(out / RUNS_DIR, summary["prediction"]["step"]),
+            "target": target, "check_target": {d: check.get("n_params") for d in target} if width else None}
+
+
+def figures(scored: dict) -> dict:
+    """The issue's targets of one scored set of points (a backtest or a check)."""
+    points, acc = scored["points"], scored["accuracy"]
+    classes: dict = {}
+    for p in points:
+        if p.get("inside") is not None:
+            c = classes.setdefault(p["quantity"], [0, 0])
+            c[0] += bool(p["inside"])
+            c[1] += 1
+    widths = [(p["interval"][1] - p["interval"][0]) / p["predicted"] for p in points
+              if p["quantity"] == "final_loss" and p.get("interval") and p["predicted"]]
+    return {"inside": f"{sum(c[0] for c in classes.values())}/{sum(c[1] for c in classes.values())}",
+            "by_class": {q: f"{a}/{b}" for q, (a, b) in classes.items()},
+            "final_loss_interval_width": float(np.median(widths)) if widths else None,
+            **{k: acc.get(k) for k in ("final_loss_median_abs_error", "final_loss_median_signed_error",
+                                       "best_lr_exact", "best_lr_within_one", "best_lr_median_regret")}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("study", type=Path)
+    parser.add_argument("--curves", default="chosen;lr_shift;saturating;mean:lr_shift,saturating",
+                        help="curves separated by ';'")
+    parser.add_argument("--json", type=Path, help="also write every figure here")
+    args = parser.parse_args()
+    from stablelab.analysis.prediction import forecast, validate
+
+    rows = []
+    study = load(args.study)
+    chosen = study["summary"]["prediction"]["models"]
+    level = study["summary"]["prediction"]["level"]
+    print(f"{args.study}: the study chose {chosen}")
+    print("| curve | scored on | inside | final loss inside | median final-loss interval width | median abs / signed "
+          "error | best LR exact / within one | median regret |\n|---|---|---|---|---|---|---|---|")
+    for curve in args.curves.split(";"):
+        models = {**chosen, "final_loss": chosen["final_loss"] if curve == "chosen" else curve}
+        row = {"curve": curve, "final_loss": models["final_loss"],
+               "backtest": figures(forecast(study["train"], study["early"], study["target"], level, models)["backtest"])}
+        if study["width"]:
+            row["check"] = figures(validate(study["train"], study["held"], study["early"], study["check_target"],
+                                            level, models))
+        for part in ("backtest", "check"):
+            if part in row:
+                print(line(row["curve"], part, row[part]), flush=True)
+        rows.append(row)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+def line(curve: str, part: str, f: dict) -> str:
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    return (f"| {curve} | {part} | {f['inside']} | {f['by_class'].get('final_loss', '-')} | "
+            f"{pct(f['final_loss_interval_width'])} | {pct(f['final_loss_median_abs_error'])} / "
+            f"{pct(f['final_loss_median_signed_error'])} | {f['best_lr_exact']} / {f['best_lr_within_one']} | "
+            f"{pct(f['best_lr_median_regret'])} |")
+
+
+if __name__ == "__main__":
+    main()
