@@ -291,9 +291,7 @@ def test_a_monitors_own_log_at_interval_1_gives_the_live_monitors_warnings(tmp_p
     from stablelab.diagnosis.detect import NEEDS
     from stablelab.monitor import Monitor
 
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(512, 16, generator=g)
-    y = (x @ torch.randn(16, 4, generator=g)).argmax(-1)
+    x, y, g = _teacher_task(0)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 4))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -375,9 +373,7 @@ def test_per_tensor_norms_logged_by_lightnings_grad_norm_give_the_live_monitors_
 
     from stablelab.monitor import Monitor
 
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(512, 16, generator=g)
-    y = (x @ torch.randn(16, 4, generator=g)).argmax(-1)
+    x, y, g = _teacher_task(1)
     torch.manual_seed(1)
     model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 32), torch.nn.Tanh(),
                                 torch.nn.Linear(32, 4))
@@ -411,3 +407,11 @@ def test_per_tensor_norms_logged_by_lightnings_grad_norm_give_the_live_monitors_
 
     one_norm = detect(diagnosis.run.series, interval=1)  # grad_2.0_norm_total only
     assert 150 not in {e.step for e in one_norm.events if e.severity != "info" and e.kind in kinds}
+
+
+def _teacher_task(seed: int):
+    """512 inputs of 16 features labelled by a random linear teacher into 4 classes, and the
+    generator that drew them (it also draws the batches)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(512, 16, generator=g)
+    return x, (x @ torch.randn(16, 4, generator=g)).argmax(-1), g

@@ -71,6 +71,12 @@ class Detection:
     columns: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
 
 
+def _positions(steps: np.ndarray, logged_at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each logged step sits in the sorted `steps`, and whether it is one of them."""
+    index = np.searchsorted(steps, logged_at)
+    return index, (index < len(steps)) & (steps[np.minimum(index, len(steps) - 1)] == logged_at)
+
+
 def aligned(series: dict[str, tuple[np.ndarray, np.ndarray]]
             ) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """Every logged step of the loss (and of the gradient norm); per signal, its value there and
@@ -80,8 +86,7 @@ def aligned(series: dict[str, tuple[np.ndarray, np.ndarray]]
     columns = {}
     for name, (s, v) in series.items():
         at, logged = np.full(len(steps), np.nan), np.zeros(len(steps), dtype=bool)
-        index = np.searchsorted(steps, s)
-        inside = (index < len(steps)) & (steps[np.minimum(index, len(steps) - 1)] == s)
+        index, inside = _positions(steps, s)
         at[index[inside]] = v[inside]
         logged[index[inside]] = True
         columns[name] = (at, logged)
@@ -138,8 +143,7 @@ def tensor_matrix(tensors: dict[str, tuple[np.ndarray, np.ndarray]], steps: np.n
     matrix = np.zeros((len(steps), len(tensors)))
     logged = np.zeros(len(steps), dtype=bool)
     for j, (s, v) in enumerate(tensors.values()):
-        index = np.searchsorted(steps, s)
-        inside = (index < len(steps)) & (steps[np.minimum(index, len(steps) - 1)] == s)
+        index, inside = _positions(steps, s)
         matrix[index[inside], j] = v[inside]
         logged[index[inside]] = True
     return matrix, logged
