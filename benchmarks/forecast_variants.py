@@ -4,12 +4,19 @@ study was run with --validate-width, its check against the real larger width, sc
 issue's targets (coverage, median final-loss interval width, median absolute and signed error,
 best LR exact / within one step / median regret).
 
-    .venv/bin/python benchmarks/forecast_variants.py STUDY_OUT [--curves 'chosen;lr_shift;mean:lr_shift,saturating'] [--json FILE]
+    .venv/bin/python benchmarks/forecast_variants.py STUDY_OUT [--curves 'chosen;lr_shift;mean:lr_shift,saturating']
+                     [--seeds 0] [--json FILE]
 
 STUDY_OUT is a `stablelab proxy --out` folder. A curve is any of `analysis.extrapolation.LOSS_MODELS`,
 `chosen` (what the study's backtest chose), or `mean:a,b` (the geometric mean of their forecasts).
 Pick a method on one study and judge it on another: a curve chosen by its check's score on the same
-study has been tuned on that check."""
+study has been tuned on that check.
+
+`--seeds 0` re-scores the study as if it had run only those seeds (a `--seeds 2` study read as the
+one-seed study it contains). With two or more seeds at the check width the script also prints the
+check's own noise floor: per LR, the seed-to-seed sd of log final loss at that width, and what a
+forecast that knew the seed mean exactly would score against one seed's run (median |error| about
+0.674 sd for normal noise; a 90% interval at least 2 x 1.645 sd wide)."""
 
 from __future__ import annotations
 
@@ -20,12 +27,14 @@ from pathlib import Path
 import numpy as np
 
 
-def load(out: Path) -> dict:
+def load(out: Path, seeds: set[int] | None = None) -> dict:
     from stablelab.store.run_store import load_result
     from stablelab.studies.proxy import RUNS_DIR, early_attention_logits
 
     summary = json.loads((out / "summary.json").read_text())
     results = [load_result(d) for d in sorted((out / RUNS_DIR).iterdir()) if (d / "result.json").exists()]
+    if seeds is not None:
+        results = [r for r in results if r.get("seed", 0) in seeds]
     check = summary.get("validation") or {}
     width = check.get("width")
     target = {int(k): v for k, v in summary["prediction"]["n_params_by_depth"].items()}
@@ -58,12 +67,15 @@ def main() -> None:
     parser.add_argument("study", type=Path)
     parser.add_argument("--curves", default="chosen;lr_shift;saturating;mean:lr_shift,saturating",
                         help="curves separated by ';'")
+    parser.add_argument("--seeds", help="comma-separated seeds to keep (default: every seed)")
     parser.add_argument("--json", type=Path, help="also write every figure here")
     args = parser.parse_args()
     from stablelab.analysis.prediction import forecast, validate
 
     rows = []
-    study = load(args.study)
+    study = load(args.study, {int(v) for v in args.seeds.split(",")} if args.seeds else None)
+    if study["held"]:
+        print_noise_floor(study["held"], study["early"])
     chosen = study["summary"]["prediction"]["models"]
     level = study["summary"]["prediction"]["level"]
     print(f"{args.study}: the study chose {chosen}")
@@ -71,8 +83,8 @@ def main() -> None:
           "error | best LR exact / within one | median regret |\n|---|---|---|---|---|---|---|---|")
     for curve in args.curves.split(";"):
         models = {**chosen, "final_loss": chosen["final_loss"] if curve == "chosen" else curve}
-        row = {"curve": curve, "final_loss": models["final_loss"],
-               "backtest": figures(forecast(study["train"], study["early"], study["target"], level, models)["backtest"])}
+        bt = forecast(study["train"], study["early"], study["target"], level, models)["backtest"]
+        row = {"curve": curve, "final_loss": models["final_loss"], **({"backtest": figures(bt)} if bt else {})}
         if study["width"]:
             row["check"] = figures(validate(study["train"], study["held"], study["early"], study["check_target"],
                                             level, models))
@@ -82,6 +94,23 @@ def main() -> None:
         rows.append(row)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
+
+
+def print_noise_floor(held: list[dict], early: dict) -> None:
+    from stablelab.analysis.cells import seed_spread_by_lr
+    from stablelab.analysis.prediction import rows_by_group
+
+    floor = seed_spread_by_lr(rows_by_group(held, early))
+    if not floor:
+        return
+    print("The check's own seed noise (sd of log final loss between seeds at the check width); a forecast of the "
+          "seed mean that were exact would still score, against one seed's run, a median |error| of about "
+          "0.674 sd, and its 90% interval would be at least 3.29 sd wide:")
+    print("| lr | sd | dof | exact forecast's median abs error vs one seed | narrowest 90% interval |\n|---|---|---|---|---|")
+    for k in floor:
+        f = floor[k]
+        print(f"| {k} | {100 * f['sd']:.2f}% | {f['dof']} | {100 * 0.674 * f['sd']:.2f}% "
+              f"| {100 * 3.29 * f['sd']:.1f}% |")
 
 
 def line(curve: str, part: str, f: dict) -> str:

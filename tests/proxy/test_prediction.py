@@ -251,3 +251,47 @@ def test_a_combination_is_the_geometric_mean_of_its_curves_forecasts():
     assert b == pytest.approx([3.0, 2.9])  # the largest width's loss, by hand
     with pytest.raises(ValueError):
         fit_group_losses("mean:power_law,wiggly", sizes, lrs, losses, usable, 6.4e6)
+
+
+def test_the_checks_seed_noise_per_lr_by_hand():
+    """validation["seed_spread"]: per LR at the check width, the pooled within-cell sd of log final
+    loss (sum of squared deviations from each cell's mean over sum of (runs - 1)), worked by hand on
+    two variants x two or three seeds; a diverged run is left out; one seed gives nothing."""
+    rows = _rows(_power, variants=("a", "b"))
+    losses = {("a", 1e-2): [2.0, 2.2, 2.1], ("b", 1e-2): [3.0, 3.3], ("a", 1e-1): [4.0, 4.4], ("b", 1e-1): [5.0, 9.0]}
+    held = []
+    for (v, lr), values in losses.items():
+        for s, loss in enumerate(values):
+            held.append({"run_id": f"h{v}{lr}{s}", "variant": v, "optimizer": "adamw", "depth": 2, "tag": "",
+                         "width": 512, "lr": lr, "seed": s, "n_params": SIZES[512], "init_loss": INIT,
+                         "final_loss": loss, "early": 10.0})
+    early = {**_early(rows), **_early(held)}
+    v = validate(rows, held, early, {2: SIZES[512]}, models={"final_loss": "power_law", "attn_logit": "paper"})
+
+    def ss(values):
+        logs = np.log(values)
+        return float(np.sum((logs - logs.mean()) ** 2))
+
+    at_01 = ss([2.0, 2.2, 2.1]) + ss([3.0, 3.3])      # 3 dof
+    at_1 = ss([4.0, 4.4])                              # 1 dof; b's 9.0 is above the loss at init (5.5)
+    spread = v["seed_spread"]
+    assert spread["0.01"] == {"sd": pytest.approx(math.sqrt(at_01 / 3), rel=1e-12), "dof": 3}
+    assert spread["0.1"] == {"sd": pytest.approx(math.sqrt(at_1 / 1), rel=1e-12), "dof": 1}
+    assert spread["all"] == {"sd": pytest.approx(math.sqrt((at_01 + at_1) / 4), rel=1e-12), "dof": 4}
+    assert list(spread) == ["0.01", "0.1", "all"]
+    one_seed = [dict(r, run_id="h" + r["run_id"]) for r in _rows(_power, widths=(512,), variants=("a", "b"))]
+    assert validate(rows, one_seed, {**_early(rows), **_early(one_seed)}, {2: SIZES[512]},
+                    models={"final_loss": "power_law", "attn_logit": "paper"})["seed_spread"] == {}
+
+
+def test_the_report_states_the_checks_noise_floor():
+    """The check's line quotes the pooled seed sd, the noisiest and quietest LR and 0.674 x sd (the
+    median of |N(0, sd)|); nothing with one seed."""
+    from stablelab.report.proxy_outcomes import seed_noise_text
+
+    v = {"width": 512, "seed_spread": {"0.001": {"sd": 0.005, "dof": 4}, "0.3": {"sd": 0.04, "dof": 4},
+                                       "all": {"sd": 0.02, "dof": 8}}}
+    text = seed_noise_text(v)
+    assert "varies by 2.0%" in text and "0.5% at lr 0.001 to 4.0% at lr 0.3" in text
+    assert "median 1.3%" in text  # 0.674 x 2.0% = 1.35 -> "1.3"
+    assert seed_noise_text({"width": 512, "seed_spread": {}}) == ""

@@ -27,6 +27,7 @@ import numpy as np
 
 from stablelab.analysis.calibration import (Calibration, calibrate, coverage, is_inside, leverage_ratio, scaled,
                                             z_for)
+from stablelab.analysis.cells import _cells, _finite, cell_values, seed_spread, seed_spread_by_lr
 from stablelab.analysis.decisions import group_points
 from stablelab.analysis.extrapolation import (LOGIT_MODEL_TEXT, LOGIT_MODELS, LOSS_MODELS, extrapolate,
                                               fit_group_logits, fit_group_losses, logit_degree, loss_model_text)
@@ -51,49 +52,6 @@ METHODS = {
                 "bias-corrected by the backtest's median log error at each LR, half-width the split-conformal "
                 "quantile of the backtest's jackknife+ errors at the level, scaled by extrapolation distance",
 }
-
-
-# ---------------------------------------------------------------------------------------------- cells
-
-def _finite(v) -> bool:
-    return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
-
-
-def _capped(r: dict) -> float:
-    return min(r["final_loss"], r["init_loss"]) if _finite(r["final_loss"]) else r["init_loss"]
-
-
-def cell_values(runs: list[dict]) -> dict:
-    """Seed means at one (width, lr): capped loss, init loss, logit, diverged fraction."""
-    logits = [r["early_logit"] for r in runs if _finite(r.get("early_logit")) and r["early_logit"] > 0]
-    diverged = [(not _finite(r["final_loss"])) or r["final_loss"] >= r["init_loss"] for r in runs]
-    return {"final_loss": float(np.mean([_capped(r) for r in runs])),
-            "init": float(np.mean([r["init_loss"] for r in runs])),
-            "attn_logit": float(np.exp(np.mean(np.log(logits)))) if logits else float("nan"),
-            "diverged_fraction": float(np.mean(diverged)), "seeds": len(runs)}
-
-
-def _cells(rows: list[dict]) -> dict[tuple, list[dict]]:
-    cells: dict[tuple, list] = defaultdict(list)
-    for r in rows:
-        cells[(r["width"], r["lr"])].append(r)
-    return cells
-
-
-def seed_spread(groups: dict[tuple, list[dict]]) -> dict[str, float]:
-    """Pooled seed-to-seed sd of log final loss and log attention logit within cells (0: one seed)."""
-    out = {}
-    for quantity, value in (("final_loss", lambda r: _capped(r)), ("attn_logit", lambda r: r.get("early_logit"))):
-        ss, dof = 0.0, 0
-        for rows in groups.values():
-            for runs in _cells(rows).values():
-                v = [math.log(value(r)) for r in runs if _finite(value(r)) and value(r) > 0
-                     and _finite(r["final_loss"]) and r["final_loss"] < r["init_loss"]]
-                if len(v) > 1:
-                    ss += float(np.sum((np.asarray(v) - np.mean(v)) ** 2))
-                    dof += len(v) - 1
-        out[quantity] = math.sqrt(ss / dof) if dof else 0.0
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- fits
@@ -395,4 +353,4 @@ def validate(train: list[dict], held: list[dict], early_logits: dict[str, float]
             continue
         points.append(_observe(p, seen[key]))
     return {"points": points, "coverage": coverage(points), "accuracy": accuracy(points, seen),
-            "models": fc["models"], "level": level}
+            "models": fc["models"], "level": level, "seed_spread": seed_spread_by_lr(held_groups)}

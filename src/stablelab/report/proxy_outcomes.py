@@ -117,7 +117,20 @@ def validation_line(summary: dict) -> str:
     v = summary["validation"]
     return (f"Prediction checked at width {v['width']} (trained for real, {v['n_runs']} runs, predicted from widths "
             f"{', '.join(map(str, v['from_widths']))}): {coverage_text(v['coverage'])} at level "
-            f"{_pct(v.get('level'))}; {accuracy_text(v.get('accuracy') or {})}.")
+            f"{_pct(v.get('level'))}; {accuracy_text(v.get('accuracy') or {})}.{seed_noise_text(v)}")
+
+
+def seed_noise_text(v: dict) -> str:
+    """The check's own noise floor, when it ran 2+ seeds (cells.seed_spread_by_lr)."""
+    spread = v.get("seed_spread") or {}
+    if "all" not in spread:
+        return ""
+    by_lr = {k: s["sd"] for k, s in spread.items() if k != "all"}
+    lo, hi = min(by_lr, key=by_lr.get), max(by_lr, key=by_lr.get)
+    sd = spread["all"]["sd"]
+    return (f" The check's own seed noise: the final loss varies by {100 * sd:.1f}% (sd of log loss between seeds at "
+            f"width {v['width']}; {100 * by_lr[lo]:.1f}% at lr {lo} to {100 * by_lr[hi]:.1f}% at lr {hi}), so a forecast "
+            f"that knew the seed mean exactly would still miss one run by a median {100 * 0.674 * sd:.1f}%.")
 
 
 def backtest_line(summary: dict) -> str | None:
