@@ -7,14 +7,14 @@ Rerunning the same command resumes: finished runs (with a `done` marker) are not
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
 from stablelab import config
-from stablelab.analysis.prediction import DEFAULT_LEVEL, validate
+from stablelab.analysis.prediction import DEFAULT_LEVEL, forecast, validate
+from stablelab.analysis.seeding import median_interval_width, seeds_for
 from stablelab.analysis.proxy_curvature import grad_rms_table, reference_lr, warmup_curvature
 from stablelab.analysis.proxy_summary import findings, summarize
 from stablelab.config import Runtime, by, csv, each, non_negative, one_of, positive, setting
@@ -25,19 +25,16 @@ from stablelab.models.variants import VARIANTS, get_variant
 from stablelab.report.proxy_outcomes import backtest_line, validation_line
 from stablelab.report.proxy_report import write_proxy_report
 from stablelab.run.grid import ProxyGrid, axis_label
-from stablelab.run.progress import progress_bar
-from stablelab.run.proxy_run import ProxyRunConfig, train
+from stablelab.run.proxy_run import ProxyRunConfig
 from stablelab.monitor.signal_registry import layer_column
 from stablelab.store.query import metrics_table, query
-from stablelab.store.run_store import is_done, load_result
 from stablelab.studies.command import Command
 from stablelab.studies.proxy_checks import SWEEP_FILE, check_out, check_runs_fit, prepare_out  # noqa: F401
-from stablelab.errors import UsageError
-from stablelab.sweep.executor import SweepStopped, dask_client, default_workers, run_tasks
+from stablelab.studies.proxy_sweep import RUNS_DIR, run_sweep
+from stablelab.sweep.executor import default_workers
 
 PAPER_LRS = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)  # the paper's grid
 _RUN = ProxyRunConfig()  # the per-run defaults are written once, in ProxyRunConfig
-RUNS_DIR = "runs"
 
 
 def _optimizers() -> tuple[str, ...]:
@@ -91,6 +88,9 @@ class ProxySettings:
                                          check=each(one_of(_optimizers)))
     steps: int = setting(_RUN.steps, "training steps per run", check=positive)
     seeds: int = setting(1, "number of seeds per grid point", check=positive)
+    seeds_when_loose: int = setting(2, "seeds per grid point when the one-seed backtest's median final-loss "
+                                    "interval is wider than 10% of the loss (1: never add seeds)",
+                                    check=positive, fingerprint=False)
     batch_size: int = setting(_RUN.batch_size, "sequences per step", check=positive)
     seq_len: int = setting(_RUN.seq_len, "bytes per sequence", check=positive)
     weight_decay: tuple[float, ...] = setting((_RUN.weight_decay,), "independent weight decay, or a "
@@ -179,59 +179,6 @@ def sweep_fingerprint(settings: ProxySettings, grid: ProxyGrid) -> dict:
 
 
 
-def _driver_alive(pid: int | None) -> bool:
-    if pid is None:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def execute_run(config: ProxyRunConfig, run_dir: str, driver_pid: int | None, model_fn=None) -> dict:
-    """Runs in a Dask worker. With a local cluster, a run whose driver died stops at its next log."""
-    if is_done(run_dir):  # finished by an earlier attempt of the same task
-        return load_result(run_dir)
-    return train(config, run_dir, keep_going=lambda: _driver_alive(driver_pid), model_fn=model_fn)
-
-
-def run_sweep(grid: ProxyGrid, out: Path, workers: int | None, address: str | None,
-              progress: bool = True, model_fn=None, label: str = "proxy study") -> list[dict]:
-    runs_dir = out / RUNS_DIR
-    configs = grid.runs()
-    pending = [c for c in configs if not is_done(runs_dir / c.run_id)]
-    results = {c.run_id: load_result(runs_dir / c.run_id) for c in configs if c not in pending}
-    failures: list[str] = []
-    if pending:
-        diverged = sum(1 for r in results.values() if r.get("diverged"))
-        with progress_bar(label, total=len(configs), completed=len(results), unit="runs",
-                          fields={"diverged": diverged}, enabled=progress) as bar:
-
-            def on_result(key: str, result: dict | None, error: BaseException | None) -> None:
-                nonlocal diverged
-                if result is not None:
-                    results[key] = result
-                    diverged += bool(result.get("diverged"))
-                else:
-                    failures.append(f"{key}: {type(error).__name__}: {error}")
-                bar.update(advance=1, diverged=diverged)
-
-            driver_pid = None if address else os.getpid()
-            with dask_client(address, workers) as client:
-                try:
-                    run_tasks(execute_run,
-                              [(c.run_id, (c, str(runs_dir / c.run_id), driver_pid, model_fn)) for c in pending],
-                              client, on_result=on_result, stop_after_same_error=3 if len(pending) > 3 else 0)
-                except SweepStopped as stopped:
-                    raise UsageError(str(stopped)) from None
-    if failures:
-        raise RuntimeError("some runs failed (rerun to retry them):\n" + "\n".join(failures))
-    return [results[c.run_id] for c in configs]
-
-
 def early_attention_logits(runs_dir: Path, step: int) -> dict[str, float]:
     """run_id -> layer-0 max attention logit at the logged step nearest to `step` (DuckDB query)."""
     column = layer_column("attn_logit_max_l", 0)
@@ -281,9 +228,9 @@ def curvature_readings(runs_dir: Path, results: list[dict], lrs: list[float]) ->
 
 def analyse_and_report(out: Path, grid: ProxyGrid, results: list[dict], settings: ProxySettings,
                        sweep_seconds: float | None = None, model_fn=None,
-                       held_out: list[dict] | None = None) -> dict:
+                       held_out: list[dict] | None = None, seeding: dict | None = None) -> dict:
     """Summary, findings and report; `held_out`: the runs of --validate-width, checked against the
-    prediction from `results` (they are not part of the fits)."""
+    prediction from `results` (they are not part of the fits); `seeding`: whether seeds were added."""
     width = settings.predict_width
     sizes = {w: parameter_count(grid, w, model_fn) for w in (*grid.widths, width)}
     prediction = {"width": width, "n_params": sizes[width], "step": settings.prediction_step,
@@ -303,7 +250,11 @@ def analyse_and_report(out: Path, grid: ProxyGrid, results: list[dict], settings
             "from_widths": list(grid.widths), "step": settings.prediction_step,
             "lrs": sorted({r["lr"] for r in held_out}), **checked}
     summary.update(curvature_readings(out / RUNS_DIR, results, list(grid.lrs)))
+    if seeding:
+        summary["seeding"] = seeding
     lines = findings(summary)
+    if seeding and seeding.get("reason"):
+        lines.append(f"Seeds added: {seeding['reason']}.")
     if summary.get("backtest"):
         lines.append(backtest_line(summary))
     if held_out:
@@ -330,6 +281,28 @@ def _validation_lrs(settings: ProxySettings) -> tuple[float, ...]:
     return tuple(g for g in settings.lrs if any(math.isclose(g, v) for v in settings.validate_lrs))
 
 
+def _seeds_where_they_pay(out: Path, settings: ProxySettings, grid: ProxyGrid, results: list[dict],
+                          runtime: Runtime, model_fn=None) -> tuple:
+    """With 3+ widths and --seeds-when-loose above --seeds: the study's backtest on what ran; when
+    its final-loss intervals are too wide to plan on (analysis.seeding), the grid again with more
+    seeds (finished runs are kept). Returns (settings, grid, results, seeding) as the study goes on."""
+    if settings.seeds_when_loose <= settings.seeds or len(grid.widths) < 3:
+        return settings, grid, results, None
+    early = early_attention_logits(out / RUNS_DIR, settings.prediction_step)
+    backtest = forecast(results, early, _by_depth(grid, settings.predict_width, model_fn), settings.interval)["backtest"]
+    seeds, reason = seeds_for(backtest, settings.seeds, settings.seeds_when_loose)
+    seeding = {"asked": settings.seeds, "seeds": seeds, "reason": reason,
+               "backtest_interval_width": median_interval_width(backtest["points"]) if backtest else None}
+    if reason is None:
+        return settings, grid, results, seeding
+    print(f"adding seeds: {reason}")
+    settings = replace(settings, seeds=seeds)
+    grid = grid_for(settings, runtime.device, model_fn)
+    results = run_sweep(grid, out, runtime.workers, runtime.address, progress=runtime.progress, model_fn=model_fn,
+                        label="added seeds")
+    return settings, grid, results, seeding
+
+
 def run_study(settings: ProxySettings, runtime: Runtime, model_fn=None) -> dict:
     """Sweep, analyse, report (the CLI's `main` and the Python API's `study`); returns the paths
     and findings of the report. Rerunning with the same settings resumes."""
@@ -349,6 +322,7 @@ def run_study(settings: ProxySettings, runtime: Runtime, model_fn=None) -> dict:
           f"{' x ' + str(len(grid.optimizers)) + ' optimizers' if len(grid.optimizers) > 1 else ''}{axes}), "
           f"{runtime.workers or default_workers() if not runtime.address else 'cluster'} workers -> {out}")
     results = run_sweep(grid, out, runtime.workers, runtime.address, progress=runtime.progress, model_fn=model_fn)
+    settings, grid, results, seeding = _seeds_where_they_pay(out, settings, grid, results, runtime, model_fn)
     held_out = None
     if settings.validate_width:
         check_grid = grid_for(settings, runtime.device, model_fn, widths=(settings.validate_width,),
@@ -358,7 +332,7 @@ def run_study(settings: ProxySettings, runtime: Runtime, model_fn=None) -> dict:
                              model_fn=model_fn, label="prediction check")
     sweep_s = time.time() - started
     paths = analyse_and_report(out, grid, results, settings, sweep_seconds=sweep_s, model_fn=model_fn,
-                               held_out=held_out)
+                               held_out=held_out, seeding=seeding)
     print(f"done in {sweep_s:.0f} s. Report: {paths['report']}")
     for line in paths["findings"]:
         print(f"  - {line}")
