@@ -62,6 +62,21 @@ def test_query_reads_finished_and_live_runs(tmp_path):
     assert rows == [{"run": "done_run", "best": 1.0}, {"run": "live_run", "best": 3.0}]
 
 
+def test_query_merges_a_live_runs_whole_numbers_with_a_finished_runs_floats(tmp_path):
+    """A run killed early can hold only whole numbers in a column (JSON 0, read as int64) that a
+    finished run stores as float: the query still reads both (the column becomes float). Found on a
+    resumed study whose killed width-512 runs stopped it with 'incompatible types: double vs int64'."""
+    done = RunWriter(tmp_path / "done_run", {}).start()
+    done.log({"step": 0, "loss": 2.0, "grad_norm_typical": 0.5})
+    done.finish({})
+    live = RunWriter(tmp_path / "live_run", {}).start()
+    live.log({"step": 0, "loss": 3.0, "grad_norm_typical": 0})
+    live.checkpoint()
+    rows = query(tmp_path, "SELECT run, grad_norm_typical AS g FROM metrics ORDER BY run").to_pylist()
+    assert rows == [{"run": "done_run", "g": 0.5}, {"run": "live_run", "g": 0.0}]
+    assert isinstance(rows[1]["g"], float)
+
+
 def test_atomic_json_has_no_nan(tmp_path):
     atomic_write_json(tmp_path / "x.json", {"a": float("nan"), "b": [1.0, float("inf")]})
     assert json.loads((tmp_path / "x.json").read_text()) == {"a": None, "b": [1.0, None]}

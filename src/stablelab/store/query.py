@@ -42,7 +42,8 @@ def metrics_table(runs_root: str | Path) -> pa.Table:
             parts.append(rows_to_table([{"run": live.parent.name, **r} for r in rows]))
     if not parts:
         return pa.table({"run": pa.array([], pa.string())})
-    return pa.concat_tables(parts, promote_options="default")
+    # "permissive": a live run's column of whole numbers (int64 from JSON) joins a finished run's floats
+    return pa.concat_tables(parts, promote_options="permissive")
 
 
 def query(runs_root: str | Path, sql: str) -> pa.Table:
