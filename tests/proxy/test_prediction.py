@@ -295,3 +295,36 @@ def test_the_report_states_the_checks_noise_floor():
     assert "varies by 2.0%" in text and "0.5% at lr 0.001 to 4.0% at lr 0.3" in text
     assert "median 1.3%" in text  # 0.674 x 2.0% = 1.35 -> "1.3"
     assert seed_noise_text({"width": 512, "seed_spread": {}}) == ""
+
+
+def test_four_widths_calibrate_on_the_error_a_bias_learned_one_width_back_leaves():
+    """Four widths, power law: the backtest's residual r_B (width 256 from the line through 32-128)
+    and the earlier fold's r_A (width 128 from the line through 32 and 64), worked by hand; every
+    score is |r_B(v, lr) - median over the other variants of r_A(., lr)|, and the target's
+    half-width is their conformal quantile; the bias stays the backtest's per-LR median."""
+    rng = np.random.default_rng(5)
+    rows = _rows(_power, noise=0.02, rng=rng, variants=("a", "b", "c", "d"))
+    fc = forecast(rows, _early(rows), {2: SIZES[512]}, models={"final_loss": "power_law", "attn_logit": "paper"})
+    by_cell = {(r["variant"], r["width"], r["lr"]): math.log(r["final_loss"]) for r in rows}
+    x = {w: math.log10(SIZES[w]) for w in WIDTHS}
+
+    def line_residual(v, lr, fitted, held):
+        slope, icept = np.polyfit([x[w] for w in fitted], [by_cell[(v, w, lr)] for w in fitted], 1)
+        return by_cell[(v, held, lr)] - (slope * x[held] + icept)
+
+    r_b = {(v, lr): line_residual(v, lr, (32, 64, 128), 256) for v in "abcd" for lr in LRS}
+    r_a = {(v, lr): line_residual(v, lr, (32, 64), 128) for v in "abcd" for lr in LRS}
+    scores = [abs(r_b[(v, lr)] - float(np.median([r_a[(u, lr)] for u in "abcd" if u != v])))
+              for v in "abcd" for lr in LRS]
+    cal = fc["calibration"]["final_loss"]
+    assert cal["scores"] == "transfer"
+    assert cal["half_width"] == pytest.approx(conformal_quantile(scores, 0.9), abs=1e-9)
+    for lr in LRS:
+        assert cal["bias_by_lr"][f"{lr:g}"] == pytest.approx(float(np.median([r_b[(v, lr)] for v in "abcd"])),
+                                                             abs=1e-9)
+    assert fc["backtest"]["earlier_fold_width"] == 128
+    # three widths have no earlier fold: the jackknife
+    three = [r for r in rows if r["width"] != 256]
+    assert forecast(three, _early(three), {2: SIZES[512]}, models={"final_loss": "power_law",
+                                                                  "attn_logit": "paper"}
+                    )["calibration"]["final_loss"]["scores"] == "jackknife"

@@ -2,13 +2,18 @@
 
 A study with three or more widths predicts its own largest width from the smaller ones (the
 backtest, `analysis.prediction`). The log ratios observed / predicted of that backtest are the
-calibration set: their median per LR is the extrapolation's bias, and a split-conformal quantile
-of their absolute deviation from it (jackknife+: the bias computed without the scored point's
-group) is the half-width of the interval (Vovk et al. 2005; Angelopoulos &
-Bates 2021, "A gentle introduction to conformal prediction", section 1: the ceil((n+1)(1-alpha))-th
-smallest score gives coverage >= 1 - alpha for an exchangeable new point). Residuals are scaled
-by the extrapolation distance (log of target size over the largest fitted size) relative to the
-backtest's, so a forecast two doublings ahead gets twice the backtest's spread and bias."""
+calibration set: their median per LR is the extrapolation's bias, and the half-width of the
+interval is a split-conformal quantile of scores (Vovk et al. 2005; Angelopoulos & Bates 2021, "A
+gentle introduction to conformal prediction", section 1: the ceil((n+1)(1-alpha))-th smallest
+score gives coverage >= 1 - alpha for an exchangeable new point). The score is the error a bias
+learned one width back leaves: with 4+ widths, each backtest residual against the earlier fold's
+per-LR bias from the other groups (`transfer_scores`; the target's point keeps exactly that kind
+of error, its bias being the backtest's); with 3 widths, against the backtest's own bias from the
+other groups (jackknife+, `jackknife_scores`). The variants of a study share seed and data, so
+their residuals at one LR can be near copies: the jackknife then sees no spread, while the per-LR
+error still changes from width to width (docs/proxy.md, the fresh prose corpus). Residuals are
+scaled by the extrapolation distance (log of target size over the largest fitted size) relative to
+the backtest's, so a forecast two doublings ahead gets twice the backtest's spread and bias."""
 
 from __future__ import annotations
 
@@ -54,6 +59,8 @@ class Calibration:
     correlation: float = 0.0   # share of the residual variance common to all LRs of a group
     seed_sd: float = 0.0       # seed-to-seed sd of log values at the study's widths (0: one seed)
     bias_by_lr: tuple = ()     # ((lr, median residual at that LR over groups), ...)
+    scores: str = "jackknife"  # what the half-width is the quantile of: "transfer" (change from the earlier
+    #                            fold, 4+ widths) or "jackknife" (distance from the other groups' bias)
 
     def bias_at(self, lr) -> float:
         for value, b in self.bias_by_lr:
@@ -114,28 +121,48 @@ def jackknife_scores(by_group: dict) -> list[float]:
     return scores
 
 
+def transfer_scores(by_group: dict, previous: dict) -> list[float]:
+    """|residual - the earlier fold's per-LR bias from the other groups| for every residual: the error
+    a per-LR bias learned one width back leaves on the next width's points, which is what the
+    target's point keeps (its bias is the backtest's, one width back). Empty without an earlier fold
+    of 3+ groups."""
+    if len(previous) < 3:
+        return []
+    scores = []
+    for g, rs in by_group.items():
+        bias = _bias_by_lr(previous, skip=g)
+        scores += [abs(r - bias[lr]) for lr, r in rs.items() if lr in bias]
+    return scores
+
+
 def calibrate(quantity: str, residuals_by_group: dict, level: float, seed_sd: float = 0.0,
-              floor: float = 0.0) -> Calibration:
+              floor: float = 0.0, previous: dict | None = None) -> Calibration:
     """Bias and half-width for one quantity class from backtest log residuals
     ({group: {lr: log(observed / predicted)}}).
 
     The bias is per LR: the median over groups at that LR (the extrapolation errs the same way for
     every variant at one LR: at low LR a larger model is further from convergence, at high LR less
-    hurt). Each residual's score is its distance from the bias computed WITHOUT its own group
-    (jackknife+, Barber et al. 2021), so the conformal quantile is not flattered by fitting the bias
-    on the point it scores. With one group, the bias is the median over the other LRs. Falls back
-    to the wide default (calibrated=False) when there are too few residuals for the level."""
+    hurt). With `previous` (the earlier fold's residuals, 4+ widths, 3+ groups) each residual's score
+    is its distance from the earlier fold's bias at its LR without its own group (`transfer_scores`);
+    otherwise from the backtest's own bias computed WITHOUT its own group (jackknife+, Barber et al.
+    2021), so the conformal quantile is not flattered by fitting the bias on the point it scores.
+    With one group, the bias is the median over the other LRs. Falls back to the wide default
+    (calibrated=False) when there are too few residuals for the level."""
     by_group = {g: {lr: float(r) for lr, r in rs.items() if r is not None and math.isfinite(r)}
                 for g, rs in residuals_by_group.items()}
     everything = [r for rs in by_group.values() for r in rs.values()]
     rho = correlation_across_lrs({g: list(rs.values()) for g, rs in by_group.items()})
-    q = conformal_quantile(jackknife_scores(by_group), level) if everything else None
+    scores = transfer_scores(by_group, previous) if previous else []
+    method = "transfer" if scores else "jackknife"
+    if not scores:
+        scores = jackknife_scores(by_group)
+    q = conformal_quantile(scores, level) if everything else None
     if q is None:
         return Calibration(quantity, level, 0.0, max(UNCALIBRATED_HALF_WIDTH[quantity], floor), len(everything),
-                           False, rho, seed_sd)
+                           False, rho, seed_sd, scores=method)
     by_lr = _bias_by_lr(by_group) if len(by_group) > 2 else {}
     return Calibration(quantity, level, float(np.median(everything)), max(q, floor), len(everything), True, rho,
-                       seed_sd, tuple(sorted(by_lr.items())))
+                       seed_sd, tuple(sorted(by_lr.items())), scores=method)
 
 
 def line_leverage(xs: Sequence[float], x_target: float) -> float:

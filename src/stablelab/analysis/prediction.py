@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from stablelab.analysis.calibration import (Calibration, calibrate, coverage, is_inside, leverage_ratio, scaled,
+from stablelab.analysis.calibration import (Calibration, calibrate, coverage, is_inside, leverage_ratio, line_leverage, scaled,
                                             z_for)
 from stablelab.analysis.cells import _cells, _finite, cell_values, seed_spread, seed_spread_by_lr
 from stablelab.analysis.decisions import group_points
@@ -49,8 +49,9 @@ METHODS = {
     "largest_stable_lr": "largest LR predicted not to diverge; at the top of the grid it is a lower bound",
     "lr_sensitivity": "the paper's LR sensitivity of the predicted losses; interval from the draws",
     "interval": "calibrated on the study's own backtest (its largest width predicted from the smaller ones): "
-                "bias-corrected by the backtest's median log error at each LR, half-width the split-conformal "
-                "quantile of the backtest's jackknife+ errors at the level, scaled by extrapolation distance",
+                "bias-corrected by the backtest's median log error at each LR; half-width the split-conformal "
+                "quantile, at the level, of the error a per-LR bias learned one width back leaves (4+ widths; "
+                "with 3, the backtest's jackknife+ errors); scaled by extrapolation distance",
 }
 
 
@@ -164,10 +165,15 @@ def _residuals(raws: dict[tuple, dict], observed: dict[tuple, dict]) -> dict[str
 
 
 def _calibrations(residuals: dict[str, dict[tuple, dict]], level: float, spread: dict[str, float],
-                  exclude: tuple | None = None) -> dict[str, Calibration]:
+                  exclude: tuple | None = None, previous: dict | None = None) -> dict[str, Calibration]:
+    """Per quantity class; `previous`: the earlier fold's residuals (the backtest one width back), whose
+    change to these residuals is what the intervals are calibrated on (calibration.transfer_scores)."""
     z = z_for(level)
+    previous = previous or {}
     return {q: calibrate(q, {k: v for k, v in residuals.get(q, {}).items() if k != exclude}, level,
-                         seed_sd=spread.get(q, 0.0), floor=z * spread.get(q, 0.0)) for q in CONTINUOUS}
+                         seed_sd=spread.get(q, 0.0), floor=z * spread.get(q, 0.0),
+                         previous={k: v for k, v in previous.get(q, {}).items() if k != exclude} or None)
+            for q in CONTINUOUS}
 
 
 def _uncalibrated(level: float, spread: dict[str, float]) -> dict[str, Calibration]:
@@ -215,34 +221,48 @@ def _forecast_raws(groups, widths, held, models):
 
 
 def backtest(groups: dict[tuple, list[dict]], widths: list[int], models: dict[str, str], level: float,
-             spread: dict[str, float], seed: int = 0) -> tuple[dict, dict]:
+             spread: dict[str, float], seed: int = 0) -> tuple[dict, dict, dict]:
     """Predict the largest width from the smaller ones; every point scored with intervals calibrated
     on the other groups' residuals (with one group: on the other LRs' residuals). Returns the
-    summary's backtest and the residuals ({quantity: {group: {lr: log error}}}) that calibrate."""
+    summary's backtest, its residuals ({quantity: {group: {lr: log error}}}) and the earlier fold's."""
     held, used = widths[-1], widths[:-1]
     raws, seen = _forecast_raws(groups, used, held, models)
     residuals = _residuals(raws, seen)
+    previous = earlier_fold(groups, widths, models)
     points = []
     for key, raw in raws.items():
         fields = group_fields(key)
         if len(raws) > 1:
             points += [_observe(p, seen[key]) for p in
-                       group_points(raw, _calibrations(residuals, level, spread, exclude=key), level, fields, seed)]
+                       group_points(raw, _calibrations(residuals, level, spread, exclude=key, previous=previous),
+                                    level, fields, seed)]
             continue
         # One group: each LR's points calibrated without that LR's residuals; the group's decisions
         # with all of them (there is nothing else to leave out).
-        whole = group_points(raw, _calibrations(residuals, level, spread), level, fields, seed)
+        whole = group_points(raw, _calibrations(residuals, level, spread, previous=previous), level, fields, seed)
         mine = [p for p in whole if p["lr"] is None]
         for lr in raw["lrs"]:
             held_out = {q: {key: {k: v for k, v in rs[key].items() if k != lr}} for q, rs in residuals.items()}
-            cals = _calibrations(held_out, level, spread)
+            cals = _calibrations(held_out, level, spread, previous=previous)
             mine += [p for p in group_points(raw, cals, level, fields, seed) if p["lr"] == lr]
         points += [_observe(p, seen[key]) for p in mine]
     return {"width": held, "from_widths": used, "models": models, "points": points,
             "coverage": coverage(points), "accuracy": accuracy(points, seen),
             "residuals": {q: {"|".join(map(str, k)): {f"{lr:g}": r for lr, r in v.items()} for k, v in rs.items()}
                           for q, rs in residuals.items()},
-            "distance": next(iter(raws.values()))["distance"] if raws else None}, residuals
+            "distance": next(iter(raws.values()))["distance"] if raws else None,
+            "earlier_fold_width": widths[-2] if previous else None}, residuals, previous
+
+
+def earlier_fold(groups: dict[tuple, list[dict]], widths: list[int], models: dict[str, str]) -> dict:
+    """The backtest one width back (the second largest width from the ones below it), with the same
+    curves: its residuals, set against the backtest's, show how much a per-LR error changes from one
+    extrapolation to the next. Needs 4+ widths (the earlier fold then fits 2 or more; a curve that
+    needs more falls back to the richest that fits); otherwise {}."""
+    if len(widths) < 4:
+        return {}
+    smaller = {k: [r for r in rows if r["width"] != widths[-1]] for k, rows in groups.items()}
+    return _residuals(*_forecast_raws(smaller, widths[:-2], widths[-2], models))
 
 
 # ---------------------------------------------------------------------------------------------- scores
@@ -289,9 +309,10 @@ def forecast(results: list[dict], early_logits: dict[str, float], target: dict[i
     if models is None:
         models, scores = choose_models(groups, widths) if len(widths) >= 3 else (
             {"final_loss": "power_law", "attn_logit": "paper"}, {})
-    bt, residuals = backtest(groups, widths, models, level, spread, seed) if len(widths) >= 3 else (None, {})
+    bt, residuals, previous = (backtest(groups, widths, models, level, spread, seed) if len(widths) >= 3
+                               else (None, {}, {}))
     if bt is not None:
-        cals = _calibrations(residuals, level, spread)
+        cals = _calibrations(residuals, level, spread, previous=previous)
         bt_distance = bt["distance"]
     else:
         cals, bt_distance = _uncalibrated(level, spread), None
@@ -300,7 +321,7 @@ def forecast(results: list[dict], early_logits: dict[str, float], target: dict[i
         sizes = _sizes(rows)
         raw = raw_forecast(rows, widths, sizes, target[key[2]], models["final_loss"], models["attn_logit"])
         scale = max(raw["distance"] / bt_distance, 1.0) if bt_distance and raw["distance"] > 0 else 1.0
-        lev = _leverage(models, widths, sizes, target[key[2]]) if bt is not None else {}
+        lev = _leverage(models, widths, sizes, target[key[2]], len(groups)) if bt is not None else {}
         mine = group_points(raw, {q: scaled(c, scale, lev.get(q, 1.0)) for q, c in cals.items()}, level,
                             group_fields(key), seed)
         points += mine
@@ -320,11 +341,20 @@ def forecast(results: list[dict], early_logits: dict[str, float], target: dict[i
             "seed_spread": spread, "backtest": bt}
 
 
-def _leverage(models: dict[str, str], widths: list[int], sizes: dict[int, float], n_target: float) -> dict:
+def _leverage(models: dict[str, str], widths: list[int], sizes: dict[int, float], n_target: float,
+              n_groups: int = 1) -> dict:
     """Per quantity, the leverage ratio of the target's fit to the backtest's, for the curves that are
-    a least-squares line per LR in log size (power_law; paper's logit fit below 5 widths)."""
+    a least-squares line per LR in log size (power_law; paper's logit fit below 5 widths). With 4+
+    widths the scores are r_B - bias_A (bias: a median of n - 1 groups, variance about pi / 2 / (n - 1)
+    of one residual's) and the target keeps r_T - bias_B: the ratio of those variances for noise
+    alone, sqrt((1 + h_T + k (1 + h_B)) / (1 + h_B + k (1 + h_A)))."""
     x = [math.log10(sizes[w]) for w in widths]
     ratio = leverage_ratio(x, math.log10(n_target), x[:-1], x[-1])
+    if len(widths) >= 4:  # transfer scores: r_B - r_A at calibration, r_target - r_B at the target
+        h_t, h_b, h_a = (line_leverage(x, math.log10(n_target)), line_leverage(x[:-1], x[-1]),
+                         line_leverage(x[:-2], x[-2]))
+        k = math.pi / 2 / max(n_groups - 1, 1)
+        ratio = math.sqrt((1 + h_t + k * (1 + h_b)) / (1 + h_b + k * (1 + h_a)))
     lines = {"final_loss": models["final_loss"] == "power_law",
              "attn_logit": models["attn_logit"] == "paper" and logit_degree(len(widths)) == 1
              and logit_degree(len(widths) - 1) == 1}

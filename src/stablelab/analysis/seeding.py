@@ -3,7 +3,7 @@
 A study runs one seed per grid point. Its backtest (the largest width predicted from the smaller
 ones, `analysis.prediction`) says how wide the forecast's calibrated final-loss intervals are. When
 their median is wider than `LOOSE_INTERVAL_WIDTH` of the loss, the width is mostly one run's noise
-at 200 steps (docs/proxy.md: a second seed halved LLaMA's backtest interval), so the study adds
+at 200 steps (docs/proxy.md: a second seed narrowed LLaMA's by a third), so the study adds
 seeds (`--seeds-when-loose`, default 2): every grid point and the check then use the seed mean."""
 
 from __future__ import annotations
