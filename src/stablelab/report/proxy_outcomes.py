@@ -150,7 +150,9 @@ def calibration_text(pred: dict) -> str:
             by_lr = list((c.get("bias_by_lr") or {}).values())
             bias = (f"bias {100 * (math.exp(min(by_lr)) - 1):+.1f}% to {100 * (math.exp(max(by_lr)) - 1):+.1f}% by LR"
                     if by_lr else f"bias {100 * (math.exp(c['bias']) - 1):+.1f}%")
-            parts.append(f"{q}: {bias}, x/÷ {math.exp(c['half_width']):.4g} from {c['n']} backtest residuals")
+            how = (", scored against the bias learned one width back" if c.get("scores") == "transfer"
+                   else ", scored against the other variants' bias")
+            parts.append(f"{q}: {bias}, x/÷ {math.exp(c['half_width']):.4g} from {c['n']} backtest residuals{how}")
         else:
             parts.append(f"{q}: NOT calibrated (wide default x/÷ {math.exp(c['half_width']):.3g})")
     models = pred.get("model_text") or {}
