@@ -278,22 +278,22 @@ def test_the_checks_seed_noise_per_lr_by_hand():
     assert spread["0.01"] == {"sd": pytest.approx(math.sqrt(at_01 / 3), rel=1e-12), "dof": 3}
     assert spread["0.1"] == {"sd": pytest.approx(math.sqrt(at_1 / 1), rel=1e-12), "dof": 1}
     assert spread["all"] == {"sd": pytest.approx(math.sqrt((at_01 + at_1) / 4), rel=1e-12), "dof": 4}
-    assert list(spread) == ["0.01", "0.1", "all"]
+    assert list(spread) == ["0.01", "0.1", "all"] and v["seeds"] == 3
     one_seed = [dict(r, run_id="h" + r["run_id"]) for r in _rows(_power, widths=(512,), variants=("a", "b"))]
     assert validate(rows, one_seed, {**_early(rows), **_early(one_seed)}, {2: SIZES[512]},
                     models={"final_loss": "power_law", "attn_logit": "paper"})["seed_spread"] == {}
 
 
 def test_the_report_states_the_checks_noise_floor():
-    """The check's line quotes the pooled seed sd, the noisiest and quietest LR and 0.674 x sd (the
-    median of |N(0, sd)|); nothing with one seed."""
+    """The check's line quotes the pooled seed sd, the noisiest and quietest LR and 0.674 x sd / sqrt(k)
+    (the median of |N(0, sd^2 / k)|, the error on a k-seed mean); nothing with one seed."""
     from stablelab.report.proxy_outcomes import seed_noise_text
 
-    v = {"width": 512, "seed_spread": {"0.001": {"sd": 0.005, "dof": 4}, "0.3": {"sd": 0.04, "dof": 4},
-                                       "all": {"sd": 0.02, "dof": 8}}}
+    v = {"width": 512, "seeds": 4, "seed_spread": {"0.001": {"sd": 0.005, "dof": 4}, "0.3": {"sd": 0.04, "dof": 4},
+                                                   "all": {"sd": 0.02, "dof": 8}}}
     text = seed_noise_text(v)
     assert "varies by 2.0%" in text and "0.5% at lr 0.001 to 4.0% at lr 0.3" in text
-    assert "median 1.3%" in text  # 0.674 x 2.0% = 1.35 -> "1.3"
+    assert "the 4-seed mean it is scored on by a median 0.7%" in text  # 0.674 x 2.0% / 2 = 0.674
     assert seed_noise_text({"width": 512, "seed_spread": {}}) == ""
 
 

@@ -383,4 +383,5 @@ def validate(train: list[dict], held: list[dict], early_logits: dict[str, float]
             continue
         points.append(_observe(p, seen[key]))
     return {"points": points, "coverage": coverage(points), "accuracy": accuracy(points, seen),
-            "models": fc["models"], "level": level, "seed_spread": seed_spread_by_lr(held_groups)}
+            "models": fc["models"], "level": level, "seed_spread": seed_spread_by_lr(held_groups),
+            "seeds": len({r.get("seed", 0) for r in held})}

@@ -127,10 +127,12 @@ def seed_noise_text(v: dict) -> str:
         return ""
     by_lr = {k: s["sd"] for k, s in spread.items() if k != "all"}
     lo, hi = min(by_lr, key=by_lr.get), max(by_lr, key=by_lr.get)
-    sd = spread["all"]["sd"]
+    sd, seeds = spread["all"]["sd"], max(int(v.get("seeds") or 1), 1)
+    what = f"the {seeds}-seed mean it is scored on" if seeds > 1 else "one run"
     return (f" The check's own seed noise: the final loss varies by {100 * sd:.1f}% (sd of log loss between seeds at "
             f"width {v['width']}; {100 * by_lr[lo]:.1f}% at lr {lo} to {100 * by_lr[hi]:.1f}% at lr {hi}), so a forecast "
-            f"that knew the seed mean exactly would still miss one run by a median {100 * 0.674 * sd:.1f}%.")
+            f"that knew the expected loss exactly would still miss {what} by a median "
+            f"{100 * 0.674 * sd / math.sqrt(seeds):.1f}%.")
 
 
 def backtest_line(summary: dict) -> str | None:
