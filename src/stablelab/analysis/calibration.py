@@ -61,17 +61,30 @@ class Calibration:
     bias_by_lr: tuple = ()     # ((lr, median residual at that LR over groups), ...)
     scores: str = "jackknife"  # what the half-width is the quantile of: "transfer" (change from the earlier
     #                            fold, 4+ widths) or "jackknife" (distance from the other groups' bias)
+    width_by_lr: tuple = ()    # ((lr, sigma(lr) / sigma(median LR)), ...): per-LR scale of the half-width from the
+    #                            LR's seed noise (2+ seeds, `noise_scales`); empty: one half-width for every LR
+    floor: float = 0.0         # no half-width below this (the level's quantile of one run's seed noise;
+    #                            0 with per-LR widths, whose sigma(lr) holds the LR's own noise)
 
     def bias_at(self, lr) -> float:
-        for value, b in self.bias_by_lr:
-            if lr is not None and math.isclose(value, lr):
-                return b
-        return self.bias
+        return _at(self.bias_by_lr, lr, self.bias)
+
+    def half_width_at(self, lr) -> float:
+        """The half-width at one LR: the reference half-width times the LR's noise scale, floored."""
+        return max(self.half_width * _at(self.width_by_lr, lr, 1.0), self.floor)
 
     def to_json(self) -> dict:
         out = asdict(self)
         out["bias_by_lr"] = {f"{lr:g}": b for lr, b in self.bias_by_lr}
+        out["width_by_lr"] = {f"{lr:g}": f for lr, f in self.width_by_lr}
         return out
+
+
+def _at(pairs: tuple, lr, default: float) -> float:
+    for value, v in pairs:
+        if lr is not None and math.isclose(value, lr):
+            return v
+    return default
 
 
 def correlation_across_lrs(residuals_by_group: dict) -> float:
@@ -103,6 +116,10 @@ def _bias_by_lr(by_group: dict, skip=None) -> dict:
 def jackknife_scores(by_group: dict) -> list[float]:
     """|residual - the bias at its LR computed without its own group| for every residual
     ({group: {lr: residual}}); with one group, the bias is the median of its other LRs."""
+    return [s for _, s in _jackknife_pairs(by_group)]
+
+
+def _jackknife_pairs(by_group: dict) -> list[tuple[float, float]]:
     everything = [r for rs in by_group.values() for r in rs.values()]
     overall = float(np.median(everything)) if everything else 0.0
     scores = []
@@ -117,7 +134,7 @@ def jackknife_scores(by_group: dict) -> list[float]:
             else:  # one group: the median of its other LRs
                 own = [v for k, v in rs.items() if k != lr]
                 centre = float(np.median(own)) if own else overall
-            scores.append(abs(r - centre))
+            scores.append((lr, abs(r - centre)))
     return scores
 
 
@@ -126,17 +143,39 @@ def transfer_scores(by_group: dict, previous: dict) -> list[float]:
     a per-LR bias learned one width back leaves on the next width's points, which is what the
     target's point keeps (its bias is the backtest's, one width back). Empty without an earlier fold
     of 3+ groups."""
+    return [s for _, s in _transfer_pairs(by_group, previous)]
+
+
+def _transfer_pairs(by_group: dict, previous: dict) -> list[tuple[float, float]]:
     if len(previous) < 3:
         return []
     scores = []
     for g, rs in by_group.items():
         bias = _bias_by_lr(previous, skip=g)
-        scores += [abs(r - bias[lr]) for lr, r in rs.items() if lr in bias]
+        scores += [(lr, abs(r - bias[lr])) for lr, r in rs.items() if lr in bias]
     return scores
 
 
+def noise_scales(pairs: Sequence[tuple[float, float]], noise_by_lr: dict) -> dict:
+    """Per LR, the relative scale of its scores under the variance model score^2 ~ tau^2 + noise(lr)
+    (noise(lr): the seed-noise variance a score at that LR carries, from the LR's seed-to-seed sd;
+    tau^2: the extrapolation error every LR shares, by moments: mean(score^2 - noise), at least 0).
+    Scores divided by sigma(lr) = sqrt(tau^2 + noise(lr)) are the normalised nonconformity scores of
+    Papadopoulos et al. 2008 / Lei et al. 2018 (section 5.2, locally weighted conformal): their quantile
+    times sigma(lr) gives each LR an interval as wide as its own noise. Returned relative to the
+    median LR's sigma ({lr: sigma(lr) / median sigma}); {} when an LR of the scores has no noise."""
+    if not pairs or any(lr not in noise_by_lr for lr, _ in pairs):
+        return {}
+    tau2 = max(0.0, float(np.mean([s * s - noise_by_lr[lr] for lr, s in pairs])))
+    sigma = {lr: math.sqrt(tau2 + noise_by_lr[lr]) for lr in sorted({lr for lr, _ in pairs})}
+    middle = float(np.median(list(sigma.values())))
+    if middle <= 0:
+        return {}
+    return {lr: v / middle for lr, v in sigma.items()}
+
+
 def calibrate(quantity: str, residuals_by_group: dict, level: float, seed_sd: float = 0.0,
-              floor: float = 0.0, previous: dict | None = None) -> Calibration:
+              floor: float = 0.0, previous: dict | None = None, noise_by_lr: dict | None = None) -> Calibration:
     """Bias and half-width for one quantity class from backtest log residuals
     ({group: {lr: log(observed / predicted)}}).
 
@@ -146,23 +185,28 @@ def calibrate(quantity: str, residuals_by_group: dict, level: float, seed_sd: fl
     is its distance from the earlier fold's bias at its LR without its own group (`transfer_scores`);
     otherwise from the backtest's own bias computed WITHOUT its own group (jackknife+, Barber et al.
     2021), so the conformal quantile is not flattered by fitting the bias on the point it scores.
-    With one group, the bias is the median over the other LRs. Falls back to the wide default
-    (calibrated=False) when there are too few residuals for the level."""
+    With one group, the bias is the median over the other LRs. With `noise_by_lr` (each LR's seed-noise
+    variance in a score, 2+ seeds) the scores are normalised by `noise_scales` and the half-width
+    varies by LR (`Calibration.half_width_at`). Falls back to the wide default (calibrated=False) when
+    there are too few residuals for the level."""
     by_group = {g: {lr: float(r) for lr, r in rs.items() if r is not None and math.isfinite(r)}
                 for g, rs in residuals_by_group.items()}
     everything = [r for rs in by_group.values() for r in rs.values()]
     rho = correlation_across_lrs({g: list(rs.values()) for g, rs in by_group.items()})
-    scores = transfer_scores(by_group, previous) if previous else []
-    method = "transfer" if scores else "jackknife"
-    if not scores:
-        scores = jackknife_scores(by_group)
-    q = conformal_quantile(scores, level) if everything else None
+    pairs = _transfer_pairs(by_group, previous) if previous else []
+    method = "transfer" if pairs else "jackknife"
+    if not pairs:
+        pairs = _jackknife_pairs(by_group)
+    scales = noise_scales(pairs, noise_by_lr or {})
+    q = conformal_quantile([s / scales.get(lr, 1.0) for lr, s in pairs], level) if everything else None
     if q is None:
         return Calibration(quantity, level, 0.0, max(UNCALIBRATED_HALF_WIDTH[quantity], floor), len(everything),
-                           False, rho, seed_sd, scores=method)
+                           False, rho, seed_sd, scores=method, floor=floor)
     by_lr = _bias_by_lr(by_group) if len(by_group) > 2 else {}
-    return Calibration(quantity, level, float(np.median(everything)), max(q, floor), len(everything), True, rho,
-                       seed_sd, tuple(sorted(by_lr.items())), scores=method)
+    # per-LR widths carry each LR's seed noise in sigma(lr) (noise_scales), so they need no common floor
+    return Calibration(quantity, level, float(np.median(everything)), q if scales else max(q, floor),
+                       len(everything), True, rho, seed_sd, tuple(sorted(by_lr.items())), scores=method,
+                       width_by_lr=tuple(sorted(scales.items())), floor=0.0 if scales else floor)
 
 
 def line_leverage(xs: Sequence[float], x_target: float) -> float:
@@ -171,6 +215,19 @@ def line_leverage(xs: Sequence[float], x_target: float) -> float:
     x = np.asarray(xs, float)
     sxx = float(np.sum((x - x.mean()) ** 2))
     return 1 / len(x) + ((x_target - x.mean()) ** 2 / sxx if sxx > 0 else 0.0)
+
+
+def score_leverage(xs: Sequence[float], n_groups: int) -> float:
+    """lambda: a calibration score's noise variance in units of one cell mean's, for per-LR lines in
+    log size (xs: the study's widths; the backtest predicts the last from the rest). With 4+ widths the
+    score is r_B - (median over the other groups of r_A): (1 + h_B) + kappa (1 + h_A); with 3,
+    r_B - median of the others' r_B: (1 + h_B)(1 + kappa); kappa = pi / 2 / (groups - 1), the
+    variance of a median of n - 1 over one value's (large-sample, normal)."""
+    kappa = math.pi / 2 / max(n_groups - 1, 1)
+    h_b = line_leverage(xs[:-1], xs[-1])
+    if len(xs) >= 4:
+        return (1 + h_b) + kappa * (1 + line_leverage(xs[:-2], xs[-2]))
+    return (1 + h_b) * (1 + kappa)
 
 
 def leverage_ratio(xs_target, x_target, xs_backtest, x_backtest) -> float:
@@ -182,8 +239,12 @@ def leverage_ratio(xs_target, x_target, xs_backtest, x_backtest) -> float:
 def scaled(cal: Calibration, distance: float, leverage: float = 1.0) -> Calibration:
     """The calibration at the target: bias and half-width grow with the extrapolation distance
     (relative to the backtest's); for a per-LR line, the half-width also follows its leverage."""
+    if cal.width_by_lr:  # per-LR widths: sigma(lr) holds the LR's own seed noise (no common floor)
+        return replace(cal, bias=cal.bias * distance, half_width=cal.half_width * distance * leverage,
+                       bias_by_lr=tuple((lr, b * distance) for lr, b in cal.bias_by_lr))
+    floor = z_for(cal.level) * cal.seed_sd
     return replace(cal, bias=cal.bias * distance, bias_by_lr=tuple((lr, b * distance) for lr, b in cal.bias_by_lr),
-                   half_width=max(cal.half_width * distance * leverage, z_for(cal.level) * cal.seed_sd))
+                   half_width=max(cal.half_width * distance * leverage, floor), floor=floor)
 
 
 def log_interval(point: float, cal: Calibration, lr=None) -> tuple[float, list[float] | None]:
@@ -191,7 +252,7 @@ def log_interval(point: float, cal: Calibration, lr=None) -> tuple[float, list[f
     if point is None or not math.isfinite(point) or point <= 0:
         return point, None
     centre = point * math.exp(cal.bias_at(lr))
-    h = cal.half_width
+    h = cal.half_width_at(lr)
     return centre, [centre * math.exp(-h), centre * math.exp(h)]
 
 

@@ -69,3 +69,21 @@ def seed_spread_by_lr(groups: dict[tuple, list[dict]]) -> dict:
     pooled = _pooled_log_sd(groups, _capped)
     ordered = sorted(by_lr.items(), key=lambda kv: float(kv[0])) + list(pooled.items())
     return {k: {"sd": sd, "dof": dof} for k, (sd, dof) in ordered}
+
+
+def seeds_per_cell(groups: dict[tuple, list[dict]]) -> int:
+    """The fewest runs any cell holds (the k of a k-seed mean)."""
+    return min((len(runs) for rows in groups.values() for runs in _cells(rows).values()), default=0)
+
+
+def noise_by_lr(groups: dict[tuple, list[dict]], factor: float) -> dict[float, float]:
+    """{lr: factor x sd(lr)^2 / k}: the seed-noise variance a quantity built from k-seed cell means
+    carries at each LR, `factor` (a fit's leverage) times one cell mean's variance; sd(lr) is the
+    final loss's pooled seed spread at that LR (`seed_spread_by_lr`). {} with one seed, or when an
+    LR of the grid has no spread measured (all its cells diverged)."""
+    k = seeds_per_cell(groups)
+    spread = {k_: v["sd"] for k_, v in seed_spread_by_lr(groups).items() if k_ != "all"}
+    lrs = sorted({r["lr"] for rows in groups.values() for r in rows})
+    if k < 2 or any(f"{lr:g}" not in spread for lr in lrs):
+        return {}
+    return {lr: factor * spread[f"{lr:g}"] ** 2 / k for lr in lrs}

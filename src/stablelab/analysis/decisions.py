@@ -23,9 +23,9 @@ def _finite(v) -> bool:
     return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
 
 
-def _draws(centre: np.ndarray, cal_loss: Calibration, rng: np.random.Generator, n: int) -> np.ndarray:
+def _draws(centre: np.ndarray, cal_loss: Calibration, rng: np.random.Generator, n: int, lrs) -> np.ndarray:
     """(n, n_lrs) draws of per-LR final losses, log-normal around the bias-corrected points (uncapped)."""
-    sigma = cal_loss.half_width / z_for(cal_loss.level)
+    sigma = np.array([cal_loss.half_width_at(lr) for lr in lrs]) / z_for(cal_loss.level)
     rho = cal_loss.correlation
     common = rng.standard_normal((n, 1))
     own = rng.standard_normal((n, len(centre)))
@@ -41,7 +41,7 @@ def decisions(raw: dict, cals: dict[str, Calibration], level: float, seed: int =
     floor = np.array([p["diverged_fraction"] for p in raw["per_lr"]])
     points = np.array([p["final_loss"] for p in raw["per_lr"]], float)
     corrected = points * np.exp([cals["final_loss"].bias_at(lr) for lr in lrs])
-    draws = _draws(np.where(corrected > 0, corrected, np.nan), cals["final_loss"], rng, DRAWS)
+    draws = _draws(np.where(corrected > 0, corrected, np.nan), cals["final_loss"], rng, DRAWS, lrs)
     draws = np.where(np.isfinite(draws), draws, inits)
     # A run that diverged at the largest fitted width diverges at least as often at a larger one.
     diverged = (draws >= inits) | (rng.random(draws.shape) < floor)
@@ -84,7 +84,7 @@ def _paper_probability(logit: float, cal: Calibration, lr: float) -> float | Non
     if not _finite(logit) or logit <= 0:
         return None
     centre = math.log(logit) + cal.bias_at(lr)
-    sigma = max(cal.half_width / z_for(cal.level), 1e-12)
+    sigma = max(cal.half_width_at(lr) / z_for(cal.level), 1e-12)
     return 1 - NormalDist(centre, sigma).cdf(math.log(ATTN_LOGIT_DANGER))
 
 
@@ -97,7 +97,7 @@ def group_points(raw: dict, cals: dict[str, Calibration], level: float, fields: 
         lr = row["lr"]
         loss, loss_iv = log_interval(row["final_loss"], cals["final_loss"], lr)
         if dec["diverged"][i]:
-            loss, loss_iv = row["init"], [row["init"] * math.exp(-cals["final_loss"].half_width), row["init"]]
+            loss, loss_iv = row["init"], [row["init"] * math.exp(-cals["final_loss"].half_width_at(lr)), row["init"]]
         elif loss_iv is not None:
             loss = min(loss, row["init"])
             loss_iv = [min(loss_iv[0], loss), min(loss_iv[1], row["init"])]

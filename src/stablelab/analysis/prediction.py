@@ -26,8 +26,8 @@ from typing import Sequence
 import numpy as np
 
 from stablelab.analysis.calibration import (Calibration, calibrate, coverage, is_inside, leverage_ratio, line_leverage, scaled,
-                                            z_for)
-from stablelab.analysis.cells import _cells, _finite, cell_values, seed_spread, seed_spread_by_lr
+                                            score_leverage, z_for)
+from stablelab.analysis.cells import _cells, _finite, cell_values, noise_by_lr, seed_spread, seed_spread_by_lr
 from stablelab.analysis.decisions import group_points
 from stablelab.analysis.extrapolation import (LOGIT_MODEL_TEXT, LOGIT_MODELS, LOSS_MODELS, extrapolate,
                                               fit_group_logits, fit_group_losses, logit_degree, loss_model_text)
@@ -165,19 +165,27 @@ def _residuals(raws: dict[tuple, dict], observed: dict[tuple, dict]) -> dict[str
 
 
 def _calibrations(residuals: dict[str, dict[tuple, dict]], level: float, spread: dict[str, float],
-                  exclude: tuple | None = None, previous: dict | None = None) -> dict[str, Calibration]:
+                  exclude: tuple | None = None, previous: dict | None = None,
+                  noise: dict | None = None) -> dict[str, Calibration]:
     """Per quantity class; `previous`: the earlier fold's residuals (the backtest one width back), whose
-    change to these residuals is what the intervals are calibrated on (calibration.transfer_scores)."""
+    change to these residuals is what the intervals are calibrated on (calibration.transfer_scores);
+    `noise`: {quantity: {lr: seed-noise variance of a score}} (2+ seeds: per-LR half-widths)."""
     z = z_for(level)
-    previous = previous or {}
+    previous, noise = previous or {}, noise or {}
     return {q: calibrate(q, {k: v for k, v in residuals.get(q, {}).items() if k != exclude}, level,
                          seed_sd=spread.get(q, 0.0), floor=z * spread.get(q, 0.0),
-                         previous={k: v for k, v in previous.get(q, {}).items() if k != exclude} or None)
+                         previous={k: v for k, v in previous.get(q, {}).items() if k != exclude} or None,
+                         noise_by_lr=noise.get(q))
             for q in CONTINUOUS}
 
 
-def _uncalibrated(level: float, spread: dict[str, float]) -> dict[str, Calibration]:
-    return _calibrations({}, level, spread)
+def score_noise(groups: dict[tuple, list[dict]], widths: list[int]) -> dict:
+    """{"final_loss": {lr: seed-noise variance of one calibration score}} from the study's seed spread
+    per LR and the scores' line leverage (`calibration.score_leverage`); {} with one seed."""
+    sizes = _sizes(next(iter(groups.values()))) if groups else {}
+    ok = len(widths) >= 3 and all(w in sizes for w in widths)
+    noise = noise_by_lr(groups, score_leverage([math.log10(sizes[w]) for w in widths], len(groups))) if ok else {}
+    return {"final_loss": noise} if noise else {}
 
 
 def choose_models(groups: dict[tuple, list[dict]], widths: list[int]) -> tuple[dict[str, str], dict]:
@@ -221,7 +229,7 @@ def _forecast_raws(groups, widths, held, models):
 
 
 def backtest(groups: dict[tuple, list[dict]], widths: list[int], models: dict[str, str], level: float,
-             spread: dict[str, float], seed: int = 0) -> tuple[dict, dict, dict]:
+             spread: dict[str, float], seed: int = 0, noise: dict | None = None) -> tuple[dict, dict, dict]:
     """Predict the largest width from the smaller ones; every point scored with intervals calibrated
     on the other groups' residuals (with one group: on the other LRs' residuals). Returns the
     summary's backtest, its residuals ({quantity: {group: {lr: log error}}}) and the earlier fold's."""
@@ -234,16 +242,17 @@ def backtest(groups: dict[tuple, list[dict]], widths: list[int], models: dict[st
         fields = group_fields(key)
         if len(raws) > 1:
             points += [_observe(p, seen[key]) for p in
-                       group_points(raw, _calibrations(residuals, level, spread, exclude=key, previous=previous),
+                       group_points(raw, _calibrations(residuals, level, spread, exclude=key, previous=previous, noise=noise),
                                     level, fields, seed)]
             continue
         # One group: each LR's points calibrated without that LR's residuals; the group's decisions
         # with all of them (there is nothing else to leave out).
-        whole = group_points(raw, _calibrations(residuals, level, spread, previous=previous), level, fields, seed)
+        whole = group_points(raw, _calibrations(residuals, level, spread, previous=previous, noise=noise), level,
+                             fields, seed)
         mine = [p for p in whole if p["lr"] is None]
         for lr in raw["lrs"]:
             held_out = {q: {key: {k: v for k, v in rs[key].items() if k != lr}} for q, rs in residuals.items()}
-            cals = _calibrations(held_out, level, spread, previous=previous)
+            cals = _calibrations(held_out, level, spread, previous=previous, noise=noise)
             mine += [p for p in group_points(raw, cals, level, fields, seed) if p["lr"] == lr]
         points += [_observe(p, seen[key]) for p in mine]
     return {"width": held, "from_widths": used, "models": models, "points": points,
@@ -309,13 +318,14 @@ def forecast(results: list[dict], early_logits: dict[str, float], target: dict[i
     if models is None:
         models, scores = choose_models(groups, widths) if len(widths) >= 3 else (
             {"final_loss": "power_law", "attn_logit": "paper"}, {})
-    bt, residuals, previous = (backtest(groups, widths, models, level, spread, seed) if len(widths) >= 3
+    noise = score_noise(groups, widths)
+    bt, residuals, previous = (backtest(groups, widths, models, level, spread, seed, noise) if len(widths) >= 3
                                else (None, {}, {}))
     if bt is not None:
-        cals = _calibrations(residuals, level, spread, previous=previous)
+        cals = _calibrations(residuals, level, spread, previous=previous, noise=noise)
         bt_distance = bt["distance"]
     else:
-        cals, bt_distance = _uncalibrated(level, spread), None
+        cals, bt_distance = _calibrations({}, level, spread), None
     points, groups_out = [], []
     for key, rows in groups.items():
         sizes = _sizes(rows)

@@ -154,7 +154,10 @@ def calibration_text(pred: dict) -> str:
                     if by_lr else f"bias {100 * (math.exp(c['bias']) - 1):+.1f}%")
             how = (", scored against the bias learned one width back" if c.get("scores") == "transfer"
                    else ", scored against the other variants' bias")
-            parts.append(f"{q}: {bias}, x/÷ {math.exp(c['half_width']):.4g} from {c['n']} backtest residuals{how}")
+            scales = list((c.get("width_by_lr") or {}).values())
+            spread = (f"x/÷ {math.exp(c['half_width'] * min(scales)):.4g} to {math.exp(c['half_width'] * max(scales)):.4g}"
+                      " by LR (each LR's seed noise)" if scales else f"x/÷ {math.exp(c['half_width']):.4g}")
+            parts.append(f"{q}: {bias}, {spread} from {c['n']} backtest residuals{how}")
         else:
             parts.append(f"{q}: NOT calibrated (wide default x/÷ {math.exp(c['half_width']):.3g})")
     models = pred.get("model_text") or {}
