@@ -45,7 +45,7 @@ def test_noise_scales_by_hand():
     assert tau2 == pytest.approx(0.04)
     sigma = {1: math.sqrt(0.04), 2: math.sqrt(0.09)}  # 0.2 and 0.3; median of two = 0.25
     got = noise_scales(pairs, noise)
-    assert got == pytest.approx({1: 0.2 / 0.25, 2: 0.3 / 0.25})
+    assert got == pytest.approx({lr: v / 0.25 for lr, v in sigma.items()}) == {1: 0.8, 2: 1.2}
     # more noise than the scores hold: tau^2 clips at 0 and sigma is the noise alone
     assert noise_scales([(1, 0.1), (2, 0.1)], {1: 0.04, 2: 0.16}) == pytest.approx({1: 0.2 / 0.3, 2: 0.4 / 0.3})
     assert noise_scales(pairs, {1: 0.0}) == {}  # an LR without noise: no per-LR widths
