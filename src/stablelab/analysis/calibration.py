@@ -13,7 +13,9 @@ other groups (jackknife+, `jackknife_scores`). The variants of a study share see
 their residuals at one LR can be near copies: the jackknife then sees no spread, while the per-LR
 error still changes from width to width (docs/proxy.md, the fresh prose corpus). Residuals are
 scaled by the extrapolation distance (log of target size over the largest fitted size) relative to
-the backtest's, so a forecast two doublings ahead gets twice the backtest's spread and bias."""
+the backtest's, so a forecast two doublings ahead gets twice the backtest's spread and bias. With
+2+ seeds, each LR's final-loss half-width follows the LR's own seed noise (`noise_scales`:
+normalised scores, Papadopoulos et al. 2008; Lei et al. 2018)."""
 
 from __future__ import annotations
 

@@ -51,7 +51,8 @@ METHODS = {
     "interval": "calibrated on the study's own backtest (its largest width predicted from the smaller ones): "
                 "bias-corrected by the backtest's median log error at each LR; half-width the split-conformal "
                 "quantile, at the level, of the error a per-LR bias learned one width back leaves (4+ widths; "
-                "with 3, the backtest's jackknife+ errors); scaled by extrapolation distance",
+                "with 3, the backtest's jackknife+ errors); with 2+ seeds, the final loss's half-width follows each "
+                "LR's seed noise (calibration.noise_scales); scaled by extrapolation distance",
 }
 
 
