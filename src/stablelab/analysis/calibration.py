@@ -241,10 +241,8 @@ def leverage_ratio(xs_target, x_target, xs_backtest, x_backtest) -> float:
 def scaled(cal: Calibration, distance: float, leverage: float = 1.0) -> Calibration:
     """The calibration at the target: bias and half-width grow with the extrapolation distance
     (relative to the backtest's); for a per-LR line, the half-width also follows its leverage."""
-    if cal.width_by_lr:  # per-LR widths: sigma(lr) holds the LR's own seed noise (no common floor)
-        return replace(cal, bias=cal.bias * distance, half_width=cal.half_width * distance * leverage,
-                       bias_by_lr=tuple((lr, b * distance) for lr, b in cal.bias_by_lr))
-    floor = z_for(cal.level) * cal.seed_sd
+    # per-LR widths: sigma(lr) holds the LR's own seed noise, so no common floor
+    floor = 0.0 if cal.width_by_lr else z_for(cal.level) * cal.seed_sd
     return replace(cal, bias=cal.bias * distance, bias_by_lr=tuple((lr, b * distance) for lr, b in cal.bias_by_lr),
                    half_width=max(cal.half_width * distance * leverage, floor), floor=floor)
 

@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from stablelab.analysis.calibration import (Calibration, calibrate, coverage, is_inside, leverage_ratio, line_leverage, scaled,
+from stablelab.analysis.calibration import (Calibration, calibrate, coverage, is_inside, leverage_ratio, scaled,
                                             score_leverage, z_for)
 from stablelab.analysis.cells import _cells, _finite, cell_values, noise_by_lr, seed_spread, seed_spread_by_lr
 from stablelab.analysis.decisions import group_points
@@ -362,10 +362,7 @@ def _leverage(models: dict[str, str], widths: list[int], sizes: dict[int, float]
     x = [math.log10(sizes[w]) for w in widths]
     ratio = leverage_ratio(x, math.log10(n_target), x[:-1], x[-1])
     if len(widths) >= 4:  # transfer scores: r_B - r_A at calibration, r_target - r_B at the target
-        h_t, h_b, h_a = (line_leverage(x, math.log10(n_target)), line_leverage(x[:-1], x[-1]),
-                         line_leverage(x[:-2], x[-2]))
-        k = math.pi / 2 / max(n_groups - 1, 1)
-        ratio = math.sqrt((1 + h_t + k * (1 + h_b)) / (1 + h_b + k * (1 + h_a)))
+        ratio = math.sqrt(score_leverage(x + [math.log10(n_target)], n_groups) / score_leverage(x, n_groups))
     lines = {"final_loss": models["final_loss"] == "power_law",
              "attn_logit": models["attn_logit"] == "paper" and logit_degree(len(widths)) == 1
              and logit_degree(len(widths) - 1) == 1}
