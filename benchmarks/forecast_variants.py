@@ -4,10 +4,12 @@ study was run with --validate-width, its check against the real larger width, sc
 issue's targets (coverage, median final-loss interval width, median absolute and signed error,
 best LR exact / within one step / median regret).
 
-    .venv/bin/python benchmarks/forecast_variants.py STUDY_OUT [--curves 'chosen;lr_shift;mean:lr_shift,saturating']
-                     [--seeds 0] [--json FILE]
+    .venv/bin/python benchmarks/forecast_variants.py STUDY [--curves 'chosen;lr_shift;mean:lr_shift,saturating']
+                     [--seeds 0] [--json FILE] [--export FILE]
 
-STUDY_OUT is a `stablelab proxy --out` folder. A curve is any of `analysis.extrapolation.LOSS_MODELS`,
+STUDY is a `stablelab proxy --out` folder, or a file written by `--export`: the few fields per run
+the forecast reads (no metrics, no weights; about 100 KB for 300 runs), so a study's figures can be
+re-scored where its folder is gone (benchmarks/studies/ holds the ones docs/proxy.md quotes). A curve is any of `analysis.extrapolation.LOSS_MODELS`,
 `chosen` (what the study's backtest chose), or `mean:a,b` (the geometric mean of their forecasts).
 Pick a method on one study and judge it on another: a curve chosen by its check's score on the same
 study has been tuned on that check.
@@ -27,12 +29,47 @@ from pathlib import Path
 import numpy as np
 
 
-def load(out: Path, seeds: set[int] | None = None) -> dict:
+# the fields of a run's result.json that the forecast reads (analysis.prediction.rows_by_group)
+KEPT = ("run_id", "model", "variant", "width", "depth", "lr", "seed", "optimizer", "tag", "mup_simple",
+        "final_loss", "init_loss", "diverged", "n_params", "steps_done")
+FORMAT = "stablelab.forecast_inputs/1"
+
+
+def read_study(out: Path) -> tuple[dict, list[dict], dict]:
+    """(summary's prediction and validation headers, results, early logits) of a study folder or export."""
+    from stablelab.io import read_json_exact
+
+    if out.is_file():
+        data = read_json_exact(out)
+        if data.get("format") != FORMAT:
+            raise SystemExit(f"{out}: not a forecast-inputs export ({FORMAT}); pass a study folder or a file "
+                             "written by --export")
+        return data["summary"], data["results"], data["early"]
     from stablelab.store.run_store import load_result
     from stablelab.studies.proxy import RUNS_DIR, early_attention_logits
 
+    if not (out / "summary.json").exists():
+        raise SystemExit(f"{out}: no summary.json; is the study finished?")
     summary = json.loads((out / "summary.json").read_text())
     results = [load_result(d) for d in sorted((out / RUNS_DIR).iterdir()) if (d / "result.json").exists()]
+    return summary, results, early_attention_logits(out / RUNS_DIR, summary["prediction"]["step"])
+
+
+def export(out: Path, path: Path) -> None:
+    """Write the forecast's inputs of study `out` to `path` (atomically; NaN losses kept)."""
+    from stablelab.io import atomic_write_json_exact
+
+    summary, results, early = read_study(out)
+    head = {"prediction": {k: summary["prediction"][k] for k in ("models", "level", "n_params_by_depth", "step")}}
+    if summary.get("validation"):
+        head["validation"] = {k: summary["validation"].get(k) for k in ("width", "n_params")}
+    atomic_write_json_exact(path, {"format": FORMAT, "summary": head,
+                                   "results": [{k: r.get(k) for k in KEPT} for r in results],
+                                   "early": {r["run_id"]: early[r["run_id"]] for r in results if r["run_id"] in early}})
+
+
+def load(out: Path, seeds: set[int] | None = None) -> dict:
+    summary, results, early = read_study(out)
     if seeds is not None:
         results = [r for r in results if r.get("seed", 0) in seeds]
     check = summary.get("validation") or {}
@@ -40,7 +77,7 @@ def load(out: Path, seeds: set[int] | None = None) -> dict:
     target = {int(k): v for k, v in summary["prediction"]["n_params_by_depth"].items()}
     return {"summary": summary, "train": [r for r in results if r["width"] != width],
             "held": [r for r in results if r["width"] == width], "width": width,
-            "early": early_attention_logits(out / RUNS_DIR, summary["prediction"]["step"]),
+            "early": early,
             "target": target, "check_target": {d: check.get("n_params") for d in target} if width else None}
 
 
@@ -69,7 +106,12 @@ def main() -> None:
                         help="curves separated by ';'")
     parser.add_argument("--seeds", help="comma-separated seeds to keep (default: every seed)")
     parser.add_argument("--json", type=Path, help="also write every figure here")
+    parser.add_argument("--export", type=Path, help="write the study's forecast inputs to this file and stop")
     args = parser.parse_args()
+    if args.export:
+        export(args.study, args.export)
+        print(f"wrote {args.export}")
+        return
     from stablelab.analysis.prediction import forecast, validate
 
     rows = []

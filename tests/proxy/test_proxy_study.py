@@ -192,3 +192,35 @@ def test_unreachable_address_is_a_usage_error(tmp_path, capsys):
     args = ["--widths", "32", "--lrs", "1e-3", "--variants", "qk_norm", "--steps", "5", "--no-progress"]
     assert main(["proxy", *args, "--address", "tcp://127.0.0.1:9", "--out", str(tmp_path / "o")]) == 2
     assert "cannot reach the Dask scheduler" in capsys.readouterr().err
+
+
+def _forecast_variants():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "forecast_variants.py"
+    spec = importlib.util.spec_from_file_location("forecast_variants", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_exported_forecast_inputs_rescore_like_the_folder(tiny_study, tmp_path):
+    """benchmarks/forecast_variants.py --export keeps what the forecast reads: the export, with the
+    study folder gone, gives the same forecast as the folder (NaN losses kept)."""
+    from stablelab.analysis.prediction import forecast
+
+    fv = _forecast_variants()
+    path = tmp_path / "study.json"
+    fv.export(tiny_study, path)
+    folder, exported = fv.load(tiny_study), fv.load(path)
+    assert exported["target"] == folder["target"] and exported["early"] == folder["early"]
+    key = (lambda r: r["run_id"])
+    assert len(exported["train"]) == len(folder["train"]) == 8
+    for a, b in zip(sorted(exported["train"], key=key), sorted(folder["train"], key=key)):
+        assert {k: a[k] for k in fv.KEPT if not (isinstance(a[k], float) and math.isnan(a[k]))} == \
+               {k: b.get(k) for k in fv.KEPT if not (isinstance(a[k], float) and math.isnan(a[k]))}
+    one, two = (forecast(s["train"], s["early"], s["target"]) for s in (folder, exported))
+    assert json.dumps(one["points"], default=str) == json.dumps(two["points"], default=str)
+    (tmp_path / "other.json").write_text("{}")
+    with pytest.raises(SystemExit, match="not a forecast-inputs export"):
+        fv.load(tmp_path / "other.json")
