@@ -106,6 +106,9 @@ def main() -> None:
                         help="curves separated by ';'")
     parser.add_argument("--seeds", help="comma-separated seeds to keep (default: every seed)")
     parser.add_argument("--json", type=Path, help="also write every figure here")
+    parser.add_argument("--drift", action="store_true",
+                        help="also score each curve with the target's bias moved by the transfer drift "
+                             "(calibration.transfer_drift; an option under test)")
     parser.add_argument("--export", type=Path, help="write the study's forecast inputs to this file and stop")
     args = parser.parse_args()
     if args.export:
@@ -123,13 +126,14 @@ def main() -> None:
     print(f"{args.study}: the study chose {chosen}")
     print("| curve | scored on | inside | final loss inside | median final-loss interval width | median abs / signed "
           "error | best LR exact / within one | median regret |\n|---|---|---|---|---|---|---|---|")
-    for curve in args.curves.split(";"):
+    for curve, drift in [(c, d) for c in args.curves.split(";") for d in ((False, True) if args.drift else (False,))]:
         models = {**chosen, "final_loss": chosen["final_loss"] if curve == "chosen" else curve}
         bt = forecast(study["train"], study["early"], study["target"], level, models)["backtest"]
-        row = {"curve": curve, "final_loss": models["final_loss"], **({"backtest": figures(bt)} if bt else {})}
+        name = curve + (" +drift" if drift else "")
+        row = {"curve": name, "final_loss": models["final_loss"], **({"backtest": figures(bt)} if bt else {})}
         if study["width"]:
             row["check"] = figures(validate(study["train"], study["held"], study["early"], study["check_target"],
-                                            level, models))
+                                            level, models, drift=drift))
         for part in ("backtest", "check"):
             if part in row:
                 print(line(row["curve"], part, row[part]), flush=True)

@@ -1,5 +1,6 @@
 """Forecasts, backtest and calibrated intervals on synthetic studies with known laws and noise."""
 
+import json
 import math
 
 import numpy as np
@@ -328,3 +329,38 @@ def test_four_widths_calibrate_on_the_error_a_bias_learned_one_width_back_leaves
     assert forecast(three, _early(three), {2: SIZES[512]}, models={"final_loss": "power_law",
                                                                   "attn_logit": "paper"}
                     )["calibration"]["final_loss"]["scores"] == "jackknife"
+
+
+def test_drift_moves_the_targets_bias_by_the_median_change_from_the_earlier_fold():
+    """The drift option, by hand on the same four-width sweep: D = median over (variant, lr) of
+    r_B - median of the other variants' r_A; the target's bias at each LR is the backtest's plus D,
+    its half-width the conformal quantile of |r_B - that median - D|; the backtest is untouched."""
+    rng = np.random.default_rng(5)
+    rows = _rows(_power, noise=0.02, rng=rng, variants=("a", "b", "c", "d"))
+    # a sweep whose per-LR error grows with width: the larger widths end a little worse
+    for r in rows:
+        r["final_loss"] *= math.exp(0.01 * math.log2(r["width"] / 32) ** 2)
+    models = {"final_loss": "power_law", "attn_logit": "paper"}
+    plain = forecast(rows, _early(rows), {2: SIZES[512]}, models=models)
+    moved = forecast(rows, _early(rows), {2: SIZES[512]}, models=models, drift=True)
+    by_cell = {(r["variant"], r["width"], r["lr"]): math.log(r["final_loss"]) for r in rows}
+    x = {w: math.log10(SIZES[w]) for w in WIDTHS}
+
+    def line_residual(v, lr, fitted, held):
+        slope, icept = np.polyfit([x[w] for w in fitted], [by_cell[(v, w, lr)] for w in fitted], 1)
+        return by_cell[(v, held, lr)] - (slope * x[held] + icept)
+
+    r_b = {(v, lr): line_residual(v, lr, (32, 64, 128), 256) for v in "abcd" for lr in LRS}
+    r_a = {(v, lr): line_residual(v, lr, (32, 64), 128) for v in "abcd" for lr in LRS}
+    signed = [r_b[(v, lr)] - float(np.median([r_a[(u, lr)] for u in "abcd" if u != v])) for v in "abcd" for lr in LRS]
+    d = float(np.median(signed))
+    assert d > 0.005  # the built curvature: the bias grows from one fold to the next
+    cal = moved["calibration"]["final_loss"]
+    assert cal["drift"] == pytest.approx(d, abs=1e-12)
+    assert cal["half_width"] == pytest.approx(conformal_quantile([abs(s - d) for s in signed], 0.9), abs=1e-9)
+    assert plain["calibration"]["final_loss"]["drift"] == 0.0
+    scale = moved["groups"][0]["distance_scale"]
+    for p, q in zip(plain["points"], moved["points"]):
+        if p["quantity"] == "final_loss":
+            assert q["predicted"] / p["predicted"] == pytest.approx(math.exp(d * scale), rel=1e-9)
+    assert json.dumps(plain["backtest"]["points"], default=str) == json.dumps(moved["backtest"]["points"], default=str)

@@ -67,6 +67,8 @@ class Calibration:
     #                            LR's seed noise (2+ seeds, `noise_scales`); empty: one half-width for every LR
     floor: float = 0.0         # no half-width below this (the level's quantile of one run's seed noise;
     #                            0 with per-LR widths, whose sigma(lr) holds the LR's own noise)
+    drift: float = 0.0         # median change of the per-LR bias from the earlier fold to the backtest
+    #                            (`transfer_drift`; 0 unless asked for): added to the target's bias by `scaled`
 
     def bias_at(self, lr) -> float:
         return _at(self.bias_by_lr, lr, self.bias)
@@ -148,14 +150,22 @@ def transfer_scores(by_group: dict, previous: dict) -> list[float]:
     return [s for _, s in _transfer_pairs(by_group, previous)]
 
 
-def _transfer_pairs(by_group: dict, previous: dict) -> list[tuple[float, float]]:
+def _transfer_pairs(by_group: dict, previous: dict, signed: bool = False) -> list[tuple[float, float]]:
     if len(previous) < 3:
         return []
     scores = []
     for g, rs in by_group.items():
         bias = _bias_by_lr(previous, skip=g)
-        scores += [(lr, abs(r - bias[lr])) for lr, r in rs.items() if lr in bias]
+        scores += [(lr, r - bias[lr] if signed else abs(r - bias[lr])) for lr, r in rs.items() if lr in bias]
     return scores
+
+
+def transfer_drift(by_group: dict, previous: dict) -> float:
+    """D: the median over every (group, LR) of r_B - (the earlier fold's bias at the LR from the other
+    groups), i.e. how far the per-LR bias moved from one extrapolation to the next, pooled over LRs;
+    0 without an earlier fold of 3+ groups."""
+    signed = [d for _, d in _transfer_pairs(by_group, previous, signed=True)]
+    return float(np.median(signed)) if signed else 0.0
 
 
 def noise_scales(pairs: Sequence[tuple[float, float]], noise_by_lr: dict) -> dict:
@@ -177,7 +187,8 @@ def noise_scales(pairs: Sequence[tuple[float, float]], noise_by_lr: dict) -> dic
 
 
 def calibrate(quantity: str, residuals_by_group: dict, level: float, seed_sd: float = 0.0,
-              floor: float = 0.0, previous: dict | None = None, noise_by_lr: dict | None = None) -> Calibration:
+              floor: float = 0.0, previous: dict | None = None, noise_by_lr: dict | None = None,
+              drift: bool = False) -> Calibration:
     """Bias and half-width for one quantity class from backtest log residuals
     ({group: {lr: log(observed / predicted)}}).
 
@@ -189,14 +200,19 @@ def calibrate(quantity: str, residuals_by_group: dict, level: float, seed_sd: fl
     2021), so the conformal quantile is not flattered by fitting the bias on the point it scores.
     With one group, the bias is the median over the other LRs. With `noise_by_lr` (each LR's seed-noise
     variance in a score, 2+ seeds) the scores are normalised by `noise_scales` and the half-width
-    varies by LR (`Calibration.half_width_at`). Falls back to the wide default (calibrated=False) when
-    there are too few residuals for the level."""
+    varies by LR (`Calibration.half_width_at`). With `drift` (and transfer scores) the bias is expected
+    to keep moving as it did from the earlier fold to the backtest: D = `transfer_drift` is added to the
+    target's bias (`scaled`) and the scores are |r_B - bias_A - D|. Falls back to the wide default
+    (calibrated=False) when there are too few residuals for the level."""
     by_group = {g: {lr: float(r) for lr, r in rs.items() if r is not None and math.isfinite(r)}
                 for g, rs in residuals_by_group.items()}
     everything = [r for rs in by_group.values() for r in rs.values()]
     rho = correlation_across_lrs({g: list(rs.values()) for g, rs in by_group.items()})
     pairs = _transfer_pairs(by_group, previous) if previous else []
     method = "transfer" if pairs else "jackknife"
+    moved = transfer_drift(by_group, previous) if pairs and drift else 0.0
+    if moved:
+        pairs = [(lr, abs(d - moved)) for lr, d in _transfer_pairs(by_group, previous, signed=True)]
     if not pairs:
         pairs = _jackknife_pairs(by_group)
     scales = noise_scales(pairs, noise_by_lr or {})
@@ -208,7 +224,7 @@ def calibrate(quantity: str, residuals_by_group: dict, level: float, seed_sd: fl
     # per-LR widths carry each LR's seed noise in sigma(lr) (noise_scales), so they need no common floor
     return Calibration(quantity, level, float(np.median(everything)), q if scales else max(q, floor),
                        len(everything), True, rho, seed_sd, tuple(sorted(by_lr.items())), scores=method,
-                       width_by_lr=tuple(sorted(scales.items())), floor=0.0 if scales else floor)
+                       width_by_lr=tuple(sorted(scales.items())), floor=0.0 if scales else floor, drift=moved)
 
 
 def line_leverage(xs: Sequence[float], x_target: float) -> float:
@@ -239,11 +255,14 @@ def leverage_ratio(xs_target, x_target, xs_backtest, x_backtest) -> float:
 
 
 def scaled(cal: Calibration, distance: float, leverage: float = 1.0) -> Calibration:
-    """The calibration at the target: bias and half-width grow with the extrapolation distance
-    (relative to the backtest's); for a per-LR line, the half-width also follows its leverage."""
+    """The calibration at the target: bias (plus the drift, if any) and half-width grow with the
+    extrapolation distance (relative to the backtest's); for a per-LR line, the half-width also
+    follows its leverage."""
     # per-LR widths: sigma(lr) holds the LR's own seed noise, so no common floor
     floor = 0.0 if cal.width_by_lr else z_for(cal.level) * cal.seed_sd
-    return replace(cal, bias=cal.bias * distance, bias_by_lr=tuple((lr, b * distance) for lr, b in cal.bias_by_lr),
+    d = cal.drift
+    return replace(cal, bias=(cal.bias + d) * distance,
+                   bias_by_lr=tuple((lr, (b + d) * distance) for lr, b in cal.bias_by_lr),
                    half_width=max(cal.half_width * distance * leverage, floor), floor=floor)
 
 

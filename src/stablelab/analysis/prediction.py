@@ -167,7 +167,7 @@ def _residuals(raws: dict[tuple, dict], observed: dict[tuple, dict]) -> dict[str
 
 def _calibrations(residuals: dict[str, dict[tuple, dict]], level: float, spread: dict[str, float],
                   exclude: tuple | None = None, previous: dict | None = None,
-                  noise: dict | None = None) -> dict[str, Calibration]:
+                  noise: dict | None = None, drift: bool = False) -> dict[str, Calibration]:
     """Per quantity class; `previous`: the earlier fold's residuals (the backtest one width back), whose
     change to these residuals is what the intervals are calibrated on (calibration.transfer_scores);
     `noise`: {quantity: {lr: seed-noise variance of a score}} (2+ seeds: per-LR half-widths)."""
@@ -176,7 +176,7 @@ def _calibrations(residuals: dict[str, dict[tuple, dict]], level: float, spread:
     return {q: calibrate(q, {k: v for k, v in residuals.get(q, {}).items() if k != exclude}, level,
                          seed_sd=spread.get(q, 0.0), floor=z * spread.get(q, 0.0),
                          previous={k: v for k, v in previous.get(q, {}).items() if k != exclude} or None,
-                         noise_by_lr=noise.get(q))
+                         noise_by_lr=noise.get(q), drift=drift and q == "final_loss")
             for q in CONTINUOUS}
 
 
@@ -306,10 +306,13 @@ def accuracy(points: list[dict], observed: dict[tuple, dict]) -> dict:
 # ---------------------------------------------------------------------------------------------- study
 
 def forecast(results: list[dict], early_logits: dict[str, float], target: dict[int, float],
-             level: float = DEFAULT_LEVEL, models: dict[str, str] | None = None, seed: int = 0) -> dict:
+             level: float = DEFAULT_LEVEL, models: dict[str, str] | None = None, seed: int = 0,
+             drift: bool = False) -> dict:
     """The study's forecast at the target size (target: depth -> parameter count), its backtest and
     its calibration: {"points", "groups", "backtest", "calibration", "models", ...}. `models`:
-    {"final_loss": a LOSS_MODELS name, "attn_logit": a LOGIT_MODELS name}; None: chosen by backtest."""
+    {"final_loss": a LOSS_MODELS name, "attn_logit": a LOGIT_MODELS name}; None: chosen by backtest.
+    `drift`: the final loss's bias keeps moving as it did between the last two folds (an option under
+    test, `calibration.transfer_drift`; off by default)."""
     if not 0 < level < 1:
         raise ValueError(f"interval level must be in (0, 1), got {level}")
     groups = rows_by_group(results, early_logits)
@@ -323,7 +326,7 @@ def forecast(results: list[dict], early_logits: dict[str, float], target: dict[i
     bt, residuals, previous = (backtest(groups, widths, models, level, spread, seed, noise) if len(widths) >= 3
                                else (None, {}, {}))
     if bt is not None:
-        cals = _calibrations(residuals, level, spread, previous=previous, noise=noise)
+        cals = _calibrations(residuals, level, spread, previous=previous, noise=noise, drift=drift)
         bt_distance = bt["distance"]
     else:
         cals, bt_distance = _calibrations({}, level, spread), None
@@ -370,10 +373,11 @@ def _leverage(models: dict[str, str], widths: list[int], sizes: dict[int, float]
 
 
 def validate(train: list[dict], held: list[dict], early_logits: dict[str, float], target: dict[int, float],
-             level: float = DEFAULT_LEVEL, models: dict[str, str] | None = None, seed: int = 0) -> dict:
+             level: float = DEFAULT_LEVEL, models: dict[str, str] | None = None, seed: int = 0,
+             drift: bool = False) -> dict:
     """Forecast the held-out width's size from `train` and score every point against `held`
     (the real larger width's runs); derived quantities only when `held` covers every grid LR."""
-    fc = forecast(train, early_logits, target, level, models, seed)
+    fc = forecast(train, early_logits, target, level, models, seed, drift)
     held_groups = rows_by_group(held, early_logits)
     grid_lrs = sorted({r["lr"] for r in train})
     seen = {}
