@@ -311,8 +311,8 @@ def forecast(results: list[dict], early_logits: dict[str, float], target: dict[i
     """The study's forecast at the target size (target: depth -> parameter count), its backtest and
     its calibration: {"points", "groups", "backtest", "calibration", "models", ...}. `models`:
     {"final_loss": a LOSS_MODELS name, "attn_logit": a LOGIT_MODELS name}; None: chosen by backtest.
-    `drift`: the final loss's bias keeps moving as it did between the last two folds (an option under
-    test, `calibration.transfer_drift`; off by default)."""
+    `drift`: the final loss's bias keeps moving as it did between the last two folds
+    (`calibration.transfer_drift`; off by default: judged and not adopted, docs/proxy.md)."""
     if not 0 < level < 1:
         raise ValueError(f"interval level must be in (0, 1), got {level}")
     groups = rows_by_group(results, early_logits)
