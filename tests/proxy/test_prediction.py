@@ -298,6 +298,20 @@ def test_the_report_states_the_checks_noise_floor():
     assert seed_noise_text({"width": 512, "seed_spread": {}}) == ""
 
 
+def _fold_residuals_by_hand(rows):
+    """(r_B, r_A) per (variant, lr): width 256 from the line through 32-128, width 128 from the line
+    through 32 and 64, in log loss against log10 size."""
+    by_cell = {(r["variant"], r["width"], r["lr"]): math.log(r["final_loss"]) for r in rows}
+    x = {w: math.log10(SIZES[w]) for w in WIDTHS}
+
+    def line_residual(v, lr, fitted, held):
+        slope, icept = np.polyfit([x[w] for w in fitted], [by_cell[(v, w, lr)] for w in fitted], 1)
+        return by_cell[(v, held, lr)] - (slope * x[held] + icept)
+
+    return ({(v, lr): line_residual(v, lr, (32, 64, 128), 256) for v in "abcd" for lr in LRS},
+            {(v, lr): line_residual(v, lr, (32, 64), 128) for v in "abcd" for lr in LRS})
+
+
 def test_four_widths_calibrate_on_the_error_a_bias_learned_one_width_back_leaves():
     """Four widths, power law: the backtest's residual r_B (width 256 from the line through 32-128)
     and the earlier fold's r_A (width 128 from the line through 32 and 64), worked by hand; every
@@ -306,15 +320,7 @@ def test_four_widths_calibrate_on_the_error_a_bias_learned_one_width_back_leaves
     rng = np.random.default_rng(5)
     rows = _rows(_power, noise=0.02, rng=rng, variants=("a", "b", "c", "d"))
     fc = forecast(rows, _early(rows), {2: SIZES[512]}, models={"final_loss": "power_law", "attn_logit": "paper"})
-    by_cell = {(r["variant"], r["width"], r["lr"]): math.log(r["final_loss"]) for r in rows}
-    x = {w: math.log10(SIZES[w]) for w in WIDTHS}
-
-    def line_residual(v, lr, fitted, held):
-        slope, icept = np.polyfit([x[w] for w in fitted], [by_cell[(v, w, lr)] for w in fitted], 1)
-        return by_cell[(v, held, lr)] - (slope * x[held] + icept)
-
-    r_b = {(v, lr): line_residual(v, lr, (32, 64, 128), 256) for v in "abcd" for lr in LRS}
-    r_a = {(v, lr): line_residual(v, lr, (32, 64), 128) for v in "abcd" for lr in LRS}
+    r_b, r_a = _fold_residuals_by_hand(rows)
     scores = [abs(r_b[(v, lr)] - float(np.median([r_a[(u, lr)] for u in "abcd" if u != v])))
               for v in "abcd" for lr in LRS]
     cal = fc["calibration"]["final_loss"]
@@ -343,15 +349,7 @@ def test_drift_moves_the_targets_bias_by_the_median_change_from_the_earlier_fold
     models = {"final_loss": "power_law", "attn_logit": "paper"}
     plain = forecast(rows, _early(rows), {2: SIZES[512]}, models=models)
     moved = forecast(rows, _early(rows), {2: SIZES[512]}, models=models, drift=True)
-    by_cell = {(r["variant"], r["width"], r["lr"]): math.log(r["final_loss"]) for r in rows}
-    x = {w: math.log10(SIZES[w]) for w in WIDTHS}
-
-    def line_residual(v, lr, fitted, held):
-        slope, icept = np.polyfit([x[w] for w in fitted], [by_cell[(v, w, lr)] for w in fitted], 1)
-        return by_cell[(v, held, lr)] - (slope * x[held] + icept)
-
-    r_b = {(v, lr): line_residual(v, lr, (32, 64, 128), 256) for v in "abcd" for lr in LRS}
-    r_a = {(v, lr): line_residual(v, lr, (32, 64), 128) for v in "abcd" for lr in LRS}
+    r_b, r_a = _fold_residuals_by_hand(rows)
     signed = [r_b[(v, lr)] - float(np.median([r_a[(u, lr)] for u in "abcd" if u != v])) for v in "abcd" for lr in LRS]
     d = float(np.median(signed))
     assert d > 0.005  # the built curvature: the bias grows from one fold to the next
