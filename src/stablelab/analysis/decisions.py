@@ -3,7 +3,8 @@
 Draws of the per-LR final losses (log-normal around the calibrated point, sd = half-width / z,
 correlated across LRs as the backtest's errors are) give the probability that each LR diverges,
 the best LR with each LR's odds, the largest stable LR (a bound at the top of the grid) and the LR
-sensitivity (Wortsman et al. 2023, section 2), each with its interval; `group_points` turns one
+sensitivity (Wortsman et al. 2023, section 2), each with its interval (the sensitivity's widened
+for the bias of a minimum: `sensitivity_interval`); `group_points` turns one
 group's forecast into the points of summary.json."""
 
 from __future__ import annotations
@@ -69,14 +70,27 @@ def decisions(raw: dict, cals: dict[str, Calibration], level: float, seed: int =
     sens_draws = capped.mean(axis=1) - capped.min(axis=1)  # lr_sensitivity of each draw, vectorised
     sens = lr_sensitivity(centre, inits)
     s_lo, s_hi = np.quantile(sens_draws, [alpha / 2, 1 - alpha / 2])
+    s_lo, s_hi = sensitivity_interval(sens, s_lo, s_hi)
     return {
         "diverged": point_div, "probability": p_div.tolist(),
         "best_lr": {"predicted": best, "interval": grid_set(lrs, odds.tolist(), level, best) if best is not None
                     else None, "odds": {f"{lr:g}": float(o) for lr, o in zip(lrs, odds)}},
         "largest_stable_lr": {"predicted": largest, "interval": [lo_lr, hi_lr],
                               "bound": "at least" if hi_lr is None and lo_lr is not None else None},
-        "lr_sensitivity": {"predicted": sens, "interval": [float(min(s_lo, sens)), float(max(s_hi, sens))]},
+        "lr_sensitivity": {"predicted": sens, "interval": [s_lo, s_hi]},
     }
+
+
+def sensitivity_interval(sens: float, q_lo: float, q_hi: float) -> tuple[float, float]:
+    """The LR sensitivity's interval from the draws' quantiles (q_lo, q_hi) around the forecast's
+    sensitivity `sens`: the union of the percentile interval [q_lo, q_hi] (right if the truth scatters
+    around the forecast) and the basic-bootstrap interval [2 sens - q_hi, 2 sens - q_lo] (right if the
+    forecast scatters around the truth: then its minimum over LRs is already too low and its
+    sensitivity too high), never below 0 and always holding `sens`. A mean minus a minimum is biased
+    under either reading, in opposite directions, and the backtests do not say which holds."""
+    # basic bootstrap interval: Davison & Hinkley 1997, eq. 5.6
+    lo = max(0.0, min(q_lo, 2 * sens - q_hi, sens))
+    return float(lo), float(max(q_hi, 2 * sens - q_lo, sens))
 
 
 def _paper_probability(logit: float, cal: Calibration, lr: float) -> float | None:

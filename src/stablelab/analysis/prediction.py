@@ -47,7 +47,8 @@ METHODS = {
     "best_lr": "argmin of the predicted losses; interval: the narrowest LR range holding the level's share "
                "of the draws' argmins (odds: each LR's share)",
     "largest_stable_lr": "largest LR predicted not to diverge; at the top of the grid it is a lower bound",
-    "lr_sensitivity": "the paper's LR sensitivity of the predicted losses; interval from the draws",
+    "lr_sensitivity": "the paper's LR sensitivity of the predicted losses; interval: the union of the draws' percentile "
+                      "and basic-bootstrap intervals (a minimum over LRs is biased either way)",
     "interval": "calibrated on the study's own backtest (its largest width predicted from the smaller ones): "
                 "bias-corrected by the backtest's median log error at each LR; half-width the split-conformal "
                 "quantile, at the level, of the error a per-LR bias learned one width back leaves (4+ widths; "
