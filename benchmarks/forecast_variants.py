@@ -5,7 +5,7 @@ issue's targets (coverage, median final-loss interval width, median absolute and
 best LR exact / within one step / median regret).
 
     .venv/bin/python benchmarks/forecast_variants.py STUDY [--curves 'chosen;lr_shift;mean:lr_shift,saturating']
-                     [--seeds 0] [--json FILE] [--export FILE]
+                     [--seeds 0] [--json FILE] [--export FILE] [--points]
 
 STUDY is a `stablelab proxy --out` folder, or a file written by `--export`: the few fields per run
 the forecast reads (no metrics, no weights; about 100 KB for 300 runs), so a study's figures can be
@@ -13,6 +13,8 @@ re-scored where its folder is gone (benchmarks/studies/ holds the ones docs/prox
 `chosen` (what the study's backtest chose), or `mean:a,b` (the geometric mean of their forecasts).
 Pick a method on one study and judge it on another: a curve chosen by its check's score on the same
 study has been tuned on that check.
+
+`--points` also prints every final-loss point of each check (forecast, observed, error, interval width).
 
 `--seeds 0` re-scores the study as if it had run only those seeds (a `--seeds 2` study read as the
 one-seed study it contains). With two or more seeds at the check width the script also prints the
@@ -110,6 +112,8 @@ def main() -> None:
                         help="also score each curve with the target's bias moved by the transfer drift "
                              "(calibration.transfer_drift; an option under test)")
     parser.add_argument("--export", type=Path, help="write the study's forecast inputs to this file and stop")
+    parser.add_argument("--points", action="store_true",
+                        help="also print every final-loss point of each check: forecast, observed, error, interval")
     args = parser.parse_args()
     if args.export:
         export(args.study, args.export)
@@ -132,14 +136,31 @@ def main() -> None:
         name = curve + (" +drift" if drift else "")
         row = {"curve": name, "final_loss": models["final_loss"], **({"backtest": figures(bt)} if bt else {})}
         if study["width"]:
-            row["check"] = figures(validate(study["train"], study["held"], study["early"], study["check_target"],
-                                            level, models, drift=drift))
+            checked = validate(study["train"], study["held"], study["early"], study["check_target"], level, models,
+                               drift=drift)
+            row["check"] = figures(checked)
         for part in ("backtest", "check"):
             if part in row:
                 print(line(row["curve"], part, row[part]), flush=True)
+        if args.points and study["width"]:
+            print("\n".join(point_table(checked)))
         rows.append(row)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
+
+
+def point_table(scored: dict) -> list[str]:
+    """Markdown rows of a check's final-loss points: variant, LR, forecast, observed, error
+    (observed / forecast - 1), interval width (relative to the forecast) and inside or not."""
+    out = ["| variant | lr | forecast | observed | error | interval width | inside |", "|---|---|---|---|---|---|---|"]
+    for p in scored["points"]:
+        if p["quantity"] != "final_loss" or not p.get("interval") or not p["predicted"]:
+            continue
+        lo, hi = p["interval"]
+        out.append(f"| {p['variant']} | {p['lr']:g} | {p['predicted']:.4f} | {p['observed']:.4f} | "
+                   f"{100 * (p['observed'] / p['predicted'] - 1):+.1f}% | {100 * (hi - lo) / p['predicted']:.1f}% | "
+                   f"{'yes' if p['inside'] else '**no**'} |")
+    return out
 
 
 def print_noise_floor(held: list[dict], early: dict) -> None:

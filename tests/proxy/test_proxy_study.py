@@ -224,3 +224,22 @@ def test_exported_forecast_inputs_rescore_like_the_folder(tiny_study, tmp_path):
     (tmp_path / "other.json").write_text("{}")
     with pytest.raises(SystemExit, match="not a forecast-inputs export"):
         fv.load(tmp_path / "other.json")
+
+
+def test_point_table_lists_each_checked_final_loss_by_hand():
+    """--points: one row per final-loss point, error = observed / forecast - 1 and the interval's
+    width relative to the forecast, worked by hand; other quantities and unscored points left out."""
+    fv = _forecast_variants()
+    scored = {"points": [
+        {"quantity": "final_loss", "variant": "baseline", "lr": 0.01, "predicted": 2.0, "observed": 2.1,
+         "interval": [1.9, 2.2], "inside": True},
+        {"quantity": "final_loss", "variant": "qk_norm", "lr": 0.3, "predicted": 2.5, "observed": 2.25,
+         "interval": [2.4, 2.6], "inside": False},
+        {"quantity": "attn_logit", "variant": "baseline", "lr": 0.01, "predicted": 10.0, "observed": 9.0,
+         "interval": [5.0, 20.0], "inside": True},
+        {"quantity": "final_loss", "variant": "z_loss", "lr": 0.1, "predicted": 2.0, "observed": None,
+         "interval": None, "inside": False}]}
+    rows = fv.point_table(scored)
+    assert rows[2] == "| baseline | 0.01 | 2.0000 | 2.1000 | +5.0% | 15.0% | yes |"
+    assert rows[3] == "| qk_norm | 0.3 | 2.5000 | 2.2500 | -10.0% | 8.0% | **no** |"
+    assert len(rows) == 4
