@@ -235,23 +235,18 @@ def line_leverage(xs: Sequence[float], x_target: float) -> float:
     return 1 / len(x) + ((x_target - x.mean()) ** 2 / sxx if sxx > 0 else 0.0)
 
 
-def score_leverage(xs: Sequence[float], n_groups: int) -> float:
+def score_leverage(xs: Sequence[float], n_groups: int, window: int | None = None) -> float:
     """lambda: a calibration score's noise variance in units of one cell mean's, for per-LR lines in
     log size (xs: the study's widths; the backtest predicts the last from the rest). With 4+ widths the
     score is r_B - (median over the other groups of r_A): (1 + h_B) + kappa (1 + h_A); with 3,
     r_B - median of the others' r_B: (1 + h_B)(1 + kappa); kappa = pi / 2 / (groups - 1), the
     variance of a median of n - 1 over one value's (large-sample, normal)."""
     kappa = math.pi / 2 / max(n_groups - 1, 1)
-    h_b = line_leverage(xs[:-1], xs[-1])
+    last = (lambda v: list(v)[-window:] if window else list(v))  # each fit's widths (prediction.WINDOW)
+    h_b = line_leverage(last(xs[:-1]), xs[-1])
     if len(xs) >= 4:
-        return (1 + h_b) + kappa * (1 + line_leverage(xs[:-2], xs[-2]))
+        return (1 + h_b) + kappa * (1 + line_leverage(last(xs[:-2]), xs[-2]))
     return (1 + h_b) * (1 + kappa)
-
-
-def leverage_ratio(xs_target, x_target, xs_backtest, x_backtest) -> float:
-    """sqrt((1 + h_target) / (1 + h_backtest)): how much larger the target's noise-driven error is
-    than the backtest's, for a line fitted to the same kind of points."""
-    return math.sqrt((1 + line_leverage(xs_target, x_target)) / (1 + line_leverage(xs_backtest, x_backtest)))
 
 
 def scaled(cal: Calibration, distance: float, leverage: float = 1.0) -> Calibration:

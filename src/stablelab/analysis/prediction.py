@@ -25,7 +25,8 @@ from typing import Sequence
 
 import numpy as np
 
-from stablelab.analysis.calibration import (Calibration, calibrate, coverage, is_inside, leverage_ratio, scaled,
+from stablelab.analysis.accuracy import accuracy, group_fields
+from stablelab.analysis.calibration import (Calibration, calibrate, coverage, is_inside, line_leverage, scaled,
                                             score_leverage, z_for)
 from stablelab.analysis.cells import _cells, _finite, cell_values, noise_by_lr, seed_spread, seed_spread_by_lr
 from stablelab.analysis.decisions import group_points
@@ -36,6 +37,7 @@ from stablelab.analysis.proxy import best_lr, largest_stable_lr, lr_sensitivity
 __all__ = ["extrapolate", "forecast", "validate", "METHODS", "DEFAULT_LEVEL"]
 
 DEFAULT_LEVEL = 0.9
+WINDOW = None  # widths per fit: None, every width below the one predicted; k, the k largest of them
 CONTINUOUS = ("final_loss", "attn_logit")
 METHODS = {
     "final_loss": "the loss curve the backtest chose (see models), capped at the loss at init "
@@ -112,10 +114,6 @@ def group_key(r: dict) -> tuple:
     return (r.get("optimizer", "adamw"), r["variant"], r["depth"], r.get("tag", ""))
 
 
-def group_fields(key: tuple) -> dict:
-    return {"optimizer": key[0], "variant": key[1], "depth": key[2], "setting": key[3].lstrip("_")}
-
-
 def rows_by_group(results: list[dict], early_logits: dict[str, float]) -> dict[tuple, list[dict]]:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in results:
@@ -181,20 +179,21 @@ def _calibrations(residuals: dict[str, dict[tuple, dict]], level: float, spread:
             for q in CONTINUOUS}
 
 
-def score_noise(groups: dict[tuple, list[dict]], widths: list[int]) -> dict:
+def score_noise(groups: dict[tuple, list[dict]], widths: list[int], window: int | None = None) -> dict:
     """{"final_loss": {lr: seed-noise variance of one calibration score}} from the study's seed spread
     per LR and the scores' line leverage (`calibration.score_leverage`); {} with one seed."""
     sizes = _sizes(next(iter(groups.values()))) if groups else {}
     ok = len(widths) >= 3 and all(w in sizes for w in widths)
-    noise = noise_by_lr(groups, score_leverage([math.log10(sizes[w]) for w in widths], len(groups))) if ok else {}
+    noise = noise_by_lr(groups, score_leverage([math.log10(sizes[w]) for w in widths], len(groups), window)) if ok else {}
     return {"final_loss": noise} if noise else {}
 
 
-def choose_models(groups: dict[tuple, list[dict]], widths: list[int]) -> tuple[dict[str, str], dict]:
+def choose_models(groups: dict[tuple, list[dict]], widths: list[int], window: int | None = None
+                  ) -> tuple[dict[str, str], dict]:
     """For the final loss and the attention logit, the curve with the smallest median absolute
     backtest log error (before the bias correction), among those the backtest's widths can fit
     (ties: the first listed, the simpler); ({quantity: name}, {quantity: {name: median |log error|}})."""
-    held, used = widths[-1], widths[:-1]
+    held, used = widths[-1], _last(widths[:-1], window)
     seen = {k: observed_forecast_shape(rows, held) for k, rows in groups.items()}
 
     def errors(quantity: str, **models) -> float | None:
@@ -231,14 +230,15 @@ def _forecast_raws(groups, widths, held, models):
 
 
 def backtest(groups: dict[tuple, list[dict]], widths: list[int], models: dict[str, str], level: float,
-             spread: dict[str, float], seed: int = 0, noise: dict | None = None) -> tuple[dict, dict, dict]:
+             spread: dict[str, float], seed: int = 0, noise: dict | None = None, window: int | None = None
+             ) -> tuple[dict, dict, dict]:
     """Predict the largest width from the smaller ones; every point scored with intervals calibrated
     on the other groups' residuals (with one group: on the other LRs' residuals). Returns the
     summary's backtest, its residuals ({quantity: {group: {lr: log error}}}) and the earlier fold's."""
-    held, used = widths[-1], widths[:-1]
+    held, used = widths[-1], _last(widths[:-1], window)
     raws, seen = _forecast_raws(groups, used, held, models)
     residuals = _residuals(raws, seen)
-    previous = earlier_fold(groups, widths, models)
+    previous = earlier_fold(groups, widths, models, window)
     points = []
     for key, raw in raws.items():
         fields = group_fields(key)
@@ -265,7 +265,8 @@ def backtest(groups: dict[tuple, list[dict]], widths: list[int], models: dict[st
             "earlier_fold_width": widths[-2] if previous else None}, residuals, previous
 
 
-def earlier_fold(groups: dict[tuple, list[dict]], widths: list[int], models: dict[str, str]) -> dict:
+def earlier_fold(groups: dict[tuple, list[dict]], widths: list[int], models: dict[str, str],
+                 window: int | None = None) -> dict:
     """The backtest one width back (the second largest width from the ones below it), with the same
     curves: its residuals, set against the backtest's, show how much a per-LR error changes from one
     extrapolation to the next. Needs 4+ widths (the earlier fold then fits 2 or more; a curve that
@@ -273,42 +274,19 @@ def earlier_fold(groups: dict[tuple, list[dict]], widths: list[int], models: dic
     if len(widths) < 4:
         return {}
     smaller = {k: [r for r in rows if r["width"] != widths[-1]] for k, rows in groups.items()}
-    return _residuals(*_forecast_raws(smaller, widths[:-2], widths[-2], models))
+    return _residuals(*_forecast_raws(smaller, _last(widths[:-2], window), widths[-2], models))
 
 
-# ---------------------------------------------------------------------------------------------- scores
-
-def accuracy(points: list[dict], observed: dict[tuple, dict]) -> dict:
-    """Point accuracy: final-loss errors (observed / predicted - 1) and the best LR's hits and regret."""
-    loss = [p["observed"] / p["predicted"] - 1 for p in points if p["quantity"] == "final_loss"
-            and _finite(p.get("observed")) and _finite(p["predicted"]) and p["predicted"] > 0]
-    exact, within, regret = [], [], []
-    by_fields = {tuple(group_fields(k).values()): v for k, v in observed.items()}
-    for p in points:
-        if p["quantity"] != "best_lr" or p.get("observed") is None or p["predicted"] is None:
-            continue
-        seen = by_fields.get((p["optimizer"], p["variant"], p["depth"], p["setting"]))
-        if seen is None:
-            continue
-        lrs = seen["lrs"]
-        exact.append(p["predicted"] == p["observed"])
-        if p["predicted"] in lrs:
-            within.append(abs(lrs.index(p["predicted"]) - lrs.index(p["observed"])) <= 1)
-            losses = {q["lr"]: q["final_loss"] for q in seen["per_lr"]}
-            regret.append(losses[p["predicted"]] / losses[p["observed"]] - 1)
-    med = (lambda v: float(np.median(v)) if v else None)
-    mean = (lambda v: float(np.mean(v)) if v else None)
-    return {"final_loss_median_abs_error": med([abs(v) for v in loss]),
-            "final_loss_median_signed_error": med(loss),
-            "best_lr_exact": mean(exact), "best_lr_within_one": mean(within),
-            "best_lr_median_regret": med(regret), "n_final_loss": len(loss), "n_groups": len(exact)}
+def _last(widths: list[int], window: int | None) -> list[int]:
+    """The `window` largest of `widths` (every one with None)."""
+    return list(widths[-window:]) if window else list(widths)
 
 
 # ---------------------------------------------------------------------------------------------- study
 
 def forecast(results: list[dict], early_logits: dict[str, float], target: dict[int, float],
              level: float = DEFAULT_LEVEL, models: dict[str, str] | None = None, seed: int = 0,
-             drift: bool = False) -> dict:
+             drift: bool = False, window: int | None = WINDOW) -> dict:
     """The study's forecast at the target size (target: depth -> parameter count), its backtest and
     its calibration: {"points", "groups", "backtest", "calibration", "models", ...}. `models`:
     {"final_loss": a LOSS_MODELS name, "attn_logit": a LOGIT_MODELS name}; None: chosen by backtest.
@@ -321,10 +299,10 @@ def forecast(results: list[dict], early_logits: dict[str, float], target: dict[i
     spread = seed_spread(groups)
     scores: dict = {}
     if models is None:
-        models, scores = choose_models(groups, widths) if len(widths) >= 3 else (
+        models, scores = choose_models(groups, widths, window) if len(widths) >= 3 else (
             {"final_loss": "power_law", "attn_logit": "paper"}, {})
-    noise = score_noise(groups, widths)
-    bt, residuals, previous = (backtest(groups, widths, models, level, spread, seed, noise) if len(widths) >= 3
+    noise = score_noise(groups, widths, window)
+    bt, residuals, previous = (backtest(groups, widths, models, level, spread, seed, noise, window) if len(widths) >= 3
                                else (None, {}, {}))
     if bt is not None:
         cals = _calibrations(residuals, level, spread, previous=previous, noise=noise, drift=drift)
@@ -334,9 +312,10 @@ def forecast(results: list[dict], early_logits: dict[str, float], target: dict[i
     points, groups_out = [], []
     for key, rows in groups.items():
         sizes = _sizes(rows)
-        raw = raw_forecast(rows, widths, sizes, target[key[2]], models["final_loss"], models["attn_logit"])
+        fit = _last(widths, window)
+        raw = raw_forecast(rows, fit, sizes, target[key[2]], models["final_loss"], models["attn_logit"])
         scale = max(raw["distance"] / bt_distance, 1.0) if bt_distance and raw["distance"] > 0 else 1.0
-        lev = _leverage(models, widths, sizes, target[key[2]], len(groups)) if bt is not None else {}
+        lev = _leverage(models, widths, sizes, target[key[2]], len(groups), window) if bt is not None else {}
         mine = group_points(raw, {q: scaled(c, scale, lev.get(q, 1.0)) for q, c in cals.items()}, level,
                             group_fields(key), seed)
         points += mine
@@ -357,28 +336,31 @@ def forecast(results: list[dict], early_logits: dict[str, float], target: dict[i
 
 
 def _leverage(models: dict[str, str], widths: list[int], sizes: dict[int, float], n_target: float,
-              n_groups: int = 1) -> dict:
-    """Per quantity, the leverage ratio of the target's fit to the backtest's, for the curves that are
-    a least-squares line per LR in log size (power_law; paper's logit fit below 5 widths). With 4+
-    widths the scores are r_B - bias_A (bias: a median of n - 1 groups, variance about pi / 2 / (n - 1)
-    of one residual's) and the target keeps r_T - bias_B: the ratio of those variances for noise
-    alone, sqrt((1 + h_T + k (1 + h_B)) / (1 + h_B + k (1 + h_A)))."""
+              n_groups: int = 1, window: int | None = None) -> dict:
+    """Per quantity, the leverage ratio of the target's fit (on `fit`, default every width) to the
+    backtest's, for the curves that are a least-squares line per LR in log size (power_law; paper's
+    logit fit below 5 widths). With 4+ widths the scores are r_B - bias_A (bias: a median of n - 1
+    groups, variance about pi / 2 / (n - 1) of one residual's, kappa) and the target keeps r_T - bias_B:
+    the ratio of those variances for noise alone, sqrt((1 + h_T + kappa (1 + h_B)) / (1 + h_B + kappa (1 + h_A)))."""
     x = [math.log10(sizes[w]) for w in widths]
-    ratio = leverage_ratio(x, math.log10(n_target), x[:-1], x[-1])
+    xt = _last(x, window)
+    h_t, h_b = line_leverage(xt, math.log10(n_target)), line_leverage(_last(x[:-1], window), x[-1])
+    ratio = math.sqrt((1 + h_t) / (1 + h_b))
     if len(widths) >= 4:  # transfer scores: r_B - r_A at calibration, r_target - r_B at the target
-        ratio = math.sqrt(score_leverage(x + [math.log10(n_target)], n_groups) / score_leverage(x, n_groups))
+        kappa = math.pi / 2 / max(n_groups - 1, 1)
+        ratio = math.sqrt(((1 + h_t) + kappa * (1 + h_b)) / score_leverage(x, n_groups, window))
     lines = {"final_loss": models["final_loss"] == "power_law",
-             "attn_logit": models["attn_logit"] == "paper" and logit_degree(len(widths)) == 1
+             "attn_logit": models["attn_logit"] == "paper" and logit_degree(len(xt)) == 1
              and logit_degree(len(widths) - 1) == 1}
     return {q: ratio for q, is_line in lines.items() if is_line}
 
 
 def validate(train: list[dict], held: list[dict], early_logits: dict[str, float], target: dict[int, float],
              level: float = DEFAULT_LEVEL, models: dict[str, str] | None = None, seed: int = 0,
-             drift: bool = False) -> dict:
+             drift: bool = False, window: int | None = WINDOW) -> dict:
     """Forecast the held-out width's size from `train` and score every point against `held`
     (the real larger width's runs); derived quantities only when `held` covers every grid LR."""
-    fc = forecast(train, early_logits, target, level, models, seed, drift)
+    fc = forecast(train, early_logits, target, level, models, seed, drift, window)
     held_groups = rows_by_group(held, early_logits)
     grid_lrs = sorted({r["lr"] for r in train})
     seen = {}
