@@ -5,7 +5,7 @@ issue's targets (coverage, median final-loss interval width, median absolute and
 best LR exact / within one step / median regret).
 
     .venv/bin/python benchmarks/forecast_variants.py STUDY [--curves 'chosen;lr_shift;mean:lr_shift,saturating']
-                     [--seeds 0] [--json FILE] [--export FILE] [--points]
+                     [--seeds 0] [--window 3] [--json FILE] [--export FILE] [--points]
 
 STUDY is a `stablelab proxy --out` folder, or a file written by `--export`: the few fields per run
 the forecast reads (no metrics, no weights; about 100 KB for 300 runs), so a study's figures can be
@@ -15,6 +15,9 @@ Pick a method on one study and judge it on another: a curve chosen by its check'
 study has been tuned on that check.
 
 `--points` also prints every final-loss point of each check (forecast, observed, error, interval width).
+
+`--window K` fits every fold on the K largest widths below its target (`prediction.forecast(window=)`): with
+4 widths and K = 3 the target is fitted on the same number of widths as the backtest (docs/proxy.md).
 
 `--seeds 0` re-scores the study as if it had run only those seeds (a `--seeds 2` study read as the
 one-seed study it contains). With two or more seeds at the check width the script also prints the
@@ -111,6 +114,8 @@ def main() -> None:
     parser.add_argument("--drift", action="store_true",
                         help="also score each curve with the target's bias moved by the transfer drift "
                              "(calibration.transfer_drift; an option under test)")
+    parser.add_argument("--window", type=int, help="each fit uses the K largest widths below its target "
+                        "(default: every width)")
     parser.add_argument("--export", type=Path, help="write the study's forecast inputs to this file and stop")
     parser.add_argument("--points", action="store_true",
                         help="also print every final-loss point of each check: forecast, observed, error, interval")
@@ -132,12 +137,12 @@ def main() -> None:
           "error | best LR exact / within one | median regret |\n|---|---|---|---|---|---|---|---|")
     for curve, drift in [(c, d) for c in args.curves.split(";") for d in ((False, True) if args.drift else (False,))]:
         models = {**chosen, "final_loss": chosen["final_loss"] if curve == "chosen" else curve}
-        bt = forecast(study["train"], study["early"], study["target"], level, models)["backtest"]
+        bt = forecast(study["train"], study["early"], study["target"], level, models, window=args.window)["backtest"]
         name = curve + (" +drift" if drift else "")
         row = {"curve": name, "final_loss": models["final_loss"], **({"backtest": figures(bt)} if bt else {})}
         if study["width"]:
             checked = validate(study["train"], study["held"], study["early"], study["check_target"], level, models,
-                               drift=drift)
+                               drift=drift, window=args.window)
             row["check"] = figures(checked)
         for part in ("backtest", "check"):
             if part in row:
