@@ -362,3 +362,30 @@ def test_drift_moves_the_targets_bias_by_the_median_change_from_the_earlier_fold
         if p["quantity"] == "final_loss":
             assert q["predicted"] / p["predicted"] == pytest.approx(math.exp(d * scale), rel=1e-9)
     assert json.dumps(plain["backtest"]["points"], default=str) == json.dumps(moved["backtest"]["points"], default=str)
+
+
+def test_a_window_fits_every_fold_on_its_k_largest_widths():
+    """Five widths, an exact power law except width 16 (loss x 1.5). With window=3 each fit uses the
+    3 largest widths below its target: the backtest (256 from 32-128) and the target (from 64-256)
+    never see width 16, so the backtest's residuals are 0 and the forecast is the law itself; with
+    every width both are pulled by width 16."""
+    sizes = {**SIZES, 16: 2.5e4}
+    law = lambda lr, n: _power(lr, n) * (1.5 if n == sizes[16] else 1.0)  # noqa: E731
+    rows = []
+    for w in (16,) + WIDTHS:
+        for lr in LRS:
+            n = sizes[w]
+            rows.append({"run_id": f"b_{w}_{lr}", "variant": "baseline", "optimizer": "adamw", "depth": 2, "tag": "",
+                         "width": w, "lr": lr, "seed": 0, "n_params": n, "init_loss": INIT, "final_loss": law(lr, n),
+                         "early": 10 * lr * n ** 0.5})
+    models = {"final_loss": "power_law", "attn_logit": "paper"}
+    windowed = forecast(rows, _early(rows), {2: SIZES[512]}, models=models, window=3)
+    assert windowed["groups"][0]["widths"] == [64, 128, 256]
+    assert windowed["backtest"]["from_widths"] == [32, 64, 128]
+    for p in windowed["points"]:
+        if p["quantity"] == "final_loss":
+            assert p["predicted"] == pytest.approx(_power(p["lr"], SIZES[512]), rel=1e-9)
+    every = forecast(rows, _early(rows), {2: SIZES[512]}, models=models)
+    assert every["groups"][0]["widths"] == [16, 32, 64, 128, 256]
+    assert max(abs(p["predicted"] / _power(p["lr"], SIZES[512]) - 1)
+               for p in every["points"] if p["quantity"] == "final_loss") > 0.05
