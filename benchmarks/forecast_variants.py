@@ -16,6 +16,11 @@ study has been tuned on that check.
 
 `--points` also prints every final-loss point of each check (forecast, observed, error, interval width).
 
+`--floor` (2+ seeds) prints the check's seed-noise floor for the chosen curve: the forecast refitted on
+cell means perturbed by their own seed noise (a parametric bootstrap, 200 draws), plus the check's
+own seed noise; what an exact-in-expectation forecast of this study would still score. A check far
+above its floor is limited by the curve, not by the seeds.
+
 `--window K` fits every fold on the K largest widths below its target (`prediction.forecast(window=)`): with
 4 widths and K = 3 the target is fitted on the same number of widths as the backtest (docs/proxy.md).
 
@@ -114,6 +119,8 @@ def main() -> None:
     parser.add_argument("--drift", action="store_true",
                         help="also score each curve with the target's bias moved by the transfer drift "
                              "(calibration.transfer_drift; an option under test)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also print the check's seed-noise floor (2+ seeds; parametric bootstrap)")
     parser.add_argument("--window", type=int, help="each fit uses the K largest widths below its target "
                         "(default: every width)")
     parser.add_argument("--export", type=Path, help="write the study's forecast inputs to this file and stop")
@@ -149,6 +156,8 @@ def main() -> None:
                 print(line(row["curve"], part, row[part]), flush=True)
         if args.points and study["width"]:
             print("\n".join(point_table(checked)))
+        if args.floor and study["width"]:
+            print("\n".join(floor_table(study, models["final_loss"], args.window)))
         rows.append(row)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
@@ -165,6 +174,49 @@ def point_table(scored: dict) -> list[str]:
         out.append(f"| {p['variant']} | {p['lr']:g} | {p['predicted']:.4f} | {p['observed']:.4f} | "
                    f"{100 * (p['observed'] / p['predicted'] - 1):+.1f}% | {100 * (hi - lo) / p['predicted']:.1f}% | "
                    f"{'yes' if p['inside'] else '**no**'} |")
+    return out
+
+
+def floor_table(study: dict, curve: str, window: int | None = None, draws: int = 200) -> list[str]:
+    """Markdown rows: per LR, the sd of log forecast under seed noise alone (each training cell's seed
+    mean moved by N(0, sd(width, lr) / sqrt(k)), refitted; median over groups), the check's own noise
+    (sd(check width, lr) / sqrt(k)), and the 90% interval width and median |error| that noise alone sets."""
+    from stablelab.analysis.cells import seed_spread_by_lr
+    from stablelab.analysis.prediction import _last, raw_forecast, rows_by_group
+
+    rng = np.random.default_rng(0)
+    train, held = study["train"], study["held"]
+    widths = sorted({r["width"] for r in train})
+    k = len({r.get("seed", 0) for r in train})
+    if k < 2:
+        return ["(--floor needs 2 or more seeds)"]
+    sd = {w: {float(lr): v["sd"] for lr, v in seed_spread_by_lr(rows_by_group(
+        [r for r in rows if r["width"] == w], study["early"])).items() if lr != "all"}
+        for w, rows in [(w, train) for w in widths] + [(study["width"], held)]}
+    spread = []
+    for key, rows in rows_by_group(train, study["early"]).items():
+        cells: dict = {}
+        for r in rows:
+            cells.setdefault((r["width"], r["lr"]), []).append(r)
+        means = [{**rs[0], "seed": 0, "final_loss": float(np.exp(np.mean(np.log([r["final_loss"] for r in rs]))))}
+                 for rs in cells.values()]
+        sizes = {r["width"]: float(r["n_params"]) for r in rows}
+        logs = []
+        for _ in range(draws):
+            moved = [{**m, "final_loss": m["final_loss"] * float(np.exp(rng.normal(0, sd[m["width"]].get(m["lr"], 0.0)
+                                                                                     / np.sqrt(k))))} for m in means]
+            raw = raw_forecast(moved, _last(widths, window), sizes, study["check_target"][key[2]], curve)
+            logs.append([np.log(p["final_loss"]) if p["final_loss"] > 0 else np.nan for p in raw["per_lr"]])
+        spread.append(np.nanstd(np.array(logs), axis=0))
+    lrs = sorted({r["lr"] for r in train})
+    fit = np.median(np.array(spread), axis=0)
+    own = np.array([sd[study["width"]].get(lr, np.nan) / np.sqrt(k) for lr in lrs])
+    total = np.sqrt(fit ** 2 + own ** 2)
+    out = [f"Seed-noise floor of the check ({curve}, {k} seeds, {draws} draws):",
+           "| lr | forecast sd | check sd | noise-only 90% width | noise-only median abs error |", "|---|---|---|---|---|"]
+    out += [f"| {lr:g} | {100 * a:.2f}% | {100 * b:.2f}% | {100 * 3.29 * t:.1f}% | {100 * 0.674 * t:.2f}% |"
+            for lr, a, b, t in zip(lrs, fit, own, total)]
+    out.append(f"| median | | | {100 * 3.29 * np.nanmedian(total):.1f}% | {100 * 0.674 * np.nanmedian(total):.2f}% |")
     return out
 
 

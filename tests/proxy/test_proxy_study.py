@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from stablelab.analysis.proxy import lr_sensitivity
@@ -243,3 +244,33 @@ def test_point_table_lists_each_checked_final_loss_by_hand():
     assert rows[2] == "| baseline | 0.01 | 2.0000 | 2.1000 | +5.0% | 15.0% | yes |"
     assert rows[3] == "| qk_norm | 0.3 | 2.5000 | 2.2500 | -10.0% | 8.0% | **no** |"
     assert len(rows) == 4
+
+
+def test_the_seed_noise_floor_matches_a_lines_leverage_worked_by_hand():
+    """--floor: for a per-LR power law (a line in log size), the forecast's seed-noise sd is
+    sqrt(sum_i c_i^2 sd_i^2 / k), c_i the line's extrapolation weights 1/n + (x_t - mean)(x_i - mean)/Sxx
+    and sd_i each width's measured seed spread; the check's own is sd_check / sqrt(k). The bootstrap
+    (200 draws) must land within 15% of the first and equal the second."""
+    from stablelab.analysis.cells import seed_spread_by_lr
+    from stablelab.analysis.prediction import rows_by_group
+
+    fv = _forecast_variants()
+    rng = np.random.default_rng(3)
+    sizes = {32: 1e5, 64: 4e5, 128: 1.6e6, 256: 6.4e6, 512: 2.56e7}
+    rows = [{"run_id": f"{w}_{lr}_{s}", "variant": "baseline", "optimizer": "adamw", "depth": 2, "tag": "",
+             "width": w, "lr": lr, "seed": s, "n_params": sizes[w], "init_loss": 6.0,
+             "final_loss": 9.0 * sizes[w] ** -0.05 * math.exp(0.03 * rng.standard_normal())}
+            for w in sizes for lr in (1e-3, 1e-2) for s in range(2)]
+    early = {r["run_id"]: 1.0 for r in rows}
+    study = {"train": [r for r in rows if r["width"] != 512], "held": [r for r in rows if r["width"] == 512],
+             "width": 512, "early": early, "check_target": {2: sizes[512]}}
+    table = fv.floor_table(study, "power_law")
+    x = np.log10([sizes[w] for w in (32, 64, 128, 256)])
+    c = 1 / 4 + (np.log10(sizes[512]) - x.mean()) * (x - x.mean()) / np.sum((x - x.mean()) ** 2)
+    for row in table[3:5]:
+        lr = float(row.split("|")[1])
+        sd = [seed_spread_by_lr(rows_by_group([r for r in rows if r["width"] == w], early))[f"{lr:g}"]["sd"]
+              for w in (32, 64, 128, 256, 512)]
+        fit, own = (float(v.strip().rstrip("%")) / 100 for v in row.split("|")[2:4])
+        assert fit == pytest.approx(math.sqrt(np.sum(c ** 2 * np.square(sd[:4])) / 2), rel=0.15)
+        assert own == pytest.approx(sd[4] / math.sqrt(2), abs=5e-5)
