@@ -5,7 +5,8 @@ issue's targets (coverage, median final-loss interval width, median absolute and
 best LR exact / within one step / median regret).
 
     .venv/bin/python benchmarks/forecast_variants.py STUDY [--curves 'chosen;lr_shift;mean:lr_shift,saturating']
-                     [--seeds 0] [--window 3] [--json FILE] [--export FILE] [--points]
+                     [--seeds 0] [--window 3] [--floor] [--points] [--json FILE]
+    .venv/bin/python benchmarks/forecast_variants.py STUDY --export FILE [--add OTHER_STUDY ...]
 
 STUDY is a `stablelab proxy --out` folder, or a file written by `--export`: the few fields per run
 the forecast reads (no metrics, no weights; about 100 KB for 300 runs), so a study's figures can be
@@ -65,11 +66,22 @@ def read_study(out: Path) -> tuple[dict, list[dict], dict]:
     return summary, results, early_attention_logits(out / RUNS_DIR, summary["prediction"]["step"])
 
 
-def export(out: Path, path: Path) -> None:
-    """Write the forecast's inputs of study `out` to `path` (atomically; NaN losses kept)."""
+def export(out: Path, path: Path, add: list[Path] = ()) -> None:
+    """Write the forecast's inputs of study `out` to `path` (atomically; NaN losses kept), with the runs of
+    the studies in `add` appended (more widths of the same setting, e.g. `--widths 16` run afterwards):
+    they must read the attention logit at the same step and share no run id."""
     from stablelab.io import atomic_write_json_exact
 
     summary, results, early = read_study(out)
+    for other in add:
+        extra_summary, extra, extra_early = read_study(other)
+        if extra_summary["prediction"]["step"] != summary["prediction"]["step"]:
+            raise SystemExit(f"{other}: attention logits read at step {extra_summary['prediction']['step']}, "
+                             f"not {summary['prediction']['step']}")
+        clash = {r["run_id"] for r in results} & {r["run_id"] for r in extra}
+        if clash:
+            raise SystemExit(f"{other}: run ids already in {out}: {', '.join(sorted(clash)[:3])}")
+        results, early = results + extra, {**early, **extra_early}
     head = {"prediction": {k: summary["prediction"][k] for k in ("models", "level", "n_params_by_depth", "step")}}
     if summary.get("validation"):
         head["validation"] = {k: summary["validation"].get(k) for k in ("width", "n_params")}
@@ -124,11 +136,13 @@ def main() -> None:
     parser.add_argument("--window", type=int, help="each fit uses the K largest widths below its target "
                         "(default: every width)")
     parser.add_argument("--export", type=Path, help="write the study's forecast inputs to this file and stop")
+    parser.add_argument("--add", type=Path, action="append",
+                        help="with --export: append this study's runs too (more widths of the same setting)")
     parser.add_argument("--points", action="store_true",
                         help="also print every final-loss point of each check: forecast, observed, error, interval")
     args = parser.parse_args()
     if args.export:
-        export(args.study, args.export)
+        export(args.study, args.export, args.add or [])
         print(f"wrote {args.export}")
         return
     from stablelab.analysis.prediction import forecast, validate

@@ -225,6 +225,21 @@ def test_exported_forecast_inputs_rescore_like_the_folder(tiny_study, tmp_path):
     (tmp_path / "other.json").write_text("{}")
     with pytest.raises(SystemExit, match="not a forecast-inputs export"):
         fv.load(tmp_path / "other.json")
+    # --add: another study's runs appended (a width run afterwards); a shared run id or another
+    # logit step is refused
+    extra = json.loads(path.read_text())
+    extra["results"] = [{**extra["results"][0], "run_id": "w16_extra", "width": 16}]
+    extra["early"] = {"w16_extra": 1.5}
+    (tmp_path / "extra.json").write_text(json.dumps(extra))
+    fv.export(tiny_study, tmp_path / "both.json", [tmp_path / "extra.json"])
+    both = fv.load(tmp_path / "both.json")
+    assert len(both["train"]) == 9 and both["early"]["w16_extra"] == 1.5
+    with pytest.raises(SystemExit, match="run ids already"):
+        fv.export(tiny_study, tmp_path / "twice.json", [path])
+    extra["summary"]["prediction"]["step"] += 1
+    (tmp_path / "extra.json").write_text(json.dumps(extra))
+    with pytest.raises(SystemExit, match="attention logits read at step"):
+        fv.export(tiny_study, tmp_path / "both.json", [tmp_path / "extra.json"])
 
 
 def test_point_table_lists_each_checked_final_loss_by_hand():
