@@ -9,6 +9,7 @@ from stablelab.analysis.cells import _finite
 
 
 def group_fields(key: tuple) -> dict:
+    """A group key (optimizer, variant, depth, tag) as the summary's fields."""
     return {"optimizer": key[0], "variant": key[1], "depth": key[2], "setting": key[3].lstrip("_")}
 
 

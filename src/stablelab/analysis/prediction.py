@@ -15,7 +15,9 @@ The pipeline, the same for the target width, the backtest and the check (`--vali
 3. **Decisions** (`analysis.decisions`): probabilities and intervals for divergence, the best LR,
    the largest stable LR and the LR sensitivity, from draws of the calibrated per-LR losses.
 The backtest's own intervals are calibrated leaving its group out (leave-one-group-out), so its
-coverage is an honest estimate of the target's."""
+coverage is an honest estimate of the target's. `window=k` fits every fold (earlier fold, backtest,
+target) on the k largest widths below its target instead of all of them (judged, not the default:
+docs/proxy.md, "What limits the forecast")."""
 
 from __future__ import annotations
 
