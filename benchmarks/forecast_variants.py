@@ -192,45 +192,22 @@ def point_table(scored: dict) -> list[str]:
 
 
 def floor_table(study: dict, curve: str, window: int | None = None, draws: int = 200) -> list[str]:
-    """Markdown rows: per LR, the sd of log forecast under seed noise alone (each training cell's seed
-    mean moved by N(0, sd(width, lr) / sqrt(k)), refitted; median over groups), the check's own noise
-    (sd(check width, lr) / sqrt(k)), and the 90% interval width and median |error| that noise alone sets."""
-    from stablelab.analysis.cells import seed_spread_by_lr
-    from stablelab.analysis.prediction import _last, raw_forecast, rows_by_group
+    """Markdown rows of `analysis.noise_floor.seed_noise_floor`: per LR, the sd of the log forecast under
+    seed noise alone (median over groups), the check's own noise, and the 90% interval width and median
+    |error| that noise alone sets."""
+    from stablelab.analysis.noise_floor import seed_noise_floor
+    from stablelab.analysis.prediction import _last, rows_by_group
 
-    rng = np.random.default_rng(0)
-    train, held = study["train"], study["held"]
-    widths = sorted({r["width"] for r in train})
-    k = len({r.get("seed", 0) for r in train})
-    if k < 2:
+    widths = sorted({r["width"] for r in study["train"]})
+    floor = seed_noise_floor(rows_by_group(study["train"], study["early"]), rows_by_group(study["held"], study["early"]),
+                             _last(widths, window), study["check_target"], study["width"], curve, draws)
+    if floor is None:
         return ["(--floor needs 2 or more seeds)"]
-    sd = {w: {float(lr): v["sd"] for lr, v in seed_spread_by_lr(rows_by_group(
-        [r for r in rows if r["width"] == w], study["early"])).items() if lr != "all"}
-        for w, rows in [(w, train) for w in widths] + [(study["width"], held)]}
-    spread = []
-    for key, rows in rows_by_group(train, study["early"]).items():
-        cells: dict = {}
-        for r in rows:
-            cells.setdefault((r["width"], r["lr"]), []).append(r)
-        means = [{**rs[0], "seed": 0, "final_loss": float(np.exp(np.mean(np.log([r["final_loss"] for r in rs]))))}
-                 for rs in cells.values()]
-        sizes = {r["width"]: float(r["n_params"]) for r in rows}
-        logs = []
-        for _ in range(draws):
-            moved = [{**m, "final_loss": m["final_loss"] * float(np.exp(rng.normal(0, sd[m["width"]].get(m["lr"], 0.0)
-                                                                                     / np.sqrt(k))))} for m in means]
-            raw = raw_forecast(moved, _last(widths, window), sizes, study["check_target"][key[2]], curve)
-            logs.append([np.log(p["final_loss"]) if p["final_loss"] > 0 else np.nan for p in raw["per_lr"]])
-        spread.append(np.nanstd(np.array(logs), axis=0))
-    lrs = sorted({r["lr"] for r in train})
-    fit = np.median(np.array(spread), axis=0)
-    own = np.array([sd[study["width"]].get(lr, np.nan) / np.sqrt(k) for lr in lrs])
-    total = np.sqrt(fit ** 2 + own ** 2)
-    out = [f"Seed-noise floor of the check ({curve}, {k} seeds, {draws} draws):",
+    out = [f"Seed-noise floor of the check ({curve}, {floor['seeds']} seeds, {draws} draws):",
            "| lr | forecast sd | check sd | noise-only 90% width | noise-only median abs error |", "|---|---|---|---|---|"]
-    out += [f"| {lr:g} | {100 * a:.2f}% | {100 * b:.2f}% | {100 * 3.29 * t:.1f}% | {100 * 0.674 * t:.2f}% |"
-            for lr, a, b, t in zip(lrs, fit, own, total)]
-    out.append(f"| median | | | {100 * 3.29 * np.nanmedian(total):.1f}% | {100 * 0.674 * np.nanmedian(total):.2f}% |")
+    out += [f"| {lr} | {100 * v['forecast_sd']:.2f}% | {100 * v['check_sd']:.2f}% | {100 * 3.29 * v['sd']:.1f}% | "
+            f"{100 * 0.674 * v['sd']:.2f}% |" for lr, v in floor["by_lr"].items()]
+    out.append(f"| median | | | {100 * floor['width_90']:.1f}% | {100 * floor['median_abs_error']:.2f}% |")
     return out
 
 

@@ -280,6 +280,7 @@ def test_the_checks_seed_noise_per_lr_by_hand():
     assert spread["0.1"] == {"sd": pytest.approx(math.sqrt(at_1 / 1), rel=1e-12), "dof": 1}
     assert spread["all"] == {"sd": pytest.approx(math.sqrt((at_01 + at_1) / 4), rel=1e-12), "dof": 4}
     assert list(spread) == ["0.01", "0.1", "all"] and v["seeds"] == 3
+    assert v["noise_floor"] is None  # the grid ran one seed: nothing to bootstrap the fit's noise from
     one_seed = [dict(r, run_id="h" + r["run_id"]) for r in _rows(_power, widths=(512,), variants=("a", "b"))]
     assert validate(rows, one_seed, {**_early(rows), **_early(one_seed)}, {2: SIZES[512]},
                     models={"final_loss": "power_law", "attn_logit": "paper"})["seed_spread"] == {}
@@ -389,3 +390,17 @@ def test_a_window_fits_every_fold_on_its_k_largest_widths():
     assert every["groups"][0]["widths"] == [16, 32, 64, 128, 256]
     assert max(abs(p["predicted"] / _power(p["lr"], SIZES[512]) - 1)
                for p in every["points"] if p["quantity"] == "final_loss") > 0.05
+
+
+def test_the_report_sets_the_checks_error_against_its_seed_noise_floor():
+    """The floor sentence: the floor's median error and 90% width, the check's error and their ratio; from
+    twice the floor the curve, not the seeds, is named as the limit; nothing without a floor."""
+    from stablelab.report.proxy_outcomes import floor_text
+
+    floor = {"median_abs_error": 0.01, "width_90": 0.0488}
+    far = floor_text({"noise_floor": floor, "accuracy": {"final_loss_median_abs_error": 0.025}})
+    assert "median error of 1.0% and a 90% interval 4.9% wide" in far and "was 2.5% (2.5x)" in far
+    assert "the curve, not the seeds, limits" in far
+    near = floor_text({"noise_floor": floor, "accuracy": {"final_loss_median_abs_error": 0.015}})
+    assert "(1.5x)" in near and "more seeds would narrow it" in near
+    assert floor_text({"noise_floor": None, "accuracy": {"final_loss_median_abs_error": 0.02}}) == ""

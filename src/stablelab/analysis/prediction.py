@@ -34,6 +34,7 @@ from stablelab.analysis.cells import _cells, _finite, cell_values, noise_by_lr, 
 from stablelab.analysis.decisions import group_points
 from stablelab.analysis.extrapolation import (LOGIT_MODEL_TEXT, LOGIT_MODELS, LOSS_MODELS, extrapolate,
                                               fit_group_logits, fit_group_losses, logit_degree, loss_model_text)
+from stablelab.analysis.noise_floor import seed_noise_floor
 from stablelab.analysis.proxy import best_lr, largest_stable_lr, lr_sensitivity
 
 __all__ = ["extrapolate", "forecast", "validate", "METHODS", "DEFAULT_LEVEL"]
@@ -379,6 +380,9 @@ def validate(train: list[dict], held: list[dict], early_logits: dict[str, float]
         if p["lr"] is not None and p["lr"] not in seen[key]["lrs"]:
             continue
         points.append(_observe(p, seen[key]))
+    widths = sorted({r["width"] for r in train})
+    floor = seed_noise_floor(rows_by_group(train, early_logits), held_groups, _last(widths, window), target,
+                             max(r["width"] for r in held), fc["models"]["final_loss"]) if held and len(widths) >= 2 else None
     return {"points": points, "coverage": coverage(points), "accuracy": accuracy(points, seen),
             "models": fc["models"], "level": level, "seed_spread": seed_spread_by_lr(held_groups),
-            "seeds": len({r.get("seed", 0) for r in held})}
+            "seeds": len({r.get("seed", 0) for r in held}), "noise_floor": floor}

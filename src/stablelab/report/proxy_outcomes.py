@@ -132,7 +132,23 @@ def seed_noise_text(v: dict) -> str:
     return (f" The check's own seed noise: the final loss varies by {100 * sd:.1f}% (sd of log loss between seeds at "
             f"width {v['width']}; {100 * by_lr[lo]:.1f}% at lr {lo} to {100 * by_lr[hi]:.1f}% at lr {hi}), so a forecast "
             f"that knew the expected loss exactly would still miss {what} by a median "
-            f"{100 * 0.674 * sd / math.sqrt(seeds):.1f}%.")
+            f"{100 * 0.674 * sd / math.sqrt(seeds):.1f}%.{floor_text(v)}")
+
+
+def floor_text(v: dict) -> str:
+    """The check's error against its seed-noise floor (analysis.noise_floor), when it ran 2+ seeds."""
+    floor, acc = v.get("noise_floor"), v.get("accuracy") or {}
+    error = acc.get("final_loss_median_abs_error")
+    if not floor or error is None:
+        return ""
+    ratio = error / floor["median_abs_error"] if floor["median_abs_error"] > 0 else float("inf")
+    # 2x: a median of 7-28 correlated |errors| varies by up to about 40% of itself (a sample median's sd,
+    # sqrt(p (1 - p) / n) / f(m) with f the density of |N(0, 1)| at its median 0.674, n the ~7 LRs)
+    verdict = ("the curve, not the seeds, limits this forecast: more seeds would not bring its error down"
+               if ratio >= 2 else "the forecast is within twice its seed-noise floor: more seeds would narrow it")
+    return (f" Seed noise alone (the grid's, refitted, plus the check's) would leave a median error of "
+            f"{100 * floor['median_abs_error']:.1f}% and a 90% interval {100 * floor['width_90']:.1f}% wide; this "
+            f"check's error was {100 * error:.1f}% ({ratio:.1f}x): {verdict}.")
 
 
 def backtest_line(summary: dict) -> str | None:
