@@ -196,11 +196,12 @@ def floor_table(study: dict, curve: str, window: int | None = None, draws: int =
     seed noise alone (median over groups), the check's own noise, and the 90% interval width and median
     |error| that noise alone sets."""
     from stablelab.analysis.noise_floor import seed_noise_floor
-    from stablelab.analysis.prediction import _last, rows_by_group
+    from stablelab.analysis.calibration import last_widths
+    from stablelab.analysis.prediction import rows_by_group
 
     widths = sorted({r["width"] for r in study["train"]})
     floor = seed_noise_floor(rows_by_group(study["train"], study["early"]), rows_by_group(study["held"], study["early"]),
-                             _last(widths, window), study["check_target"], study["width"], curve, draws)
+                             last_widths(widths, window), study["check_target"], study["width"], curve, draws)
     if floor is None:
         return ["(--floor needs 2 or more seeds)"]
     out = [f"Seed-noise floor of the check ({curve}, {floor['seeds']} seeds, {draws} draws):",

@@ -235,6 +235,11 @@ def line_leverage(xs: Sequence[float], x_target: float) -> float:
     return 1 / len(x) + ((x_target - x.mean()) ** 2 / sxx if sxx > 0 else 0.0)
 
 
+def last_widths(widths: Sequence, window: int | None) -> list:
+    """The `window` largest of `widths`, sorted ascending (every one with None): what one fit uses."""
+    return list(widths[-window:]) if window else list(widths)
+
+
 def score_leverage(xs: Sequence[float], n_groups: int, window: int | None = None) -> float:
     """lambda: a calibration score's noise variance in units of one cell mean's, for per-LR lines in
     log size (xs: the study's widths; the backtest predicts the last from the rest). With 4+ widths the
@@ -242,10 +247,9 @@ def score_leverage(xs: Sequence[float], n_groups: int, window: int | None = None
     r_B - median of the others' r_B: (1 + h_B)(1 + kappa); kappa = pi / 2 / (groups - 1), the
     variance of a median of n - 1 over one value's (large-sample, normal)."""
     kappa = math.pi / 2 / max(n_groups - 1, 1)
-    last = (lambda v: list(v)[-window:] if window else list(v))  # each fit's widths (prediction.WINDOW)
-    h_b = line_leverage(last(xs[:-1]), xs[-1])
+    h_b = line_leverage(last_widths(xs[:-1], window), xs[-1])
     if len(xs) >= 4:
-        return (1 + h_b) + kappa * (1 + line_leverage(last(xs[:-2]), xs[-2]))
+        return (1 + h_b) + kappa * (1 + line_leverage(last_widths(xs[:-2], window), xs[-2]))
     return (1 + h_b) * (1 + kappa)
 
 

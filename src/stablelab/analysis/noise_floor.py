@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from stablelab.analysis.cells import seed_spread_by_lr
+from stablelab.analysis.cells import _cells, seed_spread_by_lr, seeds_per_cell
 
 
 def _sd_by_lr(groups: dict[tuple, list[dict]], width: int) -> dict[float, float]:
@@ -23,11 +23,9 @@ def _sd_by_lr(groups: dict[tuple, list[dict]], width: int) -> dict[float, float]
 
 
 def _cell_means(rows: list[dict]) -> list[dict]:
-    cells: dict = {}
-    for r in rows:
-        cells.setdefault((r["width"], r["lr"]), []).append(r)
+    """One row per (width, lr) cell holding its runs' geometric-mean final loss (cells with a non-finite run left out)."""
     return [{**rs[0], "seed": 0, "final_loss": float(np.exp(np.mean(np.log([r["final_loss"] for r in rs]))))}
-            for rs in cells.values() if all(r["final_loss"] and r["final_loss"] > 0 for r in rs)]
+            for rs in _cells(rows).values() if all(r["final_loss"] and r["final_loss"] > 0 for r in rs)]
 
 
 def seed_noise_floor(train: dict[tuple, list[dict]], held: dict[tuple, list[dict]], fit_widths: list[int],
@@ -38,8 +36,8 @@ def seed_noise_floor(train: dict[tuple, list[dict]], held: dict[tuple, list[dict
     n_check: depth -> parameters at the check width. None with fewer than 2 seeds."""
     from stablelab.analysis.prediction import raw_forecast
 
-    seeds = len({r.get("seed", 0) for rows in train.values() for r in rows})
-    if seeds < 2 or not train:
+    seeds = seeds_per_cell(train)
+    if seeds < 2:
         return None
     rng = np.random.default_rng(seed)
     sd = {w: _sd_by_lr(train, w) for w in fit_widths}

@@ -28,8 +28,8 @@ from typing import Sequence
 import numpy as np
 
 from stablelab.analysis.accuracy import accuracy, group_fields
-from stablelab.analysis.calibration import (Calibration, calibrate, coverage, is_inside, line_leverage, scaled,
-                                            score_leverage, z_for)
+from stablelab.analysis.calibration import (Calibration, calibrate, coverage, is_inside, last_widths, line_leverage,
+                                            scaled, score_leverage, z_for)
 from stablelab.analysis.cells import _cells, _finite, cell_values, noise_by_lr, seed_spread, seed_spread_by_lr
 from stablelab.analysis.decisions import group_points
 from stablelab.analysis.extrapolation import (LOGIT_MODEL_TEXT, LOGIT_MODELS, LOSS_MODELS, extrapolate,
@@ -196,7 +196,7 @@ def choose_models(groups: dict[tuple, list[dict]], widths: list[int], window: in
     """For the final loss and the attention logit, the curve with the smallest median absolute
     backtest log error (before the bias correction), among those the backtest's widths can fit
     (ties: the first listed, the simpler); ({quantity: name}, {quantity: {name: median |log error|}})."""
-    held, used = widths[-1], _last(widths[:-1], window)
+    held, used = widths[-1], last_widths(widths[:-1], window)
     seen = {k: observed_forecast_shape(rows, held) for k, rows in groups.items()}
 
     def errors(quantity: str, **models) -> float | None:
@@ -238,7 +238,7 @@ def backtest(groups: dict[tuple, list[dict]], widths: list[int], models: dict[st
     """Predict the largest width from the smaller ones; every point scored with intervals calibrated
     on the other groups' residuals (with one group: on the other LRs' residuals). Returns the
     summary's backtest, its residuals ({quantity: {group: {lr: log error}}}) and the earlier fold's."""
-    held, used = widths[-1], _last(widths[:-1], window)
+    held, used = widths[-1], last_widths(widths[:-1], window)
     raws, seen = _forecast_raws(groups, used, held, models)
     residuals = _residuals(raws, seen)
     previous = earlier_fold(groups, widths, models, window)
@@ -277,12 +277,7 @@ def earlier_fold(groups: dict[tuple, list[dict]], widths: list[int], models: dic
     if len(widths) < 4:
         return {}
     smaller = {k: [r for r in rows if r["width"] != widths[-1]] for k, rows in groups.items()}
-    return _residuals(*_forecast_raws(smaller, _last(widths[:-2], window), widths[-2], models))
-
-
-def _last(widths: list[int], window: int | None) -> list[int]:
-    """The `window` largest of `widths` (every one with None)."""
-    return list(widths[-window:]) if window else list(widths)
+    return _residuals(*_forecast_raws(smaller, last_widths(widths[:-2], window), widths[-2], models))
 
 
 # ---------------------------------------------------------------------------------------------- study
@@ -313,9 +308,9 @@ def forecast(results: list[dict], early_logits: dict[str, float], target: dict[i
     else:
         cals, bt_distance = _calibrations({}, level, spread), None
     points, groups_out = [], []
+    fit = last_widths(widths, window)
     for key, rows in groups.items():
         sizes = _sizes(rows)
-        fit = _last(widths, window)
         raw = raw_forecast(rows, fit, sizes, target[key[2]], models["final_loss"], models["attn_logit"])
         scale = max(raw["distance"] / bt_distance, 1.0) if bt_distance and raw["distance"] > 0 else 1.0
         lev = _leverage(models, widths, sizes, target[key[2]], len(groups), window) if bt is not None else {}
@@ -340,14 +335,14 @@ def forecast(results: list[dict], early_logits: dict[str, float], target: dict[i
 
 def _leverage(models: dict[str, str], widths: list[int], sizes: dict[int, float], n_target: float,
               n_groups: int = 1, window: int | None = None) -> dict:
-    """Per quantity, the leverage ratio of the target's fit (on `fit`, default every width) to the
-    backtest's, for the curves that are a least-squares line per LR in log size (power_law; paper's
+    """Per quantity, the leverage ratio of the target's fit (on the `window` largest widths, default every
+    one) to the backtest's, for the curves that are a least-squares line per LR in log size (power_law; paper's
     logit fit below 5 widths). With 4+ widths the scores are r_B - bias_A (bias: a median of n - 1
     groups, variance about pi / 2 / (n - 1) of one residual's, kappa) and the target keeps r_T - bias_B:
     the ratio of those variances for noise alone, sqrt((1 + h_T + kappa (1 + h_B)) / (1 + h_B + kappa (1 + h_A)))."""
     x = [math.log10(sizes[w]) for w in widths]
-    xt = _last(x, window)
-    h_t, h_b = line_leverage(xt, math.log10(n_target)), line_leverage(_last(x[:-1], window), x[-1])
+    xt = last_widths(x, window)
+    h_t, h_b = line_leverage(xt, math.log10(n_target)), line_leverage(last_widths(x[:-1], window), x[-1])
     ratio = math.sqrt((1 + h_t) / (1 + h_b))
     if len(widths) >= 4:  # transfer scores: r_B - r_A at calibration, r_target - r_B at the target
         kappa = math.pi / 2 / max(n_groups - 1, 1)
@@ -381,7 +376,7 @@ def validate(train: list[dict], held: list[dict], early_logits: dict[str, float]
             continue
         points.append(_observe(p, seen[key]))
     widths = sorted({r["width"] for r in train})
-    floor = seed_noise_floor(rows_by_group(train, early_logits), held_groups, _last(widths, window), target,
+    floor = seed_noise_floor(rows_by_group(train, early_logits), held_groups, last_widths(widths, window), target,
                              max(r["width"] for r in held), fc["models"]["final_loss"]) if held and len(widths) >= 2 else None
     return {"points": points, "coverage": coverage(points), "accuracy": accuracy(points, seen),
             "models": fc["models"], "level": level, "seed_spread": seed_spread_by_lr(held_groups),
